@@ -1,0 +1,358 @@
+/*
+ * libcancel: cooperative cancellation for C.
+ *
+ * An owner creates a cancellation *source* and hands its *token* to every
+ * operation it starts. Operations pass the token on. Only the owner can
+ * request cancellation; a token only listens. Each listener notices the
+ * request the way that fits it (a check in a loop, a blocking wait, a
+ * callback, a pollable descriptor), stops promptly, and can tell why it was
+ * cancelled (cancel_token_cause).
+ *
+ *     cancel_source *src = cancel_source_new();
+ *     cancel_token tok = cancel_source_token(src);
+ *     start_workers(tok);                 // each loops: while (!cancel_token_is_requested(tok)) ...
+ *     cancel_source_cancel(src);          // every worker notices and stops
+ *     join_workers();
+ *     cancel_source_free(src);
+ *
+ * Conventions used by every function below:
+ *  - Errors are errno-style: functions returning int return 0 or an error
+ *    number; functions returning a pointer or -1 set errno. Functions that
+ *    return bool say in their comment what false means and when errno is set.
+ *  - "Thread-safe" means the function may be called concurrently with any
+ *    other function of the library on the same objects, except where a
+ *    lifetime rule below forbids it.
+ *  - "AS-safe" means the function may be called from a signal handler.
+ *  - "From a callback" says whether a cancellation callback may call it.
+ *    Unless a comment says otherwise, every function may be.
+ *
+ * Lifetime rules:
+ *  - A token returned by cancel_source_token() is *borrowed*: it is valid
+ *    while its source lives (until cancel_source_free). A holder that may
+ *    outlive the source takes its own reference with cancel_token_retain()
+ *    and drops it with cancel_token_release().
+ *  - cancel_source_free() must not run concurrently with calls that use a
+ *    borrowed token of the same source (that would be a use after free).
+ *    Calls made through a retained token are always safe.
+ *  - A registration's storage belongs to the caller. While registered it must
+ *    not be moved, reused or freed; it may be reused once cancel_unregister
+ *    or cancel_unregister_nowait returned, once its callback has started
+ *    (from inside the callback, for instance), or once the source was freed
+ *    without being cancelled.
+ *
+ * Memory order: everything a thread did before it requested cancellation
+ * (cancel, fail, cancel_async, or a parent's cancellation) is visible to a
+ * thread that observes the request (is_requested or check returning it,
+ * wait returning true, a callback running, or the descriptor polling
+ * readable).
+ */
+#ifndef CANCEL_H
+#define CANCEL_H
+
+#include <errno.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#else
+#include <stdatomic.h>
+#endif
+
+#define CANCEL_VERSION_MAJOR 0
+#define CANCEL_VERSION_MINOR 1
+#define CANCEL_VERSION_PATCH 0
+
+#if defined(__GNUC__)
+#define CANCEL_API __attribute__((visibility("default")))
+#else
+#define CANCEL_API
+#endif
+
+/* ------------------------------------------------------------------------
+ * Types
+ * ------------------------------------------------------------------------ */
+
+/* The owner's right to cancel. Opaque; created by cancel_source_new(). */
+typedef struct cancel_source cancel_source;
+
+/* Private: the first member of every source, the word the inline check reads.
+ * Only the library writes it. */
+struct cancel__state {
+#ifdef __cplusplus
+    uint32_t cancel__word; /* accessed with __atomic builtins only */
+#else
+    _Atomic uint32_t cancel__word;
+#endif
+};
+
+/* A listen-only view of a source. A value type of one pointer: copy it
+ * freely. The zero value is CANCEL_TOKEN_NONE. */
+typedef struct cancel_token {
+    struct cancel__state *cancel__impl; /* private */
+} cancel_token;
+
+/* A token that can never be cancelled (for callers that do not need
+ * cancellation). */
+#ifdef __cplusplus
+#define CANCEL_TOKEN_NONE (cancel_token{})
+#else
+#define CANCEL_TOKEN_NONE ((cancel_token){0})
+#endif
+
+/* A timeout that never expires, or "disarm" for cancel_source_cancel_after. */
+#define CANCEL_INFINITE ((int64_t)-1)
+
+/* A cancellation callback. */
+typedef void cancel_fn(void *arg);
+
+/* Storage for one callback registration, provided by the caller, so that
+ * registering allocates nothing. Zero-initialise it (CANCEL_REGISTRATION_INIT)
+ * if it may be unregistered before it is ever registered. */
+typedef struct cancel_registration {
+    void *cancel__private[6];
+} cancel_registration;
+#define CANCEL_REGISTRATION_INIT {{0}}
+
+/* Why a token was cancelled. */
+typedef enum cancel_reason {
+    CANCEL_REASON_NONE = 0,  /* not cancelled */
+    CANCEL_REASON_REQUESTED, /* the owner called cancel_source_cancel / _cancel_async */
+    CANCEL_REASON_TIMEOUT,   /* a deadline passed */
+    CANCEL_REASON_FAILED,    /* the owner called cancel_source_fail */
+    CANCEL_REASON_SIGNAL,    /* a POSIX signal */
+} cancel_reason;
+
+typedef struct cancel_cause {
+    cancel_reason reason;
+    int code;            /* error for FAILED, signal number for SIGNAL, else 0 */
+    const char *message; /* may be NULL; valid while the token is held */
+    const char *origin;  /* name of the source where cancellation started; may be NULL */
+} cancel_cause;
+
+/* ------------------------------------------------------------------------
+ * Sources: owned by whoever created them.
+ * ------------------------------------------------------------------------ */
+
+/* Creates a source that is not cancelled. Returns NULL with errno ENOMEM.
+ * Allocates once; makes no system call. Thread-safe. */
+CANCEL_API cancel_source *cancel_source_new(void);
+
+/* Creates a source that is cancelled when any of the `count` parent tokens is
+ * (as well as by its own owner). If a parent is already cancelled, the new
+ * source is born cancelled. Parents that can never be cancelled
+ * (CANCEL_TOKEN_NONE, or a freed source's token) and duplicates are ignored;
+ * count may be 0. The child's cause is the parent's cause, its origin naming
+ * the source where the cancellation started. The parents' tokens need only be
+ * valid during the call: freeing a parent later simply unhooks it.
+ * Allocates once (the links to the parents live inside the source). Creating
+ * a link never creates a thread of its own; the first registration in the
+ * process starts the library thread (see cancel_register).
+ * Returns NULL with errno EINVAL (parents NULL and count > 0) or ENOMEM.
+ * Thread-safe. */
+CANCEL_API cancel_source *cancel_source_new_linked(const cancel_token *parents, size_t count);
+
+/* Frees the owner's handle. Does not cancel and runs no callback: if the
+ * source is not cancelled, its registrations become inert (they never run;
+ * unregistering them returns false) and its tokens can never be cancelled
+ * any more (threads blocked in cancel_token_wait wake and return false, the
+ * descriptor turns readable). If it is already cancelled, callbacks whose
+ * dispatch is under way still run. Unhooks the source from its parents and
+ * disarms its deadline. The memory lives on while retained tokens exist.
+ * NULL is a no-op. Not to be called twice, nor concurrently with calls that
+ * use a borrowed token of this source. May be called from a callback,
+ * including one of this source. */
+CANCEL_API void cancel_source_free(cancel_source *src);
+
+/* Returns a borrowed token of src (CANCEL_TOKEN_NONE for NULL). Thread-safe,
+ * AS-safe, no side effect. */
+CANCEL_API cancel_token cancel_source_token(const cancel_source *src);
+
+/* Requests cancellation with reason REQUESTED. Exactly one of the concurrent
+ * cancel, fail, cancel_async, deadline or parent requests wins and fixes the
+ * cause; the others return false at once. The winner wakes every waiter and
+ * the descriptor, then runs the callbacks of the source and of its linked
+ * descendants on the calling thread, depth first, each source's callbacks in
+ * reverse registration order, and returns true after they all ran. No lock
+ * is held while a callback runs. Returns false also for a NULL source (errno
+ * EINVAL). Thread-safe. */
+CANCEL_API bool cancel_source_cancel(cancel_source *src);
+
+/* Like cancel_source_cancel with reason FAILED: `code` is an error number of
+ * the caller's choice, `message` (may be NULL) is copied. If the copy cannot
+ * be made, the source is cancelled all the same with a NULL message and
+ * errno is set to ENOMEM. Thread-safe. */
+CANCEL_API bool cancel_source_fail(cancel_source *src, int code, const char *message);
+
+/* Requests cancellation (reason REQUESTED) without running callbacks on the
+ * caller: the request is visible and waiters and the descriptor are woken
+ * before it returns; the callbacks run soon on the library thread. Returns
+ * true if this call won (see cancel_source_cancel). AS-safe: it uses only
+ * lock-free atomic operations, the futex and write system calls, and a
+ * lock-free queue linked through the source itself, allocates nothing and
+ * takes no lock; errno is preserved. The library thread exists whenever a
+ * callback can be pending (it is started by the first registration in the
+ * process). Thread-safe. */
+CANCEL_API bool cancel_source_cancel_async(cancel_source *src);
+
+/* Arms (or re-arms) a deadline: the source is cancelled with reason TIMEOUT
+ * `delay_ns` nanoseconds from now (CLOCK_MONOTONIC), its callbacks running on
+ * the library thread. A delay of 0 cancels at once in the manner of
+ * cancel_source_cancel_async. CANCEL_INFINITE disarms. Returns 0, EINVAL
+ * (NULL source, or another negative delay), ECANCELED (already cancelled;
+ * nothing armed), ENOMEM, or EAGAIN (the library thread could not be
+ * started). Thread-safe. */
+CANCEL_API int cancel_source_cancel_after(cancel_source *src, int64_t delay_ns);
+
+/* Makes an uncancelled source reusable: disarms its deadline and removes
+ * every callback registration (none of them ever runs; unregistering them
+ * returns false). Linked children stay linked. Returns false if the source
+ * is cancelled (or NULL: errno EINVAL), true otherwise. Thread-safe; a
+ * cancel that overlaps either wins (reset returns false) or finds the
+ * registrations already removed. */
+CANCEL_API bool cancel_source_try_reset(cancel_source *src);
+
+/* Names the source (the name is copied); the name appears as `origin` in
+ * causes. A source is named at most once. Returns 0, EINVAL (NULL argument),
+ * EBUSY (already named) or ENOMEM. Thread-safe. */
+CANCEL_API int cancel_source_set_name(cancel_source *src, const char *name);
+
+/* The source's name, or NULL. Valid while the source lives. */
+CANCEL_API const char *cancel_source_name(const cancel_source *src);
+
+/* ------------------------------------------------------------------------
+ * Tokens: listen only. Every function accepts CANCEL_TOKEN_NONE.
+ * ------------------------------------------------------------------------ */
+
+/* True once cancellation was requested. One acquire load, no lock, no
+ * write, inlined: call it as often as you like. Thread-safe, AS-safe. */
+CANCEL_API inline bool cancel_token_is_requested(cancel_token tok)
+{
+    if (tok.cancel__impl == NULL)
+        return false;
+#ifdef __cplusplus
+    return (__atomic_load_n(&tok.cancel__impl->cancel__word, __ATOMIC_ACQUIRE) & 1u) != 0;
+#else
+    return (atomic_load_explicit(&tok.cancel__impl->cancel__word, memory_order_acquire) & 1u) != 0;
+#endif
+}
+
+/* 0, or ECANCELED once cancellation was requested. Inlined like
+ * cancel_token_is_requested. Thread-safe, AS-safe. */
+CANCEL_API inline int cancel_token_check(cancel_token tok)
+{
+    return cancel_token_is_requested(tok) ? ECANCELED : 0;
+}
+
+/* False for CANCEL_TOKEN_NONE and for tokens of sources freed without being
+ * cancelled; true otherwise. Thread-safe, AS-safe. */
+CANCEL_API bool cancel_token_can_be_canceled(cancel_token tok);
+
+/* Why the token was cancelled ({CANCEL_REASON_NONE, 0, NULL, NULL} while it
+ * is not). The strings stay valid while the token is held. Thread-safe. */
+CANCEL_API cancel_cause cancel_token_cause(cancel_token tok);
+
+/* Takes a reference that keeps the token valid after its source is freed,
+ * until cancel_token_release. Returns tok. Thread-safe, AS-safe. */
+CANCEL_API cancel_token cancel_token_retain(cancel_token tok);
+
+/* Drops a reference taken by cancel_token_retain. Thread-safe. */
+CANCEL_API void cancel_token_release(cancel_token tok);
+
+/* Blocks until the token is cancelled (returns true, at once if it already
+ * is) or `timeout_ns` nanoseconds passed (returns false). CANCEL_INFINITE
+ * waits forever. Returns false at once for a token that can never be
+ * cancelled, and wakes with false when its source is freed uncancelled.
+ * Another negative timeout returns false with errno EINVAL. Allocates
+ * nothing and uses no descriptor (a futex on Linux); EINTR is retried.
+ * Thread-safe; may be called from a callback (of another source). */
+CANCEL_API bool cancel_token_wait(cancel_token tok, int64_t timeout_ns);
+
+/* Returns a descriptor that polls readable (POLLIN) once the token is
+ * cancelled, or once its source was freed uncancelled (check
+ * cancel_token_is_requested to tell which). Created on first request, at
+ * most one per source, owned by the library and closed when the source's
+ * memory is released: do not read, write or close it. Returns -1 with errno
+ * EINVAL (CANCEL_TOKEN_NONE), EMFILE/ENFILE/ENOMEM, nothing else disturbed.
+ * Thread-safe. */
+CANCEL_API int cancel_token_fd(cancel_token tok);
+
+/* ------------------------------------------------------------------------
+ * Callback registrations.
+ * ------------------------------------------------------------------------ */
+
+/* Registers fn(arg) to run once when the token is cancelled, in storage the
+ * caller owns (nothing is allocated; it cannot fail for memory). Returns 0
+ * when registered. If the token is already cancelled, runs fn(arg) at once
+ * on the calling thread and returns ECANCELED. On a token that can never be
+ * cancelled, returns 0 and the registration is inert (fn never runs).
+ * Returns EINVAL for a NULL reg or fn. Callbacks run on the thread that
+ * requested cancellation (or the library thread for cancel_async and
+ * deadlines), never under a lock of the library, each at most once. The
+ * first registration in the process starts the library thread (one per
+ * process) so that cancel_async can always hand callbacks off.
+ * Thread-safe; from a callback, too. */
+CANCEL_API int cancel_register(cancel_token tok, cancel_registration *reg, cancel_fn *fn, void *arg);
+
+/* Like cancel_register but never runs fn inline: on a cancelled token it
+ * returns ECANCELED without calling fn, so that a caller may register while
+ * holding a lock that fn takes. */
+CANCEL_API int cancel_register_noinvoke(cancel_token tok, cancel_registration *reg, cancel_fn *fn,
+                                        void *arg);
+
+/* Removes a registration. Returns true if it removed the callback before it
+ * started (it will never run); false if it already ran or is running, or the
+ * registration is inert or was already removed (harmless). If the callback
+ * is running on another thread, waits until it returns, so that the caller
+ * may then free what `arg` points to; called from inside that callback (or
+ * from a callback nested in it on the same thread), it does not wait.
+ * Deadlock rule: if waiting would close a cycle (the callback's thread is
+ * itself waiting, directly or through others, in cancel_unregister for a
+ * callback running on this thread), it returns false at once with errno
+ * EDEADLK; errno is left alone otherwise. The registration's token must be
+ * valid (source alive, or a retained reference held) unless the source was
+ * freed without being cancelled. Thread-safe; from a callback, too. */
+CANCEL_API bool cancel_unregister(cancel_registration *reg);
+
+/* Like cancel_unregister but never blocks: false means the callback already
+ * ran or is running (possibly still). The library never touches a
+ * registration's storage after starting its callback, so the storage may be
+ * reused as soon as this returns. */
+CANCEL_API bool cancel_unregister_nowait(cancel_registration *reg);
+
+/* ------------------------------------------------------------------------
+ * Observability.
+ * ------------------------------------------------------------------------ */
+
+/* A snapshot of one source. */
+typedef struct cancel_source_info {
+    cancel_reason reason;  /* CANCEL_REASON_NONE while not cancelled */
+    size_t registrations;  /* callbacks registered and not yet started */
+    size_t children;       /* linked sources hooked onto this one */
+    size_t parents;        /* parents that can still cancel this source */
+    int64_t deadline_ns;   /* time left until the armed deadline (>= 0), or CANCEL_INFINITE */
+} cancel_source_info;
+
+/* Fills *out. Returns 0 or EINVAL. Counting walks the source's list under its
+ * lock: a debugging aid, not a hot path. Thread-safe. */
+CANCEL_API int cancel_source_get_info(const cancel_source *src, cancel_source_info *out);
+
+/* Process-wide figures. */
+typedef struct cancel_stats {
+    size_t deadlines_pending; /* armed deadlines not yet fired or disarmed */
+    bool thread_running;      /* the library thread was started */
+} cancel_stats;
+
+/* Fills *out. Returns 0 or EINVAL. Thread-safe. */
+CANCEL_API int cancel_get_stats(cancel_stats *out);
+
+/* A static English name for a reason ("none", "requested", "timeout",
+ * "failed", "signal"), or "unknown". AS-safe. */
+CANCEL_API const char *cancel_reason_name(cancel_reason reason);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* CANCEL_H */

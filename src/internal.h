@@ -1,0 +1,207 @@
+/*
+ * Internal definitions shared by the implementation files.
+ *
+ * Locking and lifetime (the full argument, with a table of every atomic, is
+ * in docs/design.md):
+ *
+ *  - A source's state word (head.cancel__word) changes only by atomic
+ *    read-modify-write. REQUESTED and DEAD are each set at most once and never
+ *    together: whichever CAS comes first decides whether the source was
+ *    cancelled or freed uncancelled. Whoever sets one of them reads, in the
+ *    same RMW, whether a waiter sleeps on the word (WAITERS) or a descriptor
+ *    exists (HAS_FD), and wakes it. Waiters and descriptor creators set their
+ *    bit by RMW on the same word, so exactly one side sees the other: no wake
+ *    can be lost and no extra fence is needed.
+ *
+ *  - A source's `lock` protects its registration list, `running`, `code`,
+ *    `children`, the failure message and the linked origin. It is never held
+ *    while user code runs, and never taken in a signal handler. At most one
+ *    source lock is held at a time. The timer lock is taken alone or inside
+ *    nothing; a source lock is never held while taking it.
+ *
+ *  - Cancelling sets REQUESTED (lock-free, so that cancel_async is AS-safe)
+ *    and then *always* leads to a dispatch that takes the lock and empties
+ *    the list. Registration checks the state under the lock, so a
+ *    registration either lands in the list before that dispatch empties it or
+ *    sees REQUESTED and runs inline. Writers of cause data (fail's message
+ *    and code, a parent's origin) take the lock, write, then CAS REQUESTED;
+ *    readers load the state with acquire and only read cause data that the
+ *    winning CAS published.
+ *
+ *  - Memory: `refs` counts the owner's handle (until cancel_source_free),
+ *    retained tokens, threads blocked in cancel_token_wait, a dispatch in
+ *    progress or queued, a timer firing, and linked children that took this
+ *    source as their cause's origin. The last release destroys.
+ */
+#ifndef CANCEL_INTERNAL_H
+#define CANCEL_INTERNAL_H
+
+#include "cancel.h"
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define CANCEL_HIDDEN __attribute__((visibility("hidden")))
+#define cancel__likely(x) __builtin_expect(!!(x), 1)
+#define cancel__unlikely(x) __builtin_expect(!!(x), 0)
+
+/* Bits of the state word. */
+enum {
+    ST_REQUESTED = 1u << 0,    /* cancellation requested; never cleared */
+    ST_DEAD = 1u << 1,         /* freed uncancelled: can never be cancelled */
+    ST_WAITERS = 1u << 2,      /* some thread sleeps on the word (futex) */
+    ST_HAS_FD = 1u << 3,       /* extra->fd is valid */
+    ST_LINKED = 1u << 4,       /* immutable: the source is a struct cancel__linked */
+    ST_LINKED_CAUSE = 1u << 5, /* the cause lives in the linked origin */
+    ST_UNREG_WAITERS = 1u << 6, /* a thread in cancel_unregister waits for a running
+                                   callback (set and cleared under the lock) */
+    ST_REASON_SHIFT = 8,       /* 3 bits of cancel_reason */
+    ST_REASON_MASK = 7u << 8,
+    ST_SIGNO_SHIFT = 16, /* 8 bits: signal number for CANCEL_REASON_SIGNAL */
+    ST_SIGNO_MASK = 0xffu << 16,
+};
+
+static inline cancel_reason cancel__reason_of(uint32_t st)
+{
+    return (cancel_reason)((st & ST_REASON_MASK) >> ST_REASON_SHIFT);
+}
+static inline uint32_t cancel__reason_bits(cancel_reason r, int signo)
+{
+    return ((uint32_t)r << ST_REASON_SHIFT) | (((uint32_t)signo & 0xffu) << ST_SIGNO_SHIFT);
+}
+
+/* refs: set (under the lock, never cleared) once a child links to the source.
+ * From then on the final release is decided under the lock, together with
+ * `children`, because children's links point at the source without holding
+ * a reference: the memory goes when both counts are zero. */
+#define REFS_CHILDREN (UINT32_C(1) << 31)
+#define REFS_COUNT (REFS_CHILDREN - 1)
+
+/* The private layout behind cancel_registration (same size, checked). */
+struct cancel__reg {
+    struct cancel__reg *next;    /* under src->lock */
+    struct cancel__reg **pprev;  /* under src->lock; NULL when not in a list */
+    cancel_fn *fn;               /* immutable while registered */
+    void *arg;                   /* immutable while registered */
+    _Atomic(struct cancel_source *) src; /* written under src->lock; NULL = inert */
+    uintptr_t reserved;
+};
+_Static_assert(sizeof(struct cancel__reg) == sizeof(cancel_registration), "registration size");
+
+/* The callback a dispatcher is running, on the dispatcher's stack. */
+struct cancel__frame {
+    struct cancel__reg *reg; /* under the source's lock */
+    const void *thread;      /* immutable: cancel__self() of the dispatcher */
+};
+
+/* Rarely used per-source state, allocated on first need. */
+struct cancel__extra {
+    _Atomic(char *) name; /* set once (CAS) */
+    char *message;        /* under the source lock; read after acquiring FAILED */
+    _Atomic int fd;       /* -1 until created (CAS) */
+};
+
+struct cancel_source {
+    struct cancel__state head;      /* state word; futex for cancel_token_wait */
+    _Atomic uint32_t refs;          /* count in bits 0-30; REFS_CHILDREN: see below */
+    _Atomic uint32_t lock;          /* cancel__lock */
+    _Atomic uint32_t timer_slot;    /* deadline heap index + 1, 0 = unarmed; timer lock */
+    int32_t code;                   /* FAILED code; under lock, published by the CAS */
+    uint32_t children;              /* links of children that still point here (in
+                                       the list, or fired but not yet unhooked); under lock */
+    struct cancel__reg *regs;       /* newest first; under lock */
+    struct cancel__frame *running;  /* callback being run; under lock */
+    _Atomic(struct cancel__extra *) extra; /* NULL until needed; set once (CAS) */
+    struct cancel_source *next_pending;    /* async queue / dispatch stack; owned by
+                                              the thread that won REQUESTED */
+};
+
+/* A source with parents. */
+struct cancel__linked {
+    struct cancel_source src;
+    struct cancel_source *origin; /* retained; under src.lock, published by
+                                     the CAS that sets ST_LINKED_CAUSE */
+    size_t nlinks;
+    struct cancel__reg links[];   /* one registration on each parent */
+};
+
+static inline struct cancel_source *cancel__source_of(cancel_token tok)
+{
+    return (struct cancel_source *)(void *)tok.cancel__impl;
+}
+static inline _Atomic uint32_t *cancel__word(struct cancel_source *s)
+{
+    return &s->head.cancel__word;
+}
+
+/* A per-thread identity (the address of a thread-local object). */
+CANCEL_HIDDEN const void *cancel__self(void);
+
+/* source.c */
+CANCEL_HIDDEN void cancel__retain(struct cancel_source *s);
+CANCEL_HIDDEN void cancel__release(struct cancel_source *s);
+/* Frees the memory of a source whose counts reached zero. */
+CANCEL_HIDDEN void cancel__destroy(struct cancel_source *s);
+CANCEL_HIDDEN struct cancel__extra *cancel__extra_get(struct cancel_source *s);
+/* Under s->lock: detaches every registration, leaving them inert; children's
+ * links too unless keep_links. */
+CANCEL_HIDDEN void cancel__make_inert_locked(struct cancel_source *s, bool keep_links);
+
+/* dispatch.c */
+/* Sets REQUESTED plus `bits` unless REQUESTED or DEAD is set; wakes waiters
+ * and the descriptor. True if this call set it. AS-safe. */
+CANCEL_HIDDEN bool cancel__mark(struct cancel_source *s, uint32_t bits);
+/* Runs the callbacks of s and its descendants; consumes a reference on s. */
+CANCEL_HIDDEN void cancel__dispatch(struct cancel_source *s);
+/* The sentinel fn of a link registration (never called). */
+CANCEL_HIDDEN void cancel__link_fire(void *child);
+CANCEL_HIDDEN void cancel__list_remove(struct cancel__reg *r);
+CANCEL_HIDDEN void cancel__list_push(struct cancel_source *s, struct cancel__reg *r);
+/* Futex words for cancel_unregister waiting on a running callback, hashed by
+ * source (a collision costs a spurious wake-up). */
+CANCEL_HIDDEN _Atomic uint32_t *cancel__dispatch_seq(struct cancel_source *s);
+/* Under s->lock: wakes unregister waiters if ST_UNREG_WAITERS is set. */
+CANCEL_HIDDEN void cancel__wake_unregister_waiters_locked(struct cancel_source *s);
+
+/* link.c */
+CANCEL_HIDDEN bool cancel__cancel_from_parent(struct cancel__linked *child, struct cancel_source *parent);
+/* Removes the child's links from its parents (cancel_source_free). */
+CANCEL_HIDDEN void cancel__unhook(struct cancel__linked *l);
+
+/* timer.c */
+CANCEL_HIDDEN void cancel__timer_disarm(struct cancel_source *s);
+CANCEL_HIDDEN int64_t cancel__timer_remaining(struct cancel_source *s);
+CANCEL_HIDDEN size_t cancel__timer_pending(void);
+/* Marks every source whose deadline passed; returns them linked through
+ * next_pending (each retained) and stores the next deadline (or -1). */
+CANCEL_HIDDEN struct cancel_source *cancel__timer_fire_due(int64_t *next_deadline);
+CANCEL_HIDDEN int64_t cancel__timer_now(void);
+CANCEL_HIDDEN bool cancel__timer_clock_is_real(void);
+CANCEL_HIDDEN void cancel__timer_atfork_prepare(void);
+CANCEL_HIDDEN void cancel__timer_atfork_parent(void);
+CANCEL_HIDDEN void cancel__timer_atfork_child(void);
+
+/* worker.c: the library thread. */
+/* Marks the worker wanted (a callback or a deadline may exist from now on)
+ * and starts it if it is not running. Returns 0 or an errno. */
+CANCEL_HIDDEN int cancel__worker_ensure(void);
+/* True once a callback or deadline may exist (seq_cst load). AS-safe. */
+CANCEL_HIDDEN bool cancel__worker_wanted(void);
+CANCEL_HIDDEN bool cancel__worker_running(void);
+/* Queues a retained, marked source for dispatch on the library thread. AS-safe. */
+CANCEL_HIDDEN void cancel__worker_post(struct cancel_source *s);
+/* Wakes the library thread to look at the timers again. AS-safe. */
+CANCEL_HIDDEN void cancel__worker_kick(void);
+
+/* Saturating arithmetic on nanosecond times. */
+static inline int64_t cancel__add_sat(int64_t a, int64_t b)
+{
+    int64_t r;
+    if (__builtin_add_overflow(a, b, &r))
+        return b > 0 ? INT64_MAX : INT64_MIN;
+    return r;
+}
+
+#endif /* CANCEL_INTERNAL_H */

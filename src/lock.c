@@ -1,0 +1,40 @@
+/* The contended half of lock.h. */
+#include "lock.h"
+
+struct cancel__sleepers cancel__sleepers[CANCEL__SLEEPER_BUCKETS];
+
+/* Long enough to cover a critical section of a few dozen instructions on
+ * another core, short enough not to burn a time slice when the holder was
+ * preempted. */
+#define SPIN_LIMIT 200
+
+void cancel__lock_slow(_Atomic uint32_t *lock)
+{
+    for (int i = 0; i < SPIN_LIMIT; i++) {
+        uint32_t unlocked = 0;
+        if (atomic_load_explicit(lock, memory_order_relaxed) == 0 &&
+            atomic_compare_exchange_weak_explicit(lock, &unlocked, 1, memory_order_acquire,
+                                                  memory_order_relaxed))
+            return;
+        cancel__cpu_relax();
+    }
+    _Atomic uint32_t *sleepers = cancel__sleepers_of(lock);
+    atomic_fetch_add_explicit(sleepers, 1, memory_order_relaxed);
+    /* Pairs with cancel__fence_light in cancel__unlock: from here on, every
+     * release either lets our futex_wait see 0 or sees our count. One heavy
+     * fence covers all the rounds below, since the count stays raised. */
+    cancel__fence_heavy();
+    for (;;) {
+        uint32_t unlocked = 0;
+        if (atomic_compare_exchange_strong_explicit(lock, &unlocked, 1, memory_order_acquire,
+                                                    memory_order_relaxed))
+            break;
+        cancel__futex_wait(lock, 1, -1); /* EAGAIN, EINTR, spurious: retry */
+    }
+    atomic_fetch_sub_explicit(sleepers, 1, memory_order_relaxed);
+}
+
+void cancel__unlock_wake(_Atomic uint32_t *lock)
+{
+    cancel__futex_wake(lock, 1);
+}

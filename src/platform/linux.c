@@ -1,0 +1,116 @@
+/*
+ * Linux implementation of platform.h: futex, membarrier, eventfd, raw
+ * syscalls for write and close (so that no library call is a pthread
+ * cancellation point), and the library thread's creation.
+ */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include "../platform.h"
+
+#include <errno.h>
+#include <linux/futex.h>
+#include <linux/membarrier.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdint.h>
+#include <sys/eventfd.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+int cancel__futex_wait(_Atomic uint32_t *word, uint32_t expected, int64_t abs_deadline_ns)
+{
+    struct timespec ts, *tsp = NULL;
+    if (abs_deadline_ns >= 0) {
+        ts.tv_sec = (time_t)(abs_deadline_ns / 1000000000);
+        ts.tv_nsec = (long)(abs_deadline_ns % 1000000000);
+        tsp = &ts;
+    }
+    /* FUTEX_WAIT_BITSET takes an absolute CLOCK_MONOTONIC time, so a retry
+     * after EINTR never stretches the deadline. */
+    long r = syscall(SYS_futex, (uint32_t *)word, FUTEX_WAIT_BITSET | FUTEX_PRIVATE_FLAG, expected, tsp,
+                     NULL, FUTEX_BITSET_MATCH_ANY);
+    if (r == 0)
+        return 0;
+    return errno == EAGAIN || errno == EINTR || errno == ETIMEDOUT ? errno : EINTR;
+}
+
+void cancel__futex_wake(_Atomic uint32_t *word, int n)
+{
+    int saved = errno;
+    syscall(SYS_futex, (uint32_t *)word, FUTEX_WAKE | FUTEX_PRIVATE_FLAG, n, NULL, NULL, 0);
+    errno = saved;
+}
+
+int64_t cancel__clock_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+int cancel__eventfd_open(void)
+{
+    int fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    return fd >= 0 ? fd : -errno;
+}
+
+void cancel__eventfd_signal(int fd)
+{
+    int saved = errno;
+    uint64_t one = 1;
+    /* The counter cannot overflow: it is written at most twice per source. */
+    (void)syscall(SYS_write, fd, &one, sizeof one);
+    errno = saved;
+}
+
+void cancel__fd_close(int fd)
+{
+    (void)syscall(SYS_close, fd);
+}
+
+int cancel__thread_start(void *(*fn)(void *), void *arg)
+{
+    pthread_attr_t attr;
+    sigset_t all, old;
+    pthread_t t;
+    int err = pthread_attr_init(&attr);
+    if (err)
+        return err;
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    /* The thread inherits this mask: user signal handlers never run on it. */
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    err = pthread_create(&t, &attr, fn, arg);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    pthread_attr_destroy(&attr);
+    if (err == 0)
+        pthread_setname_np(t, "cancel");
+    return err;
+}
+
+_Atomic int cancel__membarrier_ready;
+static pthread_once_t membarrier_once = PTHREAD_ONCE_INIT;
+
+static void membarrier_register(void)
+{
+    long q = syscall(SYS_membarrier, MEMBARRIER_CMD_QUERY, 0, 0);
+    if (q > 0 && (q & MEMBARRIER_CMD_PRIVATE_EXPEDITED) &&
+        syscall(SYS_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED, 0, 0) == 0)
+        atomic_store_explicit(&cancel__membarrier_ready, 1, memory_order_relaxed);
+}
+
+void cancel__fence_heavy(void)
+{
+    int saved = errno;
+    pthread_once(&membarrier_once, membarrier_register);
+    /* Full fence for this thread in any case; then, if registered, force one
+     * on every other running thread of the process, which is what lets their
+     * cancel__fence_light() be a compiler barrier. Threads that read the flag
+     * as 0 used a full fence themselves. */
+    atomic_thread_fence(memory_order_seq_cst);
+    if (atomic_load_explicit(&cancel__membarrier_ready, memory_order_relaxed))
+        syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0);
+    errno = saved;
+}

@@ -1,0 +1,188 @@
+/*
+ * Callback registration and removal.
+ *
+ * A registration is an intrusive node in the caller's storage, linked into
+ * its source's list under the source lock: registering costs one CAS (the
+ * lock) and no allocation. Its `src` field says where it is registered and
+ * becomes NULL once it is inert; `pprev` says whether it is still in the
+ * list (never started) or was popped by a dispatcher (running or done).
+ *
+ * Waiting for a running callback. cancel_unregister must not return while
+ * the callback runs on another thread. The dispatcher records the running
+ * registration in s->running (a frame naming the dispatcher's thread); the
+ * unregistering thread sets ST_UNREG_WAITERS under the lock and sleeps on a
+ * hashed futex word that the dispatcher bumps, under the same lock, when the
+ * callback returns. Both sides act under the lock, so no wake is lost.
+ *
+ * Deadlock rule. A waiting thread records "I wait for thread T" in a small
+ * global waits-for graph (a mutex-protected list, touched only on this slow
+ * path). Before waiting, a thread follows the edges from T; if they lead
+ * back to itself, waiting would close a cycle, so it returns EDEADLK
+ * instead. Callbacks that unregister each other across two cancelling
+ * threads therefore always finish: the second of the two sees the cycle.
+ */
+#include "internal.h"
+#include "lock.h"
+#include "platform.h"
+
+#include <pthread.h>
+
+static int register_impl(cancel_token tok, cancel_registration *pub, cancel_fn *fn, void *arg, bool invoke)
+{
+    struct cancel__reg *r = (struct cancel__reg *)(void *)pub;
+    if (!r || !fn)
+        return EINVAL;
+    r->next = NULL;
+    r->pprev = NULL;
+    r->fn = fn;
+    r->arg = arg;
+    r->reserved = 0;
+    atomic_store_explicit(&r->src, NULL, memory_order_relaxed);
+
+    struct cancel_source *s = cancel__source_of(tok);
+    if (!s)
+        return 0;
+    /* acquire: if cancelled, what the canceller wrote is visible to fn. */
+    uint32_t st = atomic_load_explicit(cancel__word(s), memory_order_acquire);
+    if (!(st & (ST_REQUESTED | ST_DEAD))) {
+        /* A registration may need the library thread (cancel_async). The
+         * seq_cst load pairs with cancel_source_cancel_async. */
+        if (cancel__unlikely(!cancel__worker_running()))
+            (void)cancel__worker_ensure(); /* on failure: retried by the next caller */
+        cancel__lock(&s->lock);
+        /* seq_cst: second half of the Dekker pair with cancel_async (see
+         * dispatch.c); otherwise the lock orders us with the dispatcher. */
+        st = atomic_load_explicit(cancel__word(s), memory_order_seq_cst);
+        if (!(st & (ST_REQUESTED | ST_DEAD))) {
+            cancel__list_push(s, r);
+            atomic_store_explicit(&r->src, s, memory_order_relaxed);
+            cancel__unlock(&s->lock);
+            return 0;
+        }
+        cancel__unlock(&s->lock);
+    }
+    if (st & ST_DEAD)
+        return 0; /* can never be cancelled: inert */
+    if (invoke)
+        fn(arg);
+    return ECANCELED;
+}
+
+int cancel_register(cancel_token tok, cancel_registration *reg, cancel_fn *fn, void *arg)
+{
+    return register_impl(tok, reg, fn, arg, true);
+}
+
+int cancel_register_noinvoke(cancel_token tok, cancel_registration *reg, cancel_fn *fn, void *arg)
+{
+    return register_impl(tok, reg, fn, arg, false);
+}
+
+/* The waits-for graph: one node per thread blocked in cancel_unregister. */
+struct waiter {
+    const void *thread; /* cancel__self() of the waiting thread */
+    const void *target; /* the thread running the callback it waits for */
+    struct waiter *next;
+};
+static pthread_mutex_t graph_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct waiter *graph;
+
+/* Under graph_mu: would `me` waiting for `target` close a cycle? */
+static bool closes_cycle(const void *me, const void *target)
+{
+    size_t hops = 0, limit = 0;
+    for (struct waiter *w = graph; w; w = w->next)
+        limit++;
+    for (const void *t = target; hops <= limit; hops++) {
+        if (t == me)
+            return true;
+        struct waiter *w = graph;
+        while (w && w->thread != t)
+            w = w->next;
+        if (!w)
+            return false;
+        t = w->target;
+    }
+    return false;
+}
+
+static struct cancel__frame *running_frame(struct cancel_source *s, struct cancel__reg *r)
+{
+    struct cancel__frame *f = s->running;
+    return f && f->reg == r ? f : NULL;
+}
+
+/* Under s->lock (released while sleeping): waits until r's callback, which a
+ * dispatcher popped, is no longer running, unless that would deadlock. */
+static void wait_for_callback(struct cancel_source *s, struct cancel__reg *r)
+{
+    struct cancel__frame *f = running_frame(s, r);
+    const void *me = cancel__self();
+    if (!f || f->thread == me)
+        return; /* done, or we are inside it (or nested in it) */
+    struct waiter w = {me, f->thread, NULL};
+    pthread_mutex_lock(&graph_mu);
+    if (closes_cycle(me, w.target)) {
+        pthread_mutex_unlock(&graph_mu);
+        errno = EDEADLK;
+        return;
+    }
+    w.next = graph;
+    graph = &w;
+    pthread_mutex_unlock(&graph_mu);
+
+    _Atomic uint32_t *seq = cancel__dispatch_seq(s);
+    while (running_frame(s, r)) {
+        atomic_fetch_or_explicit(cancel__word(s), ST_UNREG_WAITERS, memory_order_relaxed);
+        uint32_t v = atomic_load_explicit(seq, memory_order_relaxed);
+        cancel__unlock(&s->lock);
+        cancel__futex_wait(seq, v, -1);
+        cancel__lock(&s->lock);
+    }
+
+    pthread_mutex_lock(&graph_mu);
+    struct waiter **pp = &graph;
+    while (*pp != &w)
+        pp = &(*pp)->next;
+    *pp = w.next;
+    pthread_mutex_unlock(&graph_mu);
+}
+
+static bool unregister_impl(cancel_registration *pub, bool wait)
+{
+    struct cancel__reg *r = (struct cancel__reg *)(void *)pub;
+    if (!r) {
+        errno = EINVAL;
+        return false;
+    }
+    /* acquire: pairs with the release store that made it inert (reset or
+     * free), which wrote the storage last. */
+    struct cancel_source *s = atomic_load_explicit(&r->src, memory_order_acquire);
+    if (!s)
+        return false;
+    cancel__lock(&s->lock);
+    if (atomic_load_explicit(&r->src, memory_order_relaxed) != s) {
+        cancel__unlock(&s->lock); /* made inert, or removed by a concurrent call */
+        return false;
+    }
+    atomic_store_explicit(&r->src, NULL, memory_order_relaxed);
+    if (r->pprev) {
+        cancel__list_remove(r);
+        cancel__unlock(&s->lock);
+        return true;
+    }
+    if (wait)
+        wait_for_callback(s, r);
+    cancel__unlock(&s->lock);
+    return false;
+}
+
+bool cancel_unregister(cancel_registration *reg)
+{
+    return unregister_impl(reg, true);
+}
+
+bool cancel_unregister_nowait(cancel_registration *reg)
+{
+    return unregister_impl(reg, false);
+}

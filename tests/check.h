@@ -1,0 +1,159 @@
+/*
+ * A minimal test harness: typed checks that print both operands, a runner
+ * that names each case, and small threading helpers. Each test file is one
+ * program (one CTest test, run in its own process under a timeout).
+ */
+#ifndef CANCEL_TEST_CHECK_H
+#define CANCEL_TEST_CHECK_H
+
+#include <inttypes.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define CHECK(cond)                                                                     \
+    do {                                                                                \
+        if (!(cond)) {                                                                  \
+            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);   \
+            abort();                                                                    \
+        }                                                                               \
+    } while (0)
+
+#define CHECK_EQ(a, b)                                                                  \
+    do {                                                                                \
+        long long check_a_ = (long long)(a), check_b_ = (long long)(b);                 \
+        if (check_a_ != check_b_) {                                                     \
+            fprintf(stderr, "%s:%d: check failed: %s == %s (%lld vs %lld)\n", __FILE__, \
+                    __LINE__, #a, #b, check_a_, check_b_);                              \
+            abort();                                                                    \
+        }                                                                               \
+    } while (0)
+
+#define CHECK_STR(a, b)                                                                 \
+    do {                                                                                \
+        const char *check_a_ = (a), *check_b_ = (b);                                    \
+        if (!check_a_ || !check_b_ || strcmp(check_a_, check_b_) != 0) {                \
+            fprintf(stderr, "%s:%d: check failed: %s == %s (\"%s\" vs \"%s\")\n",       \
+                    __FILE__, __LINE__, #a, #b, check_a_ ? check_a_ : "(null)",         \
+                    check_b_ ? check_b_ : "(null)");                                    \
+            abort();                                                                    \
+        }                                                                               \
+    } while (0)
+
+#define RUN(test)                                                                       \
+    do {                                                                                \
+        fprintf(stderr, "-- %s\n", #test);                                              \
+        test();                                                                         \
+    } while (0)
+
+static inline int64_t test_now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+static inline void test_sleep_ns(int64_t ns)
+{
+    struct timespec ts = {(time_t)(ns / 1000000000), (long)(ns % 1000000000)};
+    while (nanosleep(&ts, &ts) != 0) {
+    }
+}
+
+/* A deterministic pseudo-random generator (xorshift) for race tests. */
+static inline uint32_t test_rand(uint64_t *state)
+{
+    uint64_t x = *state;
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    *state = x;
+    return (uint32_t)(x >> 32);
+}
+
+/* Spins for a random number of iterations in [0, max): widens race windows. */
+static inline void test_jitter(uint64_t *state, uint32_t max)
+{
+    uint32_t n = max ? test_rand(state) % max : 0;
+    for (volatile uint32_t i = 0; i < n; i++) {
+    }
+}
+
+/* Iteration counts scale down under sanitizers, which run 5-20x slower. */
+#if defined(__SANITIZE_THREAD__) || defined(__SANITIZE_ADDRESS__)
+#define TEST_SANITIZED 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer) || __has_feature(address_sanitizer)
+#define TEST_SANITIZED 1
+#endif
+#endif
+#ifndef TEST_SANITIZED
+#define TEST_SANITIZED 0
+#endif
+#define TEST_SCALE(n) (TEST_SANITIZED ? (n) / 10 : (n))
+
+/* A one-shot gate threads can wait on. */
+typedef struct test_gate {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int open;
+} test_gate;
+#define TEST_GATE_INIT {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0}
+static inline void test_gate_open(test_gate *g)
+{
+    pthread_mutex_lock(&g->mu);
+    g->open = 1;
+    pthread_cond_broadcast(&g->cv);
+    pthread_mutex_unlock(&g->mu);
+}
+/* As a cancellation callback. */
+static inline void test_gate_open_cb(void *g)
+{
+    test_gate_open(g);
+}
+static inline void test_gate_wait(test_gate *g)
+{
+    pthread_mutex_lock(&g->mu);
+    while (!g->open)
+        pthread_cond_wait(&g->cv, &g->mu);
+    pthread_mutex_unlock(&g->mu);
+}
+static inline int test_gate_is_open(test_gate *g)
+{
+    pthread_mutex_lock(&g->mu);
+    int o = g->open;
+    pthread_mutex_unlock(&g->mu);
+    return o;
+}
+
+/* A callback that must never run. */
+static inline void test_never(void *arg)
+{
+    fprintf(stderr, "a callback that must not run ran (arg %p)\n", arg);
+    abort();
+}
+
+/* A callback that counts its runs in an _Atomic int. */
+static inline void test_count(void *arg)
+{
+    atomic_fetch_add((_Atomic int *)arg, 1);
+}
+
+/* Start/join helpers. */
+static inline pthread_t test_spawn(void *(*fn)(void *), void *arg)
+{
+    pthread_t t;
+    CHECK(pthread_create(&t, NULL, fn, arg) == 0);
+    return t;
+}
+static inline void test_join(pthread_t t)
+{
+    CHECK(pthread_join(t, NULL) == 0);
+}
+
+#endif

@@ -1,0 +1,112 @@
+/* Registration racing cancellation (pitfall 3): every registration runs
+ * exactly once or reports ECANCELED having run inline, or is removed before
+ * it ran; never two of these, never none. */
+#include "../check.h"
+
+#include <cancel.h>
+#include <errno.h>
+
+enum { THREADS = 3, SLOTS = 64 };
+
+struct slot {
+    cancel_registration reg;
+    _Atomic int runs;
+    int state; /* 0 idle, 1 registered */
+};
+
+struct round {
+    cancel_source *src;
+    test_gate go;
+    _Atomic int stop;
+    int with_reset;
+};
+
+static void *registrant(void *arg)
+{
+    struct round *rd = ((void **)arg)[0];
+    uint64_t rng = (uintptr_t)((void **)arg)[1];
+    struct slot *slots = calloc(SLOTS, sizeof *slots);
+    cancel_token t = cancel_source_token(rd->src);
+    test_gate_wait(&rd->go);
+    int iterations = 0;
+    while (!atomic_load(&rd->stop) || iterations < 50) {
+        iterations++;
+        struct slot *s = &slots[test_rand(&rng) % SLOTS];
+        if (s->state == 0) {
+            atomic_store(&s->runs, 0);
+            int rc = (test_rand(&rng) & 1) ? cancel_register(t, &s->reg, test_count, &s->runs)
+                                           : cancel_register_noinvoke(t, &s->reg, test_count, &s->runs);
+            if (rc == ECANCELED) {
+                CHECK(atomic_load(&s->runs) <= 1); /* 1 if invoked inline */
+                continue;
+            }
+            CHECK_EQ(rc, 0);
+            s->state = 1;
+        } else {
+            bool removed = cancel_unregister(&s->reg);
+            int runs = atomic_load(&s->runs);
+            if (removed)
+                CHECK_EQ(runs, 0);
+            else if (!rd->with_reset)
+                CHECK_EQ(runs, 1); /* it ran, and unregister waited for it */
+            else
+                CHECK(runs <= 1); /* or reset removed it */
+            s->state = 0;
+        }
+        test_jitter(&rng, 200);
+    }
+    /* The source is cancelled now: what is still registered has run once. */
+    for (int i = 0; i < SLOTS; i++)
+        if (slots[i].state == 1) {
+            CHECK(!cancel_unregister(&slots[i].reg));
+            CHECK(atomic_load(&slots[i].runs) <= 1);
+            if (!rd->with_reset)
+                CHECK_EQ(atomic_load(&slots[i].runs), 1);
+        }
+    free(slots);
+    return NULL;
+}
+
+static void run_rounds(int with_reset)
+{
+    for (int r = 0; r < TEST_SCALE(300); r++) {
+        struct round rd = {cancel_source_new(), TEST_GATE_INIT, 0, with_reset};
+        pthread_t th[THREADS];
+        void *args[THREADS][2];
+        for (int i = 0; i < THREADS; i++) {
+            args[i][0] = &rd;
+            args[i][1] = (void *)(uintptr_t)(r * 131 + i * 17 + 1);
+            th[i] = test_spawn(registrant, args[i]);
+        }
+        test_gate_open(&rd.go);
+        uint64_t rng = (uint64_t)r + 1;
+        if (with_reset)
+            for (int k = 0; k < 20; k++) {
+                test_jitter(&rng, 20000);
+                CHECK(cancel_source_try_reset(rd.src));
+            }
+        test_jitter(&rng, 50000);
+        CHECK(cancel_source_cancel(rd.src));
+        atomic_store(&rd.stop, 1);
+        for (int i = 0; i < THREADS; i++)
+            test_join(th[i]);
+        cancel_source_free(rd.src);
+    }
+}
+
+static void register_unregister_cancel(void)
+{
+    run_rounds(0);
+}
+
+static void register_unregister_reset_cancel(void)
+{
+    run_rounds(1);
+}
+
+int main(void)
+{
+    RUN(register_unregister_cancel);
+    RUN(register_unregister_reset_cancel);
+    return 0;
+}
