@@ -196,6 +196,12 @@ CANCEL_API bool cancel_source_fail(cancel_source *src, int code, const char *mes
  * process). Thread-safe. */
 CANCEL_API bool cancel_source_cancel_async(cancel_source *src);
 
+/* Like cancel_source_cancel_async with reason SIGNAL and code `signo`: what a
+ * signal handler calls to turn a signal into a cancellation. AS-safe.
+ * Returns false with errno EINVAL for a NULL source or a signal number
+ * outside 1..255. */
+CANCEL_API bool cancel_source_cancel_signal(cancel_source *src, int signo);
+
 /* Arms (or re-arms) a deadline: the source is cancelled with reason TIMEOUT
  * `delay_ns` nanoseconds from now (CLOCK_MONOTONIC), its callbacks running on
  * the library thread. A delay of 0 cancels at once in the manner of

@@ -211,14 +211,10 @@ bool cancel_source_fail(cancel_source *s, int code, const char *message)
     return true;
 }
 
-bool cancel_source_cancel_async(cancel_source *s)
+static bool cancel_async(cancel_source *s, uint32_t bits)
 {
-    if (!s) {
-        errno = EINVAL;
-        return false;
-    }
     int saved = errno;
-    bool won = cancel__mark(s, ST_REQUESTED | cancel__reason_bits(CANCEL_REASON_REQUESTED, 0));
+    bool won = cancel__mark(s, ST_REQUESTED | bits);
     /* Queue the dispatch only if a callback can exist: every registration
      * (and every deadline) first makes the worker wanted. Both sides are
      * seq_cst (the CAS in cancel__mark, the flag's store and the state load
@@ -232,4 +228,22 @@ bool cancel_source_cancel_async(cancel_source *s)
     }
     errno = saved;
     return won;
+}
+
+bool cancel_source_cancel_async(cancel_source *s)
+{
+    if (!s) {
+        errno = EINVAL;
+        return false;
+    }
+    return cancel_async(s, cancel__reason_bits(CANCEL_REASON_REQUESTED, 0));
+}
+
+bool cancel_source_cancel_signal(cancel_source *s, int signo)
+{
+    if (!s || signo <= 0 || signo > 255) {
+        errno = EINVAL;
+        return false;
+    }
+    return cancel_async(s, cancel__reason_bits(CANCEL_REASON_SIGNAL, signo));
 }

@@ -44,6 +44,9 @@ static inline void cancel__fence_light(void)
         atomic_thread_fence(memory_order_seq_cst);
 }
 CANCEL_HIDDEN void cancel__fence_heavy(void);
+/* Registers for the expedited process-wide barrier, so that the light fence
+ * becomes a compiler barrier. Idempotent; one system call the first time. */
+CANCEL_HIDDEN void cancel__fence_setup(void);
 
 static inline void cancel__cpu_relax(void)
 {

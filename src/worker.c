@@ -122,6 +122,9 @@ int cancel__worker_ensure(void)
     if (atomic_load(&running))
         return 0;
     pthread_once(&atfork_once, install_atfork);
+    /* From the first registration on, locks are in use: make their release
+     * cheap (lock.h). */
+    cancel__fence_setup();
     pthread_mutex_lock(&start_mu);
     int err = 0;
     if (!atomic_load(&running)) {

@@ -101,6 +101,13 @@ static void membarrier_register(void)
         atomic_store_explicit(&cancel__membarrier_ready, 1, memory_order_relaxed);
 }
 
+void cancel__fence_setup(void)
+{
+    int saved = errno;
+    pthread_once(&membarrier_once, membarrier_register);
+    errno = saved;
+}
+
 void cancel__fence_heavy(void)
 {
     int saved = errno;

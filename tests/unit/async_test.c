@@ -89,8 +89,7 @@ static void async_then_free_still_runs_callbacks(void)
 static cancel_source *sig_src;
 static void on_signal(int signo)
 {
-    (void)signo;
-    cancel_source_cancel_async(sig_src);
+    cancel_source_cancel_signal(sig_src, signo);
 }
 static void cancel_from_signal_handler(void)
 {
@@ -106,6 +105,9 @@ static void cancel_from_signal_handler(void)
     CHECK(sigaction(SIGUSR1, &sa, NULL) == 0);
     CHECK(raise(SIGUSR1) == 0);
     CHECK(cancel_token_is_requested(t));
+    cancel_cause c = cancel_token_cause(t);
+    CHECK_EQ(c.reason, CANCEL_REASON_SIGNAL);
+    CHECK_EQ(c.code, SIGUSR1);
     CHECK(fd >= 0);
     bool removed = cancel_unregister(&r);
     CHECK_EQ(atomic_load(&n), removed ? 0 : 1);
@@ -113,8 +115,36 @@ static void cancel_from_signal_handler(void)
     cancel_source_free(sig_src);
 }
 
+static void signal_cause_validation(void)
+{
+    errno = 0;
+    CHECK(!cancel_source_cancel_signal(NULL, SIGINT));
+    CHECK_EQ(errno, EINVAL);
+    cancel_source *s = cancel_source_new();
+    errno = 0;
+    CHECK(!cancel_source_cancel_signal(s, 0));
+    CHECK_EQ(errno, EINVAL);
+    CHECK(!cancel_source_cancel_signal(s, 256));
+    CHECK(!cancel_token_is_requested(cancel_source_token(s)));
+    CHECK(cancel_source_cancel_signal(s, SIGTERM));
+    CHECK(!cancel_source_cancel_signal(s, SIGINT));
+    CHECK_EQ(cancel_token_cause(cancel_source_token(s)).code, SIGTERM);
+    /* a linked child inherits the signal cause */
+    cancel_source *p = cancel_source_new();
+    cancel_token pt = cancel_source_token(p);
+    cancel_source *c = cancel_source_new_linked(&pt, 1);
+    cancel_source_cancel_signal(p, SIGHUP);
+    CHECK(cancel_token_wait(cancel_source_token(c), CANCEL_INFINITE));
+    CHECK_EQ(cancel_token_cause(cancel_source_token(c)).reason, CANCEL_REASON_SIGNAL);
+    CHECK_EQ(cancel_token_cause(cancel_source_token(c)).code, SIGHUP);
+    cancel_source_free(c);
+    cancel_source_free(p);
+    cancel_source_free(s);
+}
+
 int main(void)
 {
+    RUN(signal_cause_validation);
     RUN(async_returns_before_callbacks_run);
     RUN(async_preserves_errno);
     RUN(async_then_free_still_runs_callbacks);
