@@ -39,24 +39,6 @@ _Atomic uint32_t *cancel__dispatch_seq(struct cancel_source *s)
     return &dispatch_seqs[h % 32].seq;
 }
 
-void cancel__list_push(struct cancel_source *s, struct cancel__reg *r)
-{
-    r->next = s->regs;
-    r->pprev = &s->regs;
-    if (s->regs)
-        s->regs->pprev = &r->next;
-    s->regs = r;
-}
-
-void cancel__list_remove(struct cancel__reg *r)
-{
-    *r->pprev = r->next;
-    if (r->next)
-        r->next->pprev = r->pprev;
-    r->next = NULL;
-    r->pprev = NULL;
-}
-
 void cancel__link_fire(void *child)
 {
     /* Never called: its address tags link registrations. A body of its own

@@ -136,6 +136,24 @@ static inline _Atomic uint32_t *cancel__word(struct cancel_source *s)
     return &s->head.cancel__word;
 }
 
+/* Under s->lock: the registration list, newest first. */
+static inline void cancel__list_push(struct cancel_source *s, struct cancel__reg *r)
+{
+    r->next = s->regs;
+    r->pprev = &s->regs;
+    if (s->regs)
+        s->regs->pprev = &r->next;
+    s->regs = r;
+}
+static inline void cancel__list_remove(struct cancel__reg *r)
+{
+    *r->pprev = r->next;
+    if (r->next)
+        r->next->pprev = r->pprev;
+    r->next = NULL;
+    r->pprev = NULL;
+}
+
 /* A per-thread identity (the address of a thread-local object). */
 CANCEL_HIDDEN const void *cancel__self(void);
 
@@ -157,8 +175,6 @@ CANCEL_HIDDEN bool cancel__mark(struct cancel_source *s, uint32_t bits);
 CANCEL_HIDDEN void cancel__dispatch(struct cancel_source *s);
 /* The sentinel fn of a link registration (never called). */
 CANCEL_HIDDEN void cancel__link_fire(void *child);
-CANCEL_HIDDEN void cancel__list_remove(struct cancel__reg *r);
-CANCEL_HIDDEN void cancel__list_push(struct cancel_source *s, struct cancel__reg *r);
 /* Futex words for cancel_unregister waiting on a running callback, hashed by
  * source (a collision costs a spurious wake-up). */
 CANCEL_HIDDEN _Atomic uint32_t *cancel__dispatch_seq(struct cancel_source *s);
@@ -188,8 +204,16 @@ CANCEL_HIDDEN void cancel__timer_atfork_child(void);
  * and starts it if it is not running. Returns 0 or an errno. */
 CANCEL_HIDDEN int cancel__worker_ensure(void);
 /* True once a callback or deadline may exist (seq_cst load). AS-safe. */
-CANCEL_HIDDEN bool cancel__worker_wanted(void);
-CANCEL_HIDDEN bool cancel__worker_running(void);
+extern CANCEL_HIDDEN _Atomic int cancel__worker_wanted_flag, cancel__worker_running_flag;
+static inline bool cancel__worker_wanted(void)
+{
+    return atomic_load(&cancel__worker_wanted_flag);
+}
+/* True once the thread was started in this process (seq_cst load). */
+static inline bool cancel__worker_running(void)
+{
+    return atomic_load(&cancel__worker_running_flag);
+}
 /* Queues a retained, marked source for dispatch on the library thread. AS-safe. */
 CANCEL_HIDDEN void cancel__worker_post(struct cancel_source *s);
 /* Wakes the library thread to look at the timers again. AS-safe. */

@@ -13,22 +13,13 @@
 
 #include <pthread.h>
 
-static _Atomic int wanted;  /* a callback or deadline may exist: seq_cst */
-static _Atomic int running; /* the thread was started in this process: seq_cst */
+/* A callback or deadline may exist; the thread was started in this process.
+ * seq_cst: see the Dekker pair in dispatch.c (cancel_async). */
+_Atomic int cancel__worker_wanted_flag, cancel__worker_running_flag;
 static _Atomic uint32_t wake_seq;
 static _Atomic(struct cancel_source *) queue;
 static pthread_mutex_t start_mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
-
-bool cancel__worker_wanted(void)
-{
-    return atomic_load(&wanted);
-}
-
-bool cancel__worker_running(void)
-{
-    return atomic_load(&running);
-}
 
 void cancel__worker_kick(void)
 {
@@ -105,7 +96,7 @@ static void atfork_child(void)
     /* Only the forking thread exists in the child: the library thread is
      * gone and is started again on the next registration or deadline. */
     cancel__timer_atfork_child();
-    atomic_store(&running, 0);
+    atomic_store(&cancel__worker_running_flag, 0);
     atomic_store_explicit(&wake_seq, 0, memory_order_relaxed);
     pthread_mutex_unlock(&start_mu);
 }
@@ -117,9 +108,9 @@ static void install_atfork(void)
 
 int cancel__worker_ensure(void)
 {
-    if (!atomic_load(&wanted))
-        atomic_store(&wanted, 1); /* before `running`: see registration.c */
-    if (atomic_load(&running))
+    if (!atomic_load(&cancel__worker_wanted_flag))
+        atomic_store(&cancel__worker_wanted_flag, 1); /* before `running`: see registration.c */
+    if (atomic_load(&cancel__worker_running_flag))
         return 0;
     pthread_once(&atfork_once, install_atfork);
     /* From the first registration on, locks are in use: make their release
@@ -127,10 +118,10 @@ int cancel__worker_ensure(void)
     cancel__fence_setup();
     pthread_mutex_lock(&start_mu);
     int err = 0;
-    if (!atomic_load(&running)) {
+    if (!atomic_load(&cancel__worker_running_flag)) {
         err = cancel__thread_start(worker_main, NULL);
         if (err == 0)
-            atomic_store(&running, 1);
+            atomic_store(&cancel__worker_running_flag, 1);
     }
     pthread_mutex_unlock(&start_mu);
     return err;
