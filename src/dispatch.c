@@ -95,6 +95,7 @@ void cancel__dispatch(struct cancel_source *root)
         struct cancel__reg *r;
         while ((r = s->regs) != NULL) {
             cancel__list_remove(r);
+            cancel__set_tag(r, TAG_POPPED);
             if (r->fn == cancel__link_fire) {
                 /* The child cannot go away: its unhook needs this lock and
                  * would find the link gone. */
@@ -127,9 +128,9 @@ void cancel__dispatch(struct cancel_source *root)
     }
 }
 
-static bool cancel_sync(cancel_source *s, uint32_t bits)
+static bool cancel_sync(cancel_source *s, uint32_t bits, const char *function)
 {
-    if (!s) {
+    if (!s || !cancel__source_usable(s, function)) {
         errno = EINVAL;
         return false;
     }
@@ -143,12 +144,12 @@ static bool cancel_sync(cancel_source *s, uint32_t bits)
 
 bool cancel_source_cancel(cancel_source *s)
 {
-    return cancel_sync(s, cancel__reason_bits(CANCEL_REASON_REQUESTED, 0));
+    return cancel_sync(s, cancel__reason_bits(CANCEL_REASON_REQUESTED, 0), "cancel_source_cancel");
 }
 
 bool cancel_source_fail(cancel_source *s, int code, const char *message)
 {
-    if (!s) {
+    if (!s || !cancel__source_usable(s, "cancel_source_fail")) {
         errno = EINVAL;
         return false;
     }
@@ -214,7 +215,7 @@ static bool cancel_async(cancel_source *s, uint32_t bits)
 
 bool cancel_source_cancel_async(cancel_source *s)
 {
-    if (!s) {
+    if (!s || !cancel__source_usable(s, "cancel_source_cancel_async")) {
         errno = EINVAL;
         return false;
     }
@@ -223,7 +224,7 @@ bool cancel_source_cancel_async(cancel_source *s)
 
 bool cancel_source_cancel_signal(cancel_source *s, int signo)
 {
-    if (!s || signo <= 0 || signo > 255) {
+    if (!s || signo <= 0 || signo > 255 || !cancel__source_usable(s, "cancel_source_cancel_signal")) {
         errno = EINVAL;
         return false;
     }

@@ -57,6 +57,8 @@ enum {
     ST_LINKED_CAUSE = 1u << 5, /* the cause lives in the linked origin */
     ST_UNREG_WAITERS = 1u << 6, /* a thread in cancel_unregister waits for a running
                                    callback (set and cleared under the lock) */
+    ST_FREED = 1u << 7,        /* cancel_source_free was called while other
+                                  references kept the memory */
     ST_REASON_SHIFT = 8,       /* 3 bits of cancel_reason */
     ST_REASON_MASK = 7u << 8,
     ST_SIGNO_SHIFT = 16, /* 8 bits: signal number for CANCEL_REASON_SIGNAL */
@@ -86,7 +88,7 @@ struct cancel__reg {
     cancel_fn *fn;               /* immutable while registered */
     void *arg;                   /* immutable while registered */
     _Atomic(struct cancel_source *) src; /* written under src->lock; NULL = inert */
-    uintptr_t reserved;
+    uintptr_t tag; /* CANCEL_DEBUG: where it is (cancel__tag), for misuse checks */
 };
 _Static_assert(sizeof(struct cancel__reg) == sizeof(cancel_registration), "registration size");
 
@@ -154,6 +156,36 @@ static inline void cancel__list_remove(struct cancel__reg *r)
     r->pprev = NULL;
 }
 
+/* Misuse detection. In CANCEL_DEBUG builds, misuse that can be detected is
+ * reported on stderr and aborts (debug.c); release builds do what the header
+ * documents for it. */
+#ifndef CANCEL_DEBUG
+#define CANCEL_DEBUG 0
+#endif
+CANCEL_HIDDEN _Noreturn void cancel__misuse(const char *function, const char *problem, const void *object);
+/* Registration tags (CANCEL_DEBUG): the address mixed with where it is. */
+enum { TAG_LISTED = 0x4c15, TAG_POPPED = 0x9099 };
+static inline uintptr_t cancel__tag(const struct cancel__reg *r, uintptr_t where)
+{
+    return ((uintptr_t)r * 0x9E3779B97F4A7C15u) ^ where;
+}
+static inline void cancel__set_tag(struct cancel__reg *r, uintptr_t where)
+{
+    if (CANCEL_DEBUG)
+        r->tag = where ? cancel__tag(r, where) : 0;
+}
+/* False (after reporting in CANCEL_DEBUG builds) if the owner already freed s:
+ * possible without a crash only while a retained token keeps the memory. */
+static inline bool cancel__source_usable(struct cancel_source *s, const char *function)
+{
+    if (cancel__unlikely(atomic_load_explicit(&s->head.cancel__word, memory_order_relaxed) & ST_FREED)) {
+        if (CANCEL_DEBUG)
+            cancel__misuse(function, "called on a source after cancel_source_free", s);
+        return false;
+    }
+    return true;
+}
+
 /* A per-thread identity (the address of a thread-local object). */
 CANCEL_HIDDEN const void *cancel__self(void);
 
@@ -195,6 +227,9 @@ CANCEL_HIDDEN size_t cancel__timer_pending(void);
 CANCEL_HIDDEN struct cancel_source *cancel__timer_fire_due(int64_t *next_deadline);
 CANCEL_HIDDEN int64_t cancel__timer_now(void);
 CANCEL_HIDDEN bool cancel__timer_clock_is_real(void);
+CANCEL_HIDDEN void cancel__graph_atfork_prepare(void);
+CANCEL_HIDDEN void cancel__graph_atfork_parent(void);
+CANCEL_HIDDEN void cancel__graph_atfork_child(void);
 CANCEL_HIDDEN void cancel__timer_atfork_prepare(void);
 CANCEL_HIDDEN void cancel__timer_atfork_parent(void);
 CANCEL_HIDDEN void cancel__timer_atfork_child(void);

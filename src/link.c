@@ -95,7 +95,7 @@ cancel_source *cancel_source_new_linked(const cancel_token *parents, size_t coun
         r->pprev = NULL;
         r->fn = cancel__link_fire;
         r->arg = l;
-        r->reserved = 0;
+        r->tag = 0;
         atomic_init(&r->src, NULL);
     }
     /* A parent cancelled asynchronously hands our cancellation to the

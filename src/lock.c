@@ -23,15 +23,24 @@ void cancel__lock_slow(_Atomic uint32_t *lock)
     /* Pairs with cancel__fence_light in cancel__unlock: from here on, every
      * release either lets our futex_wait see 0 or sees our count. One heavy
      * fence covers all the rounds below, since the count stays raised. */
-    cancel__fence_heavy();
+    bool fenced = cancel__fence_heavy();
     for (;;) {
         uint32_t unlocked = 0;
         if (atomic_compare_exchange_strong_explicit(lock, &unlocked, 1, memory_order_acquire,
                                                     memory_order_relaxed))
             break;
-        cancel__futex_wait(lock, 1, -1); /* EAGAIN, EINTR, spurious: retry */
+        /* EAGAIN, EINTR, spurious: retry. Without the barrier, a release may
+         * have missed our count: look again every millisecond. */
+        cancel__futex_wait(lock, 1, fenced ? -1 : cancel__add_sat(cancel__clock_ns(), 1000000));
     }
     atomic_fetch_sub_explicit(sleepers, 1, memory_order_relaxed);
+}
+
+void cancel__lock_atfork_child(void)
+{
+    /* Only the forking thread exists: nobody sleeps on any lock. */
+    for (size_t i = 0; i < CANCEL__SLEEPER_BUCKETS; i++)
+        atomic_store_explicit(&cancel__sleepers[i].n, 0, memory_order_relaxed);
 }
 
 void cancel__unlock_wake(_Atomic uint32_t *lock)

@@ -22,6 +22,7 @@
 
 CANCEL_HIDDEN void cancel__lock_slow(_Atomic uint32_t *lock);
 CANCEL_HIDDEN void cancel__unlock_wake(_Atomic uint32_t *lock);
+CANCEL_HIDDEN void cancel__lock_atfork_child(void);
 
 struct cancel__sleepers {
     _Atomic uint32_t n;

@@ -47,7 +47,8 @@ static inline void cancel__fence_light(void)
     else
         atomic_thread_fence(memory_order_seq_cst);
 }
-CANCEL_HIDDEN void cancel__fence_heavy(void);
+/* False if the process-wide barrier failed (then waits must not be unbounded). */
+CANCEL_HIDDEN bool cancel__fence_heavy(void);
 /* Registers for the expedited process-wide barrier, so that the light fence
  * becomes a compiler barrier. Idempotent; one system call the first time. */
 CANCEL_HIDDEN void cancel__fence_setup(void);

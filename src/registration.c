@@ -32,11 +32,13 @@ static int register_impl(cancel_token tok, cancel_registration *pub, cancel_fn *
     struct cancel__reg *r = (struct cancel__reg *)(void *)pub;
     if (!r || !fn)
         return EINVAL;
+    if (CANCEL_DEBUG && r->tag == cancel__tag(r, TAG_LISTED) && atomic_load(&r->src))
+        cancel__misuse("cancel_register", "registration storage reused while still registered", r);
     r->next = NULL;
     r->pprev = NULL;
     r->fn = fn;
     r->arg = arg;
-    r->reserved = 0;
+    r->tag = 0;
     atomic_store_explicit(&r->src, NULL, memory_order_relaxed);
 
     struct cancel_source *s = cancel__source_of(tok);
@@ -55,6 +57,7 @@ static int register_impl(cancel_token tok, cancel_registration *pub, cancel_fn *
         st = atomic_load_explicit(cancel__word(s), memory_order_seq_cst);
         if (!(st & (ST_REQUESTED | ST_DEAD))) {
             cancel__list_push(s, r);
+            cancel__set_tag(r, TAG_LISTED);
             atomic_store_explicit(&r->src, s, memory_order_relaxed);
             cancel__unlock(&s->lock);
             return 0;
@@ -86,6 +89,21 @@ struct waiter {
 };
 static pthread_mutex_t graph_mu = PTHREAD_MUTEX_INITIALIZER;
 static struct waiter *graph;
+
+void cancel__graph_atfork_prepare(void)
+{
+    pthread_mutex_lock(&graph_mu);
+}
+void cancel__graph_atfork_parent(void)
+{
+    pthread_mutex_unlock(&graph_mu);
+}
+void cancel__graph_atfork_child(void)
+{
+    /* The waiting threads are gone with the parent's other threads. */
+    graph = NULL;
+    pthread_mutex_unlock(&graph_mu);
+}
 
 /* Under graph_mu: would `me` waiting for `target` close a cycle? */
 static bool closes_cycle(const void *me, const void *target)
@@ -165,7 +183,11 @@ static bool unregister_impl(cancel_registration *pub, bool wait)
         cancel__unlock(&s->lock); /* made inert, or removed by a concurrent call */
         return false;
     }
+    if (CANCEL_DEBUG && r->tag != cancel__tag(r, TAG_LISTED) && r->tag != cancel__tag(r, TAG_POPPED))
+        cancel__misuse(wait ? "cancel_unregister" : "cancel_unregister_nowait",
+                       "storage that is not a registration (never registered, or overwritten)", r);
     atomic_store_explicit(&r->src, NULL, memory_order_relaxed);
+    cancel__set_tag(r, 0);
     if (r->pprev) {
         cancel__list_remove(r);
         cancel__unlock(&s->lock);

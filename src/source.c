@@ -81,6 +81,30 @@ void cancel__release(struct cancel_source *s)
         cancel__destroy(s);
 }
 
+#if CANCEL_DEBUG
+#include <pthread.h>
+/* Debug builds keep the last freed sources, marked freed, so that a double
+ * free or a use after free is reported instead of corrupting memory. */
+static pthread_mutex_t quarantine_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct cancel_source *quarantine[4096];
+static size_t quarantine_next;
+static void quarantine_or_free(struct cancel_source *s)
+{
+    atomic_store_explicit(cancel__word(s), ST_FREED | ST_DEAD, memory_order_relaxed);
+    pthread_mutex_lock(&quarantine_mu);
+    struct cancel_source *old = quarantine[quarantine_next];
+    quarantine[quarantine_next] = s;
+    quarantine_next = (quarantine_next + 1) % (sizeof quarantine / sizeof quarantine[0]);
+    pthread_mutex_unlock(&quarantine_mu);
+    free(old);
+}
+#else
+static void quarantine_or_free(struct cancel_source *s)
+{
+    free(s);
+}
+#endif
+
 void cancel__destroy(struct cancel_source *s)
 {
     /* Iterative: an origin released here may be the last reference to it,
@@ -108,7 +132,7 @@ void cancel__destroy(struct cancel_source *s)
                     cancel__release(o);
             }
         }
-        free(s);
+        quarantine_or_free(s);
         s = next;
     }
 }
@@ -147,6 +171,7 @@ void cancel__make_inert_locked(struct cancel_source *s, bool keep_links)
         cancel__list_remove(r);
         /* A child's link keeps pointing here and stays counted in
          * s->children until the child unhooks (cancel__unhook). */
+        cancel__set_tag(r, 0);
         if (r->fn != cancel__link_fire)
             /* release: pairs with the acquire load in cancel_unregister, so
              * that a caller who then reuses the storage comes after our
@@ -160,6 +185,11 @@ void cancel_source_free(cancel_source *s)
     if (!s)
         return;
     uint32_t st = atomic_load_explicit(cancel__word(s), memory_order_relaxed);
+    if (cancel__unlikely(st & ST_FREED)) {
+        if (CANCEL_DEBUG)
+            cancel__misuse("cancel_source_free", "double free of a source", s);
+        return; /* release builds: ignored while retained tokens keep it */
+    }
     /* First stop every internal actor that could start cancelling s: its
      * parents' dispatchers and the timer. */
     if (st & ST_LINKED)
@@ -177,6 +207,7 @@ void cancel_source_free(cancel_source *s)
         cancel__destroy(s);
         return;
     }
+    atomic_fetch_or_explicit(cancel__word(s), ST_FREED, memory_order_relaxed);
     if (cancel__mark(s, ST_DEAD)) {
         /* Freed uncancelled: its registrations will never run. */
         cancel__lock(&s->lock);
@@ -190,7 +221,7 @@ void cancel_source_free(cancel_source *s)
 
 int cancel_source_set_name(cancel_source *s, const char *name)
 {
-    if (!s || !name)
+    if (!s || !name || !cancel__source_usable(s, "cancel_source_set_name"))
         return EINVAL;
     struct cancel__extra *ex = cancel__extra_get(s);
     if (!ex)
@@ -212,7 +243,7 @@ int cancel_source_set_name(cancel_source *s, const char *name)
 
 const char *cancel_source_name(const cancel_source *s)
 {
-    if (!s)
+    if (!s || !cancel__source_usable((struct cancel_source *)s, "cancel_source_name"))
         return NULL;
     struct cancel__extra *ex = atomic_load_explicit(&((struct cancel_source *)s)->extra, memory_order_acquire);
     return ex ? atomic_load_explicit(&ex->name, memory_order_acquire) : NULL;
@@ -220,7 +251,7 @@ const char *cancel_source_name(const cancel_source *s)
 
 bool cancel_source_try_reset(cancel_source *s)
 {
-    if (!s) {
+    if (!s || !cancel__source_usable(s, "cancel_source_try_reset")) {
         errno = EINVAL;
         return false;
     }
@@ -238,9 +269,9 @@ bool cancel_source_try_reset(cancel_source *s)
 
 int cancel_source_get_info(const cancel_source *cs, cancel_source_info *out)
 {
-    if (!cs || !out)
-        return EINVAL;
     struct cancel_source *s = (struct cancel_source *)cs;
+    if (!s || !out || !cancel__source_usable(s, "cancel_source_get_info"))
+        return EINVAL;
     memset(out, 0, sizeof *out);
     cancel__lock(&s->lock);
     uint32_t st = atomic_load_explicit(cancel__word(s), memory_order_acquire);

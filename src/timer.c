@@ -231,7 +231,7 @@ static int64_t deadline_after(int64_t delay_ns)
 
 int cancel_source_cancel_after(cancel_source *s, int64_t delay_ns)
 {
-    if (!s)
+    if (!s || !cancel__source_usable(s, "cancel_source_cancel_after"))
         return EINVAL;
     if (delay_ns == CANCEL_INFINITE) {
         if (atomic_load_explicit(&s->timer_slot, memory_order_relaxed))

@@ -9,6 +9,7 @@
  * emptied whole by the thread, so it has no ABA problem.
  */
 #include "internal.h"
+#include "lock.h"
 #include "platform.h"
 
 #include <pthread.h>
@@ -82,12 +83,14 @@ static void *worker_main(void *unused)
 static void atfork_prepare(void)
 {
     pthread_mutex_lock(&start_mu);
+    cancel__graph_atfork_prepare();
     cancel__timer_atfork_prepare();
 }
 
 static void atfork_parent(void)
 {
     cancel__timer_atfork_parent();
+    cancel__graph_atfork_parent();
     pthread_mutex_unlock(&start_mu);
 }
 
@@ -96,6 +99,8 @@ static void atfork_child(void)
     /* Only the forking thread exists in the child: the library thread is
      * gone and is started again on the next registration or deadline. */
     cancel__timer_atfork_child();
+    cancel__graph_atfork_child();
+    cancel__lock_atfork_child();
     atomic_store(&cancel__worker_running_flag, 0);
     atomic_store_explicit(&wake_seq, 0, memory_order_relaxed);
     pthread_mutex_unlock(&start_mu);

@@ -130,7 +130,7 @@ void cancel__fence_setup(void)
     errno = saved;
 }
 
-void cancel__fence_heavy(void)
+bool cancel__fence_heavy(void)
 {
     int saved = errno;
     pthread_once(&membarrier_once, membarrier_register);
@@ -139,7 +139,15 @@ void cancel__fence_heavy(void)
      * cancel__fence_light() be a compiler barrier. Threads that read the flag
      * as 0 used a full fence themselves. */
     atomic_thread_fence(memory_order_seq_cst);
-    if (atomic_load_explicit(&cancel__membarrier_ready, memory_order_relaxed))
-        syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0);
+    if (atomic_load_explicit(&cancel__membarrier_ready, memory_order_relaxed) &&
+        syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0) != 0) {
+        /* Cannot happen once registered (the registration is inherited by
+         * fork children too); should it, fall back to full fences for good
+         * and tell the caller not to trust this round. */
+        atomic_store_explicit(&cancel__membarrier_ready, 0, memory_order_relaxed);
+        errno = saved;
+        return false;
+    }
     errno = saved;
+    return true;
 }

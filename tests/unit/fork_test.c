@@ -1,0 +1,109 @@
+/* Behaviour in a child process after fork(). */
+#include "../check.h"
+
+#include <cancel.h>
+#include <errno.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+static void child_runs(void (*fn)(void))
+{
+    fflush(stderr);
+    pid_t pid = fork();
+    CHECK(pid >= 0);
+    if (pid == 0) {
+        fn();
+        _exit(0);
+    }
+    int status;
+    CHECK(waitpid(pid, &status, 0) == pid);
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+}
+
+static cancel_source *pre;     /* created, with a callback, before fork */
+static cancel_source *armed;   /* deadline armed before fork */
+static _Atomic int pre_ran;
+static cancel_registration pre_reg;
+
+static void in_child(void)
+{
+    /* Sources made before fork are usable: synchronous cancel runs the
+     * callback registered before fork, on this thread. */
+    CHECK(cancel_source_cancel(pre));
+    CHECK_EQ(atomic_load(&pre_ran), 1);
+
+    /* The library thread does not exist in the child until something needs
+     * it: the next registration starts it; deadlines armed before fork then
+     * fire here too. */
+    cancel_stats st;
+    cancel_get_stats(&st);
+    CHECK(!st.thread_running);
+    cancel_source *s = cancel_source_new();
+    cancel_registration r;
+    _Atomic int n = 0;
+    CHECK_EQ(cancel_register(cancel_source_token(s), &r, test_count, &n), 0);
+    cancel_get_stats(&st);
+    CHECK(st.thread_running);
+    CHECK(cancel_token_wait(cancel_source_token(armed), 10LL * 1000000000));
+    CHECK_EQ(cancel_token_cause(cancel_source_token(armed)).reason, CANCEL_REASON_TIMEOUT);
+
+    /* New deadlines and async cancels work. */
+    CHECK_EQ(cancel_source_cancel_after(s, 1000000), 0);
+    CHECK(cancel_token_wait(cancel_source_token(s), 10LL * 1000000000));
+    cancel_unregister(&r);
+    CHECK(atomic_load(&n) <= 1);
+    cancel_source_free(s);
+    cancel_source_free(pre);
+    cancel_source_free(armed);
+}
+
+static void sources_and_timer_work_in_child(void)
+{
+    pre = cancel_source_new();
+    CHECK_EQ(cancel_register(cancel_source_token(pre), &pre_reg, test_count, &pre_ran), 0);
+    armed = cancel_source_new();
+    CHECK_EQ(cancel_source_cancel_after(armed, 50 * 1000000), 0);
+    child_runs(in_child);
+    /* The parent's copies are untouched by the child. */
+    CHECK(!cancel_token_is_requested(cancel_source_token(pre)));
+    CHECK_EQ(atomic_load(&pre_ran), 0);
+    CHECK(cancel_token_wait(cancel_source_token(armed), 10LL * 1000000000));
+    cancel_source_free(pre);
+    cancel_source_free(armed);
+}
+
+/* fork while other threads keep using the library: the child must not find
+ * the timer lock or the start mutex held. */
+static _Atomic int stop;
+static void *busy(void *arg)
+{
+    (void)arg;
+    while (!atomic_load(&stop)) {
+        cancel_source *s = cancel_source_new();
+        cancel_source_cancel_after(s, 1000000000);
+        cancel_source_free(s);
+    }
+    return NULL;
+}
+static void child_arms_deadline(void)
+{
+    cancel_source *s = cancel_source_new();
+    CHECK_EQ(cancel_source_cancel_after(s, 1000), 0);
+    CHECK(cancel_token_wait(cancel_source_token(s), 10LL * 1000000000));
+    cancel_source_free(s);
+}
+static void fork_during_timer_activity(void)
+{
+    pthread_t t = test_spawn(busy, NULL);
+    for (int i = 0; i < TEST_SCALE(100); i++)
+        child_runs(child_arms_deadline);
+    atomic_store(&stop, 1);
+    test_join(t);
+}
+
+int main(void)
+{
+    RUN(sources_and_timer_work_in_child);
+    RUN(fork_during_timer_activity);
+    return 0;
+}
