@@ -20,6 +20,7 @@
 #include "platform.h"
 
 #include <stdlib.h>
+#include <string.h>
 
 struct entry {
     int64_t deadline;
@@ -110,8 +111,12 @@ static void remove_at(uint32_t i)
             sift_down(i);
     }
     if (T.cap > 64 && T.size < T.cap / 4) {
-        struct entry *smaller = realloc(T.heap, (T.cap / 2) * sizeof *smaller);
-        if (smaller) { /* keeping the larger array is harmless */
+        /* A fresh, smaller array rather than realloc: shrinking a large
+         * (mmapped) block in place keeps at least a page of it. */
+        struct entry *smaller = malloc((T.cap / 2) * sizeof *smaller);
+        if (smaller) { /* on failure keeping the larger array is harmless */
+            memcpy(smaller, T.heap, T.size * sizeof *smaller);
+            free(T.heap);
             T.heap = smaller;
             T.cap /= 2;
         }

@@ -1,0 +1,239 @@
+/*
+ * Allocation-failure injection. Linked with -Wl,--wrap for malloc, calloc,
+ * realloc, strdup and pthread_create, so that the library's own calls go
+ * through the wrappers below. Each scenario runs with the N-th allocation
+ * failing, for every N until the scenario no longer allocates that many:
+ * every call must report its documented error, the objects must stay usable,
+ * and nothing may leak (LeakSanitizer, in the ASan build).
+ */
+#include "../check.h"
+
+#include <cancel.h>
+#include <errno.h>
+#include <poll.h>
+
+void *__real_malloc(size_t);
+void *__real_calloc(size_t, size_t);
+void *__real_realloc(void *, size_t);
+char *__real_strdup(const char *);
+int __real_pthread_create(pthread_t *, const pthread_attr_t *, void *(*)(void *), void *);
+void *__wrap_malloc(size_t);
+void *__wrap_calloc(size_t, size_t);
+void *__wrap_realloc(void *, size_t);
+char *__wrap_strdup(const char *);
+int __wrap_pthread_create(pthread_t *, const pthread_attr_t *, void *(*)(void *), void *);
+
+static _Thread_local long fail_at; /* 0: never; counts on the test's thread only */
+static _Thread_local long seen;
+static _Atomic int refuse_threads;
+static long points; /* allocation points exercised, over all scenarios */
+
+static bool inject(void)
+{
+    if (fail_at == 0)
+        return false;
+    return ++seen == fail_at;
+}
+void *__wrap_malloc(size_t n)
+{
+    return inject() ? (errno = ENOMEM, NULL) : __real_malloc(n);
+}
+void *__wrap_calloc(size_t a, size_t b)
+{
+    return inject() ? (errno = ENOMEM, NULL) : __real_calloc(a, b);
+}
+void *__wrap_realloc(void *p, size_t n)
+{
+    return inject() ? (errno = ENOMEM, NULL) : __real_realloc(p, n);
+}
+char *__wrap_strdup(const char *s)
+{
+    return inject() ? (errno = ENOMEM, NULL) : __real_strdup(s);
+}
+int __wrap_pthread_create(pthread_t *t, const pthread_attr_t *a, void *(*fn)(void *), void *arg)
+{
+    if (atomic_load(&refuse_threads))
+        return EAGAIN;
+    return __real_pthread_create(t, a, fn, arg);
+}
+
+/* Runs scenario(n) with the n-th allocation failing, for n = 1, 2, ... until
+ * a run makes fewer allocations than n. */
+static void each_failure(const char *name, void (*scenario)(long n))
+{
+    long n;
+    for (n = 1;; n++) {
+        seen = 0;
+        fail_at = n;
+        scenario(n);
+        long made = seen;
+        fail_at = 0;
+        if (made < n)
+            break;
+    }
+    points += n - 1;
+    fprintf(stderr, "   %s: %ld allocation points\n", name, n - 1);
+}
+
+static bool readable(int fd)
+{
+    struct pollfd p = {fd, POLLIN, 0};
+    return poll(&p, 1, 0) == 1;
+}
+
+/* The library thread cannot be started: registration still succeeds,
+ * synchronous cancellation works, deadlines report EAGAIN; async callbacks
+ * wait for the thread, which the next registration starts. Runs first,
+ * before anything has started the thread. */
+static void thread_start_fails(void)
+{
+    atomic_store(&refuse_threads, 1);
+    cancel_source *s = cancel_source_new();
+    _Atomic int n = 0;
+    cancel_registration r;
+    CHECK_EQ(cancel_register(cancel_source_token(s), &r, test_count, &n), 0);
+    CHECK_EQ(cancel_source_cancel_after(s, 1000000), EAGAIN);
+    cancel_stats st;
+    cancel_get_stats(&st);
+    CHECK(!st.thread_running);
+    CHECK_EQ(st.deadlines_pending, 0);
+    CHECK(cancel_source_cancel_async(s)); /* queued */
+    CHECK(cancel_token_is_requested(cancel_source_token(s)));
+    atomic_store(&refuse_threads, 0);
+    cancel_source *other = cancel_source_new();
+    cancel_registration r2;
+    CHECK_EQ(cancel_register(cancel_source_token(other), &r2, test_never, NULL), 0); /* starts it */
+    cancel_get_stats(&st);
+    CHECK(st.thread_running);
+    while (!atomic_load(&n)) /* the queued dispatch runs on the new thread */
+        test_sleep_ns(1000000);
+    cancel_unregister(&r);
+    CHECK_EQ(atomic_load(&n), 1);
+    CHECK(cancel_unregister(&r2));
+    cancel_source_free(other);
+    cancel_source_free(s);
+}
+
+static void create(long n)
+{
+    (void)n;
+    errno = 0;
+    cancel_source *s = cancel_source_new();
+    if (!s) {
+        CHECK_EQ(errno, ENOMEM);
+        return;
+    }
+    CHECK(cancel_source_cancel(s));
+    cancel_source_free(s);
+}
+
+static cancel_source *parent1, *parent2;
+static void linked_create(long n)
+{
+    (void)n;
+    cancel_token p[2] = {cancel_source_token(parent1), cancel_source_token(parent2)};
+    errno = 0;
+    cancel_source *c = cancel_source_new_linked(p, 2);
+    cancel_source_info info;
+    if (!c) {
+        CHECK_EQ(errno, ENOMEM);
+        CHECK_EQ(cancel_source_get_info(parent1, &info), 0);
+        CHECK_EQ(info.children, 0); /* nothing half-linked */
+        return;
+    }
+    CHECK_EQ(cancel_source_get_info(parent1, &info), 0);
+    CHECK_EQ(info.children, 1);
+    cancel_source_free(c);
+}
+
+static void descriptor(long n)
+{
+    (void)n;
+    cancel_source *s = cancel_source_new();
+    if (!s)
+        return;
+    errno = 0;
+    int fd = cancel_token_fd(cancel_source_token(s));
+    if (fd < 0)
+        CHECK_EQ(errno, ENOMEM);
+    CHECK(cancel_source_cancel(s)); /* usable either way */
+    if (fd >= 0)
+        CHECK(readable(fd));
+    cancel_source_free(s);
+}
+
+static void names(long n)
+{
+    (void)n;
+    cancel_source *s = cancel_source_new();
+    if (!s)
+        return;
+    int rc = cancel_source_set_name(s, "named");
+    CHECK(rc == 0 || rc == ENOMEM);
+    CHECK(cancel_source_cancel(s));
+    cancel_cause c = cancel_token_cause(cancel_source_token(s));
+    if (rc == 0)
+        CHECK_STR(c.origin, "named");
+    else
+        CHECK(c.origin == NULL);
+    cancel_source_free(s);
+}
+
+static void fail_message(long n)
+{
+    (void)n;
+    cancel_source *s = cancel_source_new();
+    if (!s)
+        return;
+    errno = 0;
+    CHECK(cancel_source_fail(s, EPIPE, "a message")); /* cancels even without memory */
+    int err = errno;
+    cancel_cause c = cancel_token_cause(cancel_source_token(s));
+    CHECK_EQ(c.reason, CANCEL_REASON_FAILED);
+    CHECK_EQ(c.code, EPIPE);
+    if (c.message)
+        CHECK_STR(c.message, "a message");
+    else
+        CHECK_EQ(err, ENOMEM);
+    cancel_source_free(s);
+}
+
+/* Deadlines: the heap array grows (and shrinks) as deadlines come and go. */
+static cancel_source *pending[100];
+static void deadlines(long n)
+{
+    (void)n;
+    int armed = 0;
+    for (int i = 0; i < 100; i++) {
+        pending[i] = cancel_source_new();
+        if (!pending[i])
+            continue;
+        int rc = cancel_source_cancel_after(pending[i], 3600LL * 1000000000);
+        CHECK(rc == 0 || rc == ENOMEM);
+        armed += rc == 0;
+    }
+    cancel_stats st;
+    cancel_get_stats(&st);
+    CHECK_EQ(st.deadlines_pending, (size_t)armed);
+    for (int i = 0; i < 100; i++)
+        cancel_source_free(pending[i]);
+    cancel_get_stats(&st);
+    CHECK_EQ(st.deadlines_pending, 0);
+}
+
+int main(void)
+{
+    RUN(thread_start_fails);
+    parent1 = cancel_source_new();
+    parent2 = cancel_source_new();
+    each_failure("create", create);
+    each_failure("linked create", linked_create);
+    each_failure("descriptor", descriptor);
+    each_failure("names", names);
+    each_failure("fail messages", fail_message);
+    each_failure("deadlines", deadlines);
+    cancel_source_free(parent1);
+    cancel_source_free(parent2);
+    fprintf(stderr, "   %ld allocation points exercised\n", points);
+    return 0;
+}
