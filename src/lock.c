@@ -3,20 +3,26 @@
 
 struct cancel__sleepers cancel__sleepers[CANCEL__SLEEPER_BUCKETS];
 
-/* Long enough to cover a critical section of a few dozen instructions on
- * another core, short enough not to burn a time slice when the holder was
- * preempted. */
-#define SPIN_LIMIT 200
+/* Spin rounds before sleeping, with pauses doubling up to 32 per round: at
+ * most 671 pauses (about 15 us where a pause is 23 ns), long enough to
+ * cover many critical sections of a few dozen instructions, short enough
+ * not to burn a time slice when the holder was preempted. */
+#define SPIN_LIMIT 24
 
 void cancel__lock_slow(_Atomic uint32_t *lock)
 {
-    for (int i = 0; i < SPIN_LIMIT; i++) {
+    /* Exponential backoff: a spinner that keeps reading the line slows the
+     * holder, whose writes must take it back each time. */
+    for (int i = 0, pause = 1; i < SPIN_LIMIT; i++) {
         uint32_t unlocked = 0;
         if (atomic_load_explicit(lock, memory_order_relaxed) == 0 &&
             atomic_compare_exchange_weak_explicit(lock, &unlocked, 1, memory_order_acquire,
                                                   memory_order_relaxed))
             return;
-        cancel__cpu_relax();
+        for (int k = 0; k < pause; k++)
+            cancel__cpu_relax();
+        if (pause < 32)
+            pause *= 2;
     }
     _Atomic uint32_t *sleepers = cancel__sleepers_of(lock);
     atomic_fetch_add_explicit(sleepers, 1, memory_order_relaxed);
