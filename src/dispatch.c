@@ -82,6 +82,25 @@ void cancel__wake_unregister_waiters_locked(struct cancel_source *s)
     }
 }
 
+/* Entering and leaving a source's critical sections during its dispatch:
+ * plain stores in biased mode (lock.h), the lock otherwise. */
+static void cs_enter(struct cancel_source *s, bool biased)
+{
+    if (biased) {
+        cancel__bias_enter_cs(s);
+    } else {
+        cancel__held intruder = cancel__source_lock(s);
+        (void)intruder; /* only the dispatcher biases s, and that is us */
+    }
+}
+static void cs_leave(struct cancel_source *s, bool biased)
+{
+    if (biased)
+        cancel__bias_leave_cs(s);
+    else
+        cancel__source_unlock(s, false);
+}
+
 void cancel__dispatch(struct cancel_source *root)
 {
     struct cancel__frame frame = {NULL, cancel__self()};
@@ -91,7 +110,13 @@ void cancel__dispatch(struct cancel_source *root)
         struct cancel_source *s = top;
         if (atomic_load_explicit(&s->timer_slot, memory_order_relaxed))
             cancel__timer_disarm(s);
-        cancel__lock(&s->lock);
+        /* Back from a child, s is still biased by us; otherwise start. */
+        bool biased = atomic_load_explicit(&s->lock, memory_order_relaxed) & LOCK_BIASED;
+        cs_enter(s, biased);
+        if (!biased && cancel__bias_available()) {
+            cancel__bias_begin(s);
+            biased = true;
+        }
         struct cancel__reg *r;
         while ((r = s->regs) != NULL) {
             cancel__list_remove(r);
@@ -101,7 +126,7 @@ void cancel__dispatch(struct cancel_source *root)
                  * would find the link gone. */
                 struct cancel__linked *child = r->arg;
                 cancel__retain(&child->src);
-                cancel__unlock(&s->lock);
+                cs_leave(s, biased);
                 if (cancel__cancel_from_parent(child, s)) {
                     child->src.next_pending = top;
                     top = &child->src;
@@ -114,15 +139,18 @@ void cancel__dispatch(struct cancel_source *root)
             s->running = &frame;
             cancel_fn *fn = r->fn;
             void *arg = r->arg;
-            cancel__unlock(&s->lock);
+            cs_leave(s, biased);
             fn(arg);
-            cancel__lock(&s->lock);
+            cs_enter(s, biased);
             s->running = NULL;
             cancel__wake_unregister_waiters_locked(s);
         }
         if (r)
-            continue; /* popped a link: lock released; go on with `top` */
-        cancel__unlock(&s->lock);
+            continue; /* popped a link: s left; go on with `top` */
+        if (biased)
+            cancel__bias_end(s);
+        else
+            cancel__source_unlock(s, false);
         top = s->next_pending;
         cancel__release(s);
     }
@@ -172,7 +200,7 @@ bool cancel_source_fail(cancel_source *s, int code, const char *message)
      * that can still win. A lock-free canceller may still win the CAS; then
      * the fields are never read (the reason is not FAILED) and we take the
      * message back. */
-    cancel__lock(&s->lock);
+    cancel__held held = cancel__source_lock(s);
     bool won = false;
     if (!(atomic_load_explicit(cancel__word(s), memory_order_relaxed) & (ST_REQUESTED | ST_DEAD))) {
         s->code = code;
@@ -182,7 +210,7 @@ bool cancel_source_fail(cancel_source *s, int code, const char *message)
         if (!won && copy)
             ex->message = NULL;
     }
-    cancel__unlock(&s->lock);
+    cancel__source_unlock(s, held);
     if (!won) {
         free(copy);
         return false;

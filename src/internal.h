@@ -59,6 +59,8 @@ enum {
                                    callback (set and cleared under the lock) */
     ST_FREED = 1u << 7,        /* cancel_source_free was called while other
                                   references kept the memory */
+    ST_INTRUDER = 1u << 11,    /* a thread holds the lock as an intruder into a
+                                  dispatch (lock.h) */
     ST_REASON_SHIFT = 8,       /* 3 bits of cancel_reason */
     ST_REASON_MASK = 7u << 8,
     ST_SIGNO_SHIFT = 16, /* 8 bits: signal number for CANCEL_REASON_SIGNAL */

@@ -37,11 +37,11 @@ static bool usable_parent(struct cancel_source *p, const cancel_token *parents, 
 /* Hooks link r onto parent p. Returns false if p is already cancelled. */
 static bool hook(struct cancel_source *p, struct cancel__reg *r)
 {
-    cancel__lock(&p->lock);
+    cancel__held held = cancel__source_lock(p);
     /* seq_cst: see the registration path (registration.c). */
     uint32_t st = atomic_load_explicit(cancel__word(p), memory_order_seq_cst);
     if (st & ST_REQUESTED) {
-        cancel__unlock(&p->lock);
+        cancel__source_unlock(p, held);
         return false;
     }
     if (!(st & ST_DEAD)) {
@@ -51,7 +51,7 @@ static bool hook(struct cancel_source *p, struct cancel__reg *r)
         if (!(atomic_load_explicit(&p->refs, memory_order_relaxed) & REFS_CHILDREN))
             atomic_fetch_or_explicit(&p->refs, REFS_CHILDREN, memory_order_relaxed);
     }
-    cancel__unlock(&p->lock);
+    cancel__source_unlock(p, held);
     return true;
 }
 
@@ -133,13 +133,13 @@ bool cancel__cancel_from_parent(struct cancel__linked *child, struct cancel_sour
     /* The lock serialises writers of child->origin: only one of them can
      * find the child uncancelled. If a lock-free canceller beats our CAS,
      * the origin stays unused and is released with the child. */
-    cancel__lock(&c->lock);
+    cancel__held held = cancel__source_lock(c);
     if (!(atomic_load_explicit(cancel__word(c), memory_order_relaxed) & (ST_REQUESTED | ST_DEAD))) {
         cancel__retain(origin);
         child->origin = origin;
         won = cancel__mark(c, bits);
     }
-    cancel__unlock(&c->lock);
+    cancel__source_unlock(c, held);
     return won;
 }
 
@@ -151,13 +151,13 @@ void cancel__unhook(struct cancel__linked *l)
         struct cancel_source *p = atomic_load_explicit(&r->src, memory_order_relaxed);
         if (!p)
             continue;
-        cancel__lock(&p->lock);
+        cancel__held held = cancel__source_lock(p);
         if (r->pprev)
             cancel__list_remove(r);
         atomic_store_explicit(&r->src, NULL, memory_order_relaxed);
         bool last = --p->children == 0 &&
                     (atomic_load_explicit(&p->refs, memory_order_acquire) & REFS_COUNT) == 0;
-        cancel__unlock(&p->lock);
+        cancel__source_unlock(p, held);
         if (last)
             cancel__destroy(p);
     }

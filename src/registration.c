@@ -51,7 +51,7 @@ static int register_impl(cancel_token tok, cancel_registration *pub, cancel_fn *
          * seq_cst load pairs with cancel_source_cancel_async. */
         if (cancel__unlikely(!cancel__worker_running()))
             (void)cancel__worker_ensure(); /* on failure: retried by the next caller */
-        cancel__lock(&s->lock);
+        cancel__held held = cancel__source_lock(s);
         /* seq_cst: second half of the Dekker pair with cancel_async (see
          * dispatch.c); otherwise the lock orders us with the dispatcher. */
         st = atomic_load_explicit(cancel__word(s), memory_order_seq_cst);
@@ -59,10 +59,10 @@ static int register_impl(cancel_token tok, cancel_registration *pub, cancel_fn *
             cancel__list_push(s, r);
             cancel__set_tag(r, TAG_LISTED);
             atomic_store_explicit(&r->src, s, memory_order_relaxed);
-            cancel__unlock(&s->lock);
+            cancel__source_unlock(s, held);
             return 0;
         }
-        cancel__unlock(&s->lock);
+        cancel__source_unlock(s, held);
     }
     if (st & ST_DEAD)
         return 0; /* can never be cancelled: inert */
@@ -130,9 +130,10 @@ static struct cancel__frame *running_frame(struct cancel_source *s, struct cance
     return f && f->reg == r ? f : NULL;
 }
 
-/* Under s->lock (released while sleeping): waits until r's callback, which a
- * dispatcher popped, is no longer running, unless that would deadlock. */
-static void wait_for_callback(struct cancel_source *s, struct cancel__reg *r)
+/* Under s->lock, held as *held (released while sleeping): waits until r's
+ * callback, which a dispatcher popped, is no longer running, unless that
+ * would deadlock. */
+static void wait_for_callback(struct cancel_source *s, struct cancel__reg *r, cancel__held *held)
 {
     struct cancel__frame *f = running_frame(s, r);
     const void *me = cancel__self();
@@ -153,9 +154,9 @@ static void wait_for_callback(struct cancel_source *s, struct cancel__reg *r)
     while (running_frame(s, r)) {
         atomic_fetch_or_explicit(cancel__word(s), ST_UNREG_WAITERS, memory_order_relaxed);
         uint32_t v = atomic_load_explicit(seq, memory_order_relaxed);
-        cancel__unlock(&s->lock);
+        cancel__source_unlock(s, *held);
         cancel__futex_wait(seq, v, -1);
-        cancel__lock(&s->lock);
+        *held = cancel__source_lock(s);
     }
 
     pthread_mutex_lock(&graph_mu);
@@ -178,9 +179,9 @@ static bool unregister_impl(cancel_registration *pub, bool wait)
     struct cancel_source *s = atomic_load_explicit(&r->src, memory_order_acquire);
     if (!s)
         return false;
-    cancel__lock(&s->lock);
+    cancel__held held = cancel__source_lock(s);
     if (atomic_load_explicit(&r->src, memory_order_relaxed) != s) {
-        cancel__unlock(&s->lock); /* made inert, or removed by a concurrent call */
+        cancel__source_unlock(s, held); /* made inert, or removed by a concurrent call */
         return false;
     }
     if (CANCEL_DEBUG && r->tag != cancel__tag(r, TAG_LISTED) && r->tag != cancel__tag(r, TAG_POPPED))
@@ -190,12 +191,12 @@ static bool unregister_impl(cancel_registration *pub, bool wait)
     cancel__set_tag(r, 0);
     if (r->pprev) {
         cancel__list_remove(r);
-        cancel__unlock(&s->lock);
+        cancel__source_unlock(s, held);
         return true;
     }
     if (wait)
-        wait_for_callback(s, r);
-    cancel__unlock(&s->lock);
+        wait_for_callback(s, r, &held);
+    cancel__source_unlock(s, held);
     return false;
 }
 

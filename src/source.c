@@ -62,10 +62,10 @@ void cancel__release(struct cancel_source *s)
         if ((r & REFS_COUNT) == 1 && (r & REFS_CHILDREN)) {
             /* Last reference while children may still point here: decide
              * under the lock, where cancel__unhook decides too. */
-            cancel__lock(&s->lock);
+            cancel__held held = cancel__source_lock(s);
             atomic_fetch_sub_explicit(&s->refs, 1, memory_order_acq_rel);
             bool last = s->children == 0;
-            cancel__unlock(&s->lock);
+            cancel__source_unlock(s, held);
             if (last)
                 cancel__destroy(s);
             return;
@@ -210,9 +210,9 @@ void cancel_source_free(cancel_source *s)
     atomic_fetch_or_explicit(cancel__word(s), ST_FREED, memory_order_relaxed);
     if (cancel__mark(s, ST_DEAD)) {
         /* Freed uncancelled: its registrations will never run. */
-        cancel__lock(&s->lock);
+        cancel__held held = cancel__source_lock(s);
         cancel__make_inert_locked(s, false);
-        cancel__unlock(&s->lock);
+        cancel__source_unlock(s, held);
     }
     /* Cancelled: a dispatch in progress or queued holds its own reference
      * and runs what is left. */
@@ -259,11 +259,11 @@ bool cancel_source_try_reset(cancel_source *s)
      * after this either it has set REQUESTED (seen below) or it never will. */
     if (atomic_load_explicit(&s->timer_slot, memory_order_relaxed))
         cancel__timer_disarm(s);
-    cancel__lock(&s->lock);
+    cancel__held held = cancel__source_lock(s);
     bool ok = !(atomic_load_explicit(cancel__word(s), memory_order_relaxed) & ST_REQUESTED);
     if (ok)
         cancel__make_inert_locked(s, true);
-    cancel__unlock(&s->lock);
+    cancel__source_unlock(s, held);
     return ok;
 }
 
@@ -273,14 +273,14 @@ int cancel_source_get_info(const cancel_source *cs, cancel_source_info *out)
     if (!s || !out || !cancel__source_usable(s, "cancel_source_get_info"))
         return EINVAL;
     memset(out, 0, sizeof *out);
-    cancel__lock(&s->lock);
+    cancel__held held = cancel__source_lock(s);
     uint32_t st = atomic_load_explicit(cancel__word(s), memory_order_acquire);
     for (struct cancel__reg *r = s->regs; r; r = r->next)
         if (r->fn == cancel__link_fire)
             out->children++;
         else
             out->registrations++;
-    cancel__unlock(&s->lock);
+    cancel__source_unlock(s, held);
     if (st & ST_REQUESTED)
         out->reason = cancel__reason_of(st);
     if (st & ST_LINKED) {

@@ -104,8 +104,62 @@ static void register_unregister_reset_cancel(void)
     run_rounds(1);
 }
 
+/* Unregisters from other threads while a long dispatch runs: they intrude
+ * into the dispatcher's biased lock (lock.h) thousands of times. */
+enum { MANY = 4000 };
+struct many {
+    cancel_registration regs[MANY];
+    _Atomic int runs[MANY];
+    int removed[MANY];
+    _Atomic int next;
+    test_gate go;
+    cancel_source *src;
+};
+static void slow_count(void *arg)
+{
+    _Atomic int *runs = arg;
+    CHECK_EQ(atomic_fetch_add(runs, 1), 0);
+    for (volatile int i = 0; i < 200; i++) {
+    }
+}
+static void *unregister_some(void *arg)
+{
+    struct many *m = arg;
+    test_gate_wait(&m->go);
+    int i;
+    while ((i = atomic_fetch_add(&m->next, 3)) < MANY) /* every third, oldest first */
+        m->removed[i] = cancel_unregister(&m->regs[i]);
+    return NULL;
+}
+static void unregister_during_long_dispatch(void)
+{
+    struct many *m = calloc(1, sizeof *m);
+    for (int round = 0; round < TEST_SCALE(50); round++) {
+        memset(m, 0, sizeof *m);
+        m->go = (test_gate)TEST_GATE_INIT;
+        m->src = cancel_source_new();
+        for (int i = 0; i < MANY; i++)
+            CHECK_EQ(cancel_register(cancel_source_token(m->src), &m->regs[i], slow_count, &m->runs[i]), 0);
+        pthread_t t[2] = {test_spawn(unregister_some, m), test_spawn(unregister_some, m)};
+        test_gate_open(&m->go);
+        CHECK(cancel_source_cancel(m->src)); /* newest first: meets the unregisters midway */
+        test_join(t[0]);
+        test_join(t[1]);
+        int removed = 0;
+        for (int i = 0; i < MANY; i++) {
+            CHECK_EQ(atomic_load(&m->runs[i]), m->removed[i] ? 0 : 1);
+            removed += m->removed[i];
+        }
+        if (round == 0)
+            fprintf(stderr, "   %d of %d removed before they ran\n", removed, (MANY + 2) / 3);
+        cancel_source_free(m->src);
+    }
+    free(m);
+}
+
 int main(void)
 {
+    RUN(unregister_during_long_dispatch);
     RUN(register_unregister_cancel);
     RUN(register_unregister_reset_cancel);
     return 0;
