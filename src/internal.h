@@ -192,6 +192,8 @@ static inline bool cancel__source_usable(struct cancel_source *s, const char *fu
 CANCEL_HIDDEN const void *cancel__self(void);
 
 /* source.c */
+/* A new source: one reference (the owner's), nothing else. */
+CANCEL_HIDDEN void cancel__source_init(struct cancel_source *s, uint32_t state);
 CANCEL_HIDDEN void cancel__retain(struct cancel_source *s);
 CANCEL_HIDDEN void cancel__release(struct cancel_source *s);
 /* Frees the memory of a source whose counts reached zero. */

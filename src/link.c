@@ -77,16 +77,7 @@ cancel_source *cancel_source_new_linked(const cancel_token *parents, size_t coun
         return NULL;
     }
     struct cancel_source *c = &l->src;
-    atomic_init(&c->head.cancel__word, ST_LINKED);
-    atomic_init(&c->refs, 1);
-    atomic_init(&c->lock, 0);
-    atomic_init(&c->timer_slot, 0);
-    c->code = 0;
-    c->children = 0;
-    c->regs = NULL;
-    c->running = NULL;
-    atomic_init(&c->extra, NULL);
-    c->next_pending = NULL;
+    cancel__source_init(c, ST_LINKED);
     l->origin = NULL;
     l->nlinks = n;
     for (size_t k = 0; k < n; k++) {

@@ -22,14 +22,9 @@ const void *cancel__self(void)
     return &self_tag;
 }
 
-cancel_source *cancel_source_new(void)
+void cancel__source_init(struct cancel_source *s, uint32_t state)
 {
-    struct cancel_source *s = malloc(sizeof *s);
-    if (!s) {
-        errno = ENOMEM;
-        return NULL;
-    }
-    atomic_init(&s->head.cancel__word, 0);
+    atomic_init(&s->head.cancel__word, state);
     atomic_init(&s->refs, 1);
     atomic_init(&s->lock, 0);
     atomic_init(&s->timer_slot, 0);
@@ -39,6 +34,16 @@ cancel_source *cancel_source_new(void)
     s->running = NULL;
     atomic_init(&s->extra, NULL);
     s->next_pending = NULL;
+}
+
+cancel_source *cancel_source_new(void)
+{
+    struct cancel_source *s = malloc(sizeof *s);
+    if (!s) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    cancel__source_init(s, 0);
     return s;
 }
 
