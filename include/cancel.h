@@ -156,9 +156,11 @@ CANCEL_API cancel_source *cancel_source_new_linked(const cancel_token *parents, 
 /* Frees the owner's handle. Does not cancel and runs no callback: if the
  * source is not cancelled, its registrations become inert (they never run;
  * unregistering them returns false) and its tokens can never be cancelled
- * any more (threads blocked in cancel_token_wait wake and return false, the
- * descriptor turns readable). If it is already cancelled, callbacks whose
- * dispatch is under way still run. Unhooks the source from its parents and
+ * any more: threads blocked in cancel_token_wait wake and return false, and
+ * the descriptor turns readable (it stays open for holders of a retained
+ * token; without one it is closed here, after being signalled, so a poller
+ * that must see it should retain the token). If it is already cancelled,
+ * callbacks whose dispatch is under way still run. Unhooks the source from its parents and
  * disarms its deadline. The memory lives on while retained tokens exist.
  * NULL is a no-op. Not to be called twice, nor concurrently with calls that
  * use a borrowed token of this source. May be called from a callback,
@@ -174,8 +176,10 @@ CANCEL_API cancel_token cancel_source_token(const cancel_source *src);
  * cause; the others return false at once. The winner wakes every waiter and
  * the descriptor, then runs the callbacks of the source and of its linked
  * descendants on the calling thread, depth first, each source's callbacks in
- * reverse registration order, and returns true after they all ran. No lock
- * is held while a callback runs. Returns false also for a NULL source (errno
+ * reverse registration order, and returns true after they all ran: then the
+ * source and all its descendants are cancelled. (A descendant that another
+ * parent's cancellation reached first is dispatched by that canceller; its
+ * callbacks may still be running.) No lock is held while a callback runs. Returns false also for a NULL source (errno
  * EINVAL). Thread-safe. */
 CANCEL_API bool cancel_source_cancel(cancel_source *src);
 
@@ -188,12 +192,17 @@ CANCEL_API bool cancel_source_fail(cancel_source *src, int code, const char *mes
 /* Requests cancellation (reason REQUESTED) without running callbacks on the
  * caller: the request is visible and waiters and the descriptor are woken
  * before it returns; the callbacks run soon on the library thread. Returns
- * true if this call won (see cancel_source_cancel). AS-safe: it uses only
+ * true if this call won (see cancel_source_cancel). Linked descendants are
+ * cancelled by the library thread too, as it walks the tree, shortly after
+ * this returns. AS-safe: it uses only
  * lock-free atomic operations, the futex and write system calls, and a
  * lock-free queue linked through the source itself, allocates nothing and
  * takes no lock; errno is preserved. The library thread exists whenever a
  * callback can be pending (it is started by the first registration in the
- * process). Thread-safe. */
+ * process), with two exceptions: if pthread_create fails, it is tried again
+ * by the next registration and callbacks wait until then; and in a child
+ * process after fork() it is started again by the next registration, linked
+ * source or deadline there. Thread-safe. */
 CANCEL_API bool cancel_source_cancel_async(cancel_source *src);
 
 /* Like cancel_source_cancel_async with reason SIGNAL and code `signo`: what a
@@ -311,8 +320,10 @@ CANCEL_API int cancel_register_noinvoke(cancel_token tok, cancel_registration *r
  * started (it will never run); false if it already ran or is running, or the
  * registration is inert or was already removed (harmless). If the callback
  * is running on another thread, waits until it returns, so that the caller
- * may then free what `arg` points to; called from inside that callback (or
- * from a callback nested in it on the same thread), it does not wait.
+ * may then free what `arg` points to (concurrent calls for the same
+ * registration all wait); called from inside that callback (or from a
+ * callback nested in it on the same thread), it does not wait. A callback
+ * that ran inline in cancel_register is over when that call returns.
  * Deadlock rule: if waiting would close a cycle (the callback's thread is
  * itself waiting, directly or through others, in cancel_unregister for a
  * callback running on this thread), it returns false at once with errno
@@ -346,7 +357,9 @@ CANCEL_API int cancel_source_get_info(const cancel_source *src, cancel_source_in
 
 /* Process-wide figures. */
 typedef struct cancel_stats {
-    size_t deadlines_pending; /* armed deadlines not yet fired or disarmed */
+    size_t deadlines_pending; /* armed deadlines not yet fired or disarmed (a deadline
+                                 armed while its source was being cancelled may count
+                                 until it expires, harmlessly, or the source is freed) */
     bool thread_running;      /* the library thread was started */
 } cancel_stats;
 

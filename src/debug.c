@@ -1,6 +1,7 @@
 /*
- * Reporting misuse. Only CANCEL_DEBUG builds call this; it must be
- * async-signal-safe because cancel_async checks its argument too.
+ * Reporting misuse (CANCEL_DEBUG builds only) and the one condition the
+ * library cannot survive. Async-signal-safe: cancel_async checks its
+ * argument too.
  */
 #include "internal.h"
 
@@ -12,6 +13,14 @@ static void put(const char *s)
 {
     ssize_t r = write(2, s, strlen(s));
     (void)r;
+}
+
+void cancel__fatal(const char *problem)
+{
+    put("libcancel: fatal: ");
+    put(problem);
+    put("\n");
+    abort();
 }
 
 void cancel__misuse(const char *function, const char *problem, const void *object)

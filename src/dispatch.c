@@ -70,11 +70,14 @@ bool cancel__mark(struct cancel_source *s, uint32_t bits)
     return true;
 }
 
-void cancel__wake_unregister_waiters_locked(struct cancel_source *s)
+void cancel__wake_unregister_waiters_locked(struct cancel_source *s, struct cancel__reg *returned)
 {
     _Atomic uint32_t *w = cancel__word(s);
     /* The bit is set and cleared only under the lock we hold. */
     if (atomic_load_explicit(w, memory_order_relaxed) & ST_UNREG_WAITERS) {
+        /* Their wait is over now, even before they run: a cycle check must
+         * not count it (registration.c). */
+        cancel__graph_callback_returned(s, returned);
         atomic_fetch_and_explicit(w, ~(uint32_t)ST_UNREG_WAITERS, memory_order_relaxed);
         _Atomic uint32_t *seq = cancel__dispatch_seq(s);
         atomic_fetch_add_explicit(seq, 1, memory_order_relaxed);
@@ -143,7 +146,7 @@ void cancel__dispatch(struct cancel_source *root)
             fn(arg);
             cs_enter(s, biased);
             s->running = NULL;
-            cancel__wake_unregister_waiters_locked(s);
+            cancel__wake_unregister_waiters_locked(s, r);
         }
         if (r)
             continue; /* popped a link: s left; go on with `top` */

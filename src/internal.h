@@ -165,6 +165,8 @@ static inline void cancel__list_remove(struct cancel__reg *r)
 #define CANCEL_DEBUG 0
 #endif
 CANCEL_HIDDEN _Noreturn void cancel__misuse(const char *function, const char *problem, const void *object);
+/* A broken kernel contract: reported on stderr, then abort(). */
+CANCEL_HIDDEN _Noreturn void cancel__fatal(const char *problem);
 /* Registration tags (CANCEL_DEBUG): the address mixed with where it is. */
 enum { TAG_LISTED = 0x4c15, TAG_POPPED = 0x9099 };
 static inline uintptr_t cancel__tag(const struct cancel__reg *r, uintptr_t where)
@@ -214,8 +216,11 @@ CANCEL_HIDDEN void cancel__link_fire(void *child);
 /* Futex words for cancel_unregister waiting on a running callback, hashed by
  * source (a collision costs a spurious wake-up). */
 CANCEL_HIDDEN _Atomic uint32_t *cancel__dispatch_seq(struct cancel_source *s);
-/* Under s->lock: wakes unregister waiters if ST_UNREG_WAITERS is set. */
-CANCEL_HIDDEN void cancel__wake_unregister_waiters_locked(struct cancel_source *s);
+/* Under s->lock: the callback of `returned` returned; wakes unregister
+ * waiters if ST_UNREG_WAITERS is set. */
+CANCEL_HIDDEN void cancel__wake_unregister_waiters_locked(struct cancel_source *s, struct cancel__reg *returned);
+/* registration.c: marks the waits for that callback as over (under s->lock). */
+CANCEL_HIDDEN void cancel__graph_callback_returned(struct cancel_source *s, struct cancel__reg *r);
 
 /* link.c */
 CANCEL_HIDDEN bool cancel__cancel_from_parent(struct cancel__linked *child, struct cancel_source *parent);

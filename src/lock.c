@@ -87,8 +87,14 @@ static bool intrude(struct cancel_source *s)
         wait_while(st, old);
     }
     /* Pairs with the dispatcher's light fence in cancel__bias_enter_cs: it
-     * either sees ST_INTRUDER and stays out, or we see LOCK_IN_CS below. */
-    bool fenced = cancel__fence_heavy();
+     * either sees ST_INTRUDER and stays out, or we see LOCK_IN_CS below.
+     * Here the barrier is what excludes the dispatcher, not a wake-up
+     * optimisation, so its failure cannot be papered over. The kernel fails
+     * it only for a process that never registered, and the registration
+     * (made before any source was biased) is kept for the life of the
+     * process and inherited by fork children. */
+    if (!cancel__fence_heavy())
+        cancel__fatal("the process-wide memory barrier failed after registration");
     for (;;) {
         /* acquire: pairs with the dispatcher's release when it left its
          * critical section. */
@@ -99,10 +105,7 @@ static bool intrude(struct cancel_source *s)
         }
         if (!(w & LOCK_IN_CS))
             return true;
-        if (fenced)
-            wait_while(&s->lock, w);
-        else
-            cancel__futex_wait(&s->lock, w, cancel__add_sat(cancel__clock_ns(), 1000000));
+        wait_while(&s->lock, w);
     }
 }
 

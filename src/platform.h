@@ -10,7 +10,8 @@
 /* Sleeps while *word == expected, until woken or until the absolute
  * CLOCK_MONOTONIC time abs_deadline_ns (-1: no deadline). Returns 0 (woken,
  * possibly spuriously), EAGAIN (*word != expected), EINTR or ETIMEDOUT.
- * Not a pthread cancellation point. */
+ * Not a pthread cancellation point. Like every function here, it leaves
+ * errno as it found it, so that library calls never disturb the caller's. */
 CANCEL_HIDDEN int cancel__futex_wait(_Atomic uint32_t *word, uint32_t expected, int64_t abs_deadline_ns);
 /* Wakes up to n threads sleeping on word. AS-safe. */
 CANCEL_HIDDEN void cancel__futex_wake(_Atomic uint32_t *word, int n);

@@ -84,7 +84,11 @@ int cancel_register_noinvoke(cancel_token tok, cancel_registration *reg, cancel_
 /* The waits-for graph: one node per thread blocked in cancel_unregister. */
 struct waiter {
     const void *thread; /* cancel__self() of the waiting thread */
-    const void *target; /* the thread running the callback it waits for */
+    const void *target; /* the thread running the callback it waits for; NULL
+                           once that callback returned (the waiter may not
+                           have run yet, but it no longer waits) */
+    struct cancel_source *src;
+    struct cancel__reg *reg; /* the callback it waits for */
     struct waiter *next;
 };
 static pthread_mutex_t graph_mu = PTHREAD_MUTEX_INITIALIZER;
@@ -117,11 +121,20 @@ static bool closes_cycle(const void *me, const void *target)
         struct waiter *w = graph;
         while (w && w->thread != t)
             w = w->next;
-        if (!w)
+        if (!w || !w->target)
             return false;
         t = w->target;
     }
     return false;
+}
+
+void cancel__graph_callback_returned(struct cancel_source *s, struct cancel__reg *r)
+{
+    pthread_mutex_lock(&graph_mu);
+    for (struct waiter *w = graph; w; w = w->next)
+        if (w->src == s && w->reg == r)
+            w->target = NULL;
+    pthread_mutex_unlock(&graph_mu);
 }
 
 static struct cancel__frame *running_frame(struct cancel_source *s, struct cancel__reg *r)
@@ -131,20 +144,18 @@ static struct cancel__frame *running_frame(struct cancel_source *s, struct cance
 }
 
 /* Under s->lock, held as *held (released while sleeping): waits until r's
- * callback, which a dispatcher popped, is no longer running, unless that
- * would deadlock. */
-static void wait_for_callback(struct cancel_source *s, struct cancel__reg *r, cancel__held *held)
+ * callback, which a dispatcher popped and which runs on another thread, is
+ * no longer running, unless that would deadlock (then returns true at once).
+ * The caller holds a reference on s: the callback may free its own source. */
+static bool wait_for_callback(struct cancel_source *s, struct cancel__reg *r, cancel__held *held)
 {
     struct cancel__frame *f = running_frame(s, r);
     const void *me = cancel__self();
-    if (!f || f->thread == me)
-        return; /* done, or we are inside it (or nested in it) */
-    struct waiter w = {me, f->thread, NULL};
+    struct waiter w = {me, f->thread, s, r, NULL};
     pthread_mutex_lock(&graph_mu);
     if (closes_cycle(me, w.target)) {
         pthread_mutex_unlock(&graph_mu);
-        errno = EDEADLK;
-        return;
+        return true;
     }
     w.next = graph;
     graph = &w;
@@ -165,6 +176,7 @@ static void wait_for_callback(struct cancel_source *s, struct cancel__reg *r, ca
         pp = &(*pp)->next;
     *pp = w.next;
     pthread_mutex_unlock(&graph_mu);
+    return false;
 }
 
 static bool unregister_impl(cancel_registration *pub, bool wait)
@@ -187,16 +199,33 @@ static bool unregister_impl(cancel_registration *pub, bool wait)
     if (CANCEL_DEBUG && r->tag != cancel__tag(r, TAG_LISTED) && r->tag != cancel__tag(r, TAG_POPPED))
         cancel__misuse(wait ? "cancel_unregister" : "cancel_unregister_nowait",
                        "storage that is not a registration (never registered, or overwritten)", r);
-    atomic_store_explicit(&r->src, NULL, memory_order_relaxed);
-    cancel__set_tag(r, 0);
-    if (r->pprev) {
+    if (r->pprev) { /* never started: it never will */
         cancel__list_remove(r);
+        atomic_store_explicit(&r->src, NULL, memory_order_relaxed);
+        cancel__set_tag(r, 0);
         cancel__source_unlock(s, held);
         return true;
     }
-    if (wait)
-        wait_for_callback(s, r, &held);
+    /* Popped by a dispatcher: running, or done. */
+    struct cancel__frame *f = running_frame(s, r);
+    bool pinned = false, deadlock = false;
+    if (f && wait && f->thread != cancel__self()) { /* not from inside it */
+        cancel__retain(s);
+        pinned = true;
+        deadlock = wait_for_callback(s, r, &held);
+    }
+    /* Once it is known to have returned, later calls need not look at the
+     * source at all; while it may still run, concurrent callers must find it
+     * and wait too. */
+    if (!running_frame(s, r)) {
+        atomic_store_explicit(&r->src, NULL, memory_order_relaxed);
+        cancel__set_tag(r, 0);
+    }
     cancel__source_unlock(s, held);
+    if (pinned)
+        cancel__release(s);
+    if (deadlock)
+        errno = EDEADLK; /* errno is otherwise left alone (platform.h) */
     return false;
 }
 

@@ -206,7 +206,12 @@ void cancel_source_free(cancel_source *s)
 
     /* acquire: pairs with the acq_rel decrements of earlier holders. */
     if (atomic_load_explicit(&s->refs, memory_order_acquire) == 1) {
-        /* Sole reference, no children: nobody else may look at s now. */
+        /* Sole reference, no children: nobody else may look at s now,
+         * except a poller of the descriptor: tell it before it is closed. */
+        st = atomic_load_explicit(cancel__word(s), memory_order_relaxed);
+        if ((st & (ST_HAS_FD | ST_REQUESTED)) == ST_HAS_FD)
+            cancel__eventfd_signal(atomic_load_explicit(&atomic_load_explicit(&s->extra, memory_order_acquire)->fd,
+                                                        memory_order_relaxed));
         if (s->regs)
             cancel__make_inert_locked(s, false);
         cancel__destroy(s);
@@ -297,7 +302,9 @@ int cancel_source_get_info(const cancel_source *cs, cancel_source_info *out)
                 out->parents++;
         }
     }
-    out->deadline_ns = cancel__timer_remaining(s);
+    /* A cancelled source has no deadline left to wait for, whatever entry a
+     * racing cancel_source_cancel_after may have left (timer.c). */
+    out->deadline_ns = (st & ST_REQUESTED) ? CANCEL_INFINITE : cancel__timer_remaining(s);
     return 0;
 }
 

@@ -29,11 +29,12 @@ int cancel__futex_wait(_Atomic uint32_t *word, uint32_t expected, int64_t abs_de
     }
     /* FUTEX_WAIT_BITSET takes an absolute CLOCK_MONOTONIC time, so a retry
      * after EINTR never stretches the deadline. */
+    int saved = errno;
     long r = syscall(SYS_futex, (uint32_t *)word, FUTEX_WAIT_BITSET | FUTEX_PRIVATE_FLAG, expected, tsp,
                      NULL, FUTEX_BITSET_MATCH_ANY);
-    if (r == 0)
-        return 0;
-    return errno == EAGAIN || errno == EINTR || errno == ETIMEDOUT ? errno : EINTR;
+    int e = r == 0 ? 0 : errno == EAGAIN || errno == ETIMEDOUT ? errno : EINTR;
+    errno = saved;
+    return e;
 }
 
 void cancel__futex_wake(_Atomic uint32_t *word, int n)

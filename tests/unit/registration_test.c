@@ -438,6 +438,116 @@ static void cancel_racing_unregister_and_free(void)
     }
 }
 
+/* A waiter whose callback returned no longer counts as waiting, even before
+ * it runs again: thread E waits in its callback for D's first callback;
+ * when that returns, D's second callback waits for E's callback. That is no
+ * cycle, so it must wait (not return EDEADLK while E's callback runs). */
+static cancel_source *dsrc, *esrc;
+static cancel_registration d1_reg, d2_reg, e_reg;
+static _Atomic int d1_started, e_started, e_finished, d2_saw_running;
+static void d1_cb(void *arg)
+{
+    (void)arg;
+    atomic_store(&d1_started, 1);
+    test_sleep_ns(5 * 1000 * 1000);
+}
+static void d2_cb(void *arg)
+{
+    (void)arg;
+    while (!atomic_load(&e_started)) {
+    }
+    errno = 0;
+    cancel_unregister(&e_reg);
+    CHECK(errno != EDEADLK);
+    if (!atomic_load(&e_finished))
+        atomic_store(&d2_saw_running, 1);
+}
+static void e_cb(void *arg)
+{
+    (void)arg;
+    atomic_store(&e_started, 1);
+    while (!atomic_load(&d1_started)) {
+    }
+    cancel_unregister(&d1_reg); /* waits for d1_cb on the other thread */
+    test_sleep_ns(10 * 1000 * 1000);
+    atomic_store(&e_finished, 1);
+}
+static void *cancel_src(void *arg)
+{
+    cancel_source_cancel(arg);
+    return NULL;
+}
+static void finished_wait_is_no_cycle(void)
+{
+    for (int i = 0; i < TEST_SCALE(50) + 5; i++) {
+        dsrc = cancel_source_new();
+        esrc = cancel_source_new();
+        atomic_store(&d1_started, 0);
+        atomic_store(&e_started, 0);
+        atomic_store(&e_finished, 0);
+        atomic_store(&d2_saw_running, 0);
+        CHECK_EQ(cancel_register(cancel_source_token(dsrc), &d2_reg, d2_cb, NULL), 0);
+        CHECK_EQ(cancel_register(cancel_source_token(dsrc), &d1_reg, d1_cb, NULL), 0); /* first */
+        CHECK_EQ(cancel_register(cancel_source_token(esrc), &e_reg, e_cb, NULL), 0);
+        pthread_t e = test_spawn(cancel_src, esrc), d = test_spawn(cancel_src, dsrc);
+        test_join(d);
+        test_join(e);
+        CHECK_EQ(atomic_load(&d2_saw_running), 0); /* it waited for e_cb to return */
+        cancel_source_free(dsrc);
+        cancel_source_free(esrc);
+    }
+}
+
+/* Two threads unregistering one running callback both wait for it. */
+struct twice {
+    struct blocker b;
+    int returned_early;
+    pthread_mutex_t mu;
+};
+static void *unregister_twice(void *arg)
+{
+    struct twice *t = arg;
+    cancel_unregister(&t->b.reg);
+    pthread_mutex_lock(&t->mu);
+    t->returned_early += !atomic_load(&t->b.finished);
+    pthread_mutex_unlock(&t->mu);
+    return NULL;
+}
+static void concurrent_unregisters_all_wait(void)
+{
+    struct twice t = {{TEST_GATE_INIT, TEST_GATE_INIT, 0, cancel_source_new(), {{0}}}, 0,
+                      PTHREAD_MUTEX_INITIALIZER};
+    CHECK_EQ(cancel_register(cancel_source_token(t.b.src), &t.b.reg, blocking_cb, &t.b), 0);
+    pthread_t c = test_spawn(cancel_thread, &t.b);
+    test_gate_wait(&t.b.started);
+    pthread_t u1 = test_spawn(unregister_twice, &t), u2 = test_spawn(unregister_twice, &t);
+    test_sleep_ns(10 * 1000 * 1000);
+    test_gate_open(&t.b.finish);
+    test_join(u1);
+    test_join(u2);
+    test_join(c);
+    CHECK_EQ(t.returned_early, 0);
+    CHECK(!cancel_unregister(&t.b.reg)); /* and later calls are harmless */
+    cancel_source_free(t.b.src);
+}
+
+/* errno is left alone unless EDEADLK is reported, even when unregister had
+ * to sleep. */
+static void unregister_keeps_errno(void)
+{
+    struct blocker b = {TEST_GATE_INIT, TEST_GATE_INIT, 0, cancel_source_new(), {{0}}};
+    CHECK_EQ(cancel_register(cancel_source_token(b.src), &b.reg, blocking_cb, &b), 0);
+    pthread_t c = test_spawn(cancel_thread, &b);
+    test_gate_wait(&b.started);
+    pthread_t o = test_spawn(opener_thread, &b);
+    errno = 4242;
+    CHECK(!cancel_unregister(&b.reg));
+    CHECK_EQ(errno, 4242);
+    test_join(o);
+    test_join(c);
+    cancel_source_free(b.src);
+}
+
 int main(void)
 {
     RUN(einval_for_bad_arguments);
@@ -456,5 +566,8 @@ int main(void)
     RUN(registrations_do_not_pile_up);
     RUN(mutual_unregister_never_deadlocks);
     RUN(cancel_racing_unregister_and_free);
+    RUN(finished_wait_is_no_cycle);
+    RUN(concurrent_unregisters_all_wait);
+    RUN(unregister_keeps_errno);
     return 0;
 }
