@@ -1,17 +1,32 @@
 /*
- * Deadlines: one binary min-heap for the whole process, under one lock, and
- * the library thread (worker.c) sleeping until the earliest deadline.
+ * Deadlines: one hierarchical timing wheel for the whole process, under one
+ * lock, and the library thread (worker.c) sleeping until the earliest event.
  *
- * Deadlines are built for the common case where they never fire: arming and
- * disarming are O(log n) heap operations under a short lock, with no system
- * call unless the new deadline becomes the earliest one (then the library
- * thread is woken to sleep less). Each entry is 16 bytes in the heap array
- * plus the 4-byte slot index kept in the source, which is what makes
- * disarming (on free, reset, cancellation) O(log n). The array shrinks as
- * deadlines go, so memory returns once they are disarmed.
+ * Built for deadlines that almost never fire, armed and disarmed in any
+ * order (a request's timeout is usually disarmed first-in, first-out):
+ * arming appends to a bucket and disarming swaps the last entry of the
+ * bucket into the hole, both O(1) and touching at most two cache lines, with
+ * no system call unless the new deadline becomes the earliest event (then
+ * the library thread is woken to sleep less).
  *
- * Heap entries hold no reference. A source's slot is cleared, with release
- * order, only after the timer took the reference it needs to dispatch; so
+ * The wheel has LEVELS levels of 64 buckets. Level 0 buckets are 2^20 ns
+ * (about 1 ms) wide, each level 64 times wider than the one below, so 7
+ * levels span 2^62 ns (146 years). An entry sits at the level of the highest
+ * 6-bit group in which its deadline differs from the wheel's current time
+ * `cur`, in the bucket that group names. When `cur` reaches the start of a
+ * bucket above level 0, the bucket is cascaded: its entries are placed again,
+ * one level down or more. Entries keep their exact deadline, so a deadline
+ * fires on time however far away it was armed; level 0 buckets are searched
+ * for their earliest deadline, which is what the library thread sleeps until.
+ *
+ * Each entry is 16 bytes in its bucket's array; the source keeps the
+ * entry's place (level, bucket, index) in its 32-bit timer_slot. Arrays
+ * shrink as entries go, and an emptied bucket's array is kept as the single
+ * spare for the next bucket that needs one, so memory returns once deadlines
+ * are disarmed without an allocation per arm.
+ *
+ * Entries hold no reference. A source's slot is cleared, with release order,
+ * only after the timer took the reference it needs to dispatch; so
  * cancel_source_free, which reads the slot with acquire, either sees it and
  * waits for the timer lock, or sees that reference.
  */
@@ -22,16 +37,34 @@
 #include <stdlib.h>
 #include <string.h>
 
+enum {
+    LEVELS = 7,
+    BUCKETS = 64,
+    G0 = 20,          /* log2 of the level-0 bucket width in ns */
+    IDX_BITS = 23,    /* index within a bucket in timer_slot */
+    MIN_CAP = 16,
+};
+#define IDX_MAX ((UINT32_C(1) << IDX_BITS) - 1)
+
 struct entry {
     int64_t deadline;
     struct cancel_source *src;
 };
 
+struct bucket {
+    struct entry *v;
+    uint32_t n, cap;
+};
+
 static struct {
     _Atomic uint32_t lock;
-    struct entry *heap;  /* under lock */
-    uint32_t size, cap;  /* under lock */
-    int64_t sleep_until; /* under lock: when the library thread next looks */
+    struct bucket b[LEVELS][BUCKETS]; /* under lock */
+    uint64_t nonempty[LEVELS];        /* under lock: bit j set when b[L][j].n > 0 */
+    uint64_t cur;                     /* under lock: the wheel's current time */
+    bool started;                     /* under lock: cur was set */
+    size_t count;                     /* under lock: entries in the wheel */
+    struct entry *spare;              /* under lock: a MIN_CAP array kept for reuse */
+    int64_t sleep_until;              /* under lock: when the library thread next looks */
 } T = {.sleep_until = INT64_MAX};
 
 static int64_t (*_Atomic clock_hook)(void);
@@ -61,66 +94,174 @@ void cancel__timer_poke(void)
     cancel__worker_kick();
 }
 
-static void place(uint32_t i, struct entry e)
+static unsigned shift_of(unsigned level)
 {
-    T.heap[i] = e;
-    atomic_store_explicit(&e.src->timer_slot, i + 1, memory_order_relaxed);
+    return G0 + 6 * level;
 }
 
-static void sift_up(uint32_t i)
+static uint32_t slot_encode(unsigned level, unsigned bucket, uint32_t index)
 {
-    struct entry e = T.heap[i];
-    while (i > 0) {
-        uint32_t parent = (i - 1) / 2;
-        if (T.heap[parent].deadline <= e.deadline)
-            break;
-        place(i, T.heap[parent]);
-        i = parent;
+    return ((uint32_t)level << (IDX_BITS + 6) | (uint32_t)bucket << IDX_BITS | index) + 1;
+}
+
+static void slot_decode(uint32_t slot, unsigned *level, unsigned *bucket, uint32_t *index)
+{
+    slot--;
+    *index = slot & IDX_MAX;
+    *bucket = (slot >> IDX_BITS) & (BUCKETS - 1);
+    *level = slot >> (IDX_BITS + 6);
+}
+
+/* The level and bucket for a deadline, relative to T.cur. A deadline
+ * already behind `cur` goes to the current level-0 bucket (due at once); one
+ * more than 2^60 ns (36 years) ahead is filed as if 2^60 ns ahead, keeping
+ * its exact value, so that it always lands within the top level and moves
+ * down as time passes. */
+static void where(int64_t deadline, unsigned *level, unsigned *bucket)
+{
+    uint64_t p = deadline < (int64_t)T.cur ? T.cur : (uint64_t)deadline;
+    if (p - T.cur > (UINT64_C(1) << 60))
+        p = T.cur + (UINT64_C(1) << 60);
+    uint64_t differ = (p ^ T.cur) >> G0;
+    unsigned l = differ < BUCKETS ? 0 : (unsigned)(63 - __builtin_clzll(differ)) / 6;
+    *level = l; /* at most LEVELS - 1: p and cur differ below bit 62 */
+    *bucket = (unsigned)(p >> shift_of(l)) & (BUCKETS - 1);
+}
+
+/* Under lock: `cur` starts at the first use and never goes back. */
+static void advance(int64_t t)
+{
+    if (!T.started) {
+        T.cur = (uint64_t)t;
+        T.started = true;
+    } else if (t > (int64_t)T.cur) {
+        T.cur = (uint64_t)t;
     }
-    place(i, e);
 }
 
-static void sift_down(uint32_t i)
+/* When a bucket above level 0 must be cascaded: its start, in T.cur's
+ * enclosing block of the level above. */
+static int64_t bucket_start(unsigned level, unsigned bucket)
 {
-    struct entry e = T.heap[i];
-    for (;;) {
-        uint32_t c = 2 * i + 1;
-        if (c >= T.size)
-            break;
-        if (c + 1 < T.size && T.heap[c + 1].deadline < T.heap[c].deadline)
-            c++;
-        if (e.deadline <= T.heap[c].deadline)
-            break;
-        place(i, T.heap[c]);
-        i = c;
+    unsigned up = shift_of(level) + 6;
+    uint64_t block = up >= 64 ? 0 : T.cur & ~((UINT64_C(1) << up) - 1);
+    return (int64_t)(block | (uint64_t)bucket << shift_of(level));
+}
+
+static int resize(struct bucket *b, uint32_t cap)
+{
+    struct entry *v;
+    if (cap == MIN_CAP && T.spare) { /* the common case: a bucket comes into use */
+        v = T.spare;
+        T.spare = NULL;
+    } else {
+        v = malloc((size_t)cap * sizeof *v);
+        if (!v)
+            return ENOMEM;
     }
-    place(i, e);
+    if (b->v) {
+        memcpy(v, b->v, b->n * sizeof *v);
+        free(b->v);
+    }
+    b->v = v;
+    b->cap = cap;
+    return 0;
 }
 
-/* Under lock: removes the entry at i; the caller clears its source's slot. */
-static void remove_at(uint32_t i)
+/* Under lock: appends; the caller sets the source's slot. */
+static int push(unsigned level, unsigned bucket, struct entry e, uint32_t *index)
 {
-    uint32_t last = --T.size;
-    if (i != last) {
-        struct entry moved = T.heap[last];
-        int64_t old = T.heap[i].deadline;
-        place(i, moved);
-        if (moved.deadline < old)
-            sift_up(i);
+    struct bucket *b = &T.b[level][bucket];
+    if (b->n == b->cap) {
+        if (b->n == IDX_MAX + 1)
+            return ENOMEM; /* 8 million in one bucket: the slot cannot say more */
+        int err = resize(b, b->cap ? 2 * b->cap : MIN_CAP);
+        if (err)
+            return err;
+    }
+    *index = b->n;
+    b->v[b->n++] = e;
+    T.nonempty[level] |= UINT64_C(1) << bucket;
+    T.count++;
+    return 0;
+}
+
+/* Under lock: removes an entry by swapping the bucket's last one into its
+ * place; the caller clears the removed source's slot. */
+static void remove_entry(unsigned level, unsigned bucket, uint32_t index)
+{
+    struct bucket *b = &T.b[level][bucket];
+    uint32_t last = --b->n;
+    if (index != last) {
+        b->v[index] = b->v[last];
+        atomic_store_explicit(&b->v[index].src->timer_slot, slot_encode(level, bucket, index),
+                              memory_order_relaxed);
+    }
+    T.count--;
+    if (b->n == 0) {
+        T.nonempty[level] &= ~(UINT64_C(1) << bucket);
+        if (b->cap == MIN_CAP && !T.spare)
+            T.spare = b->v; /* kept for the next bucket that needs one */
         else
-            sift_down(i);
+            free(b->v);
+        b->v = NULL;
+        b->cap = 0;
+    } else if (b->cap > MIN_CAP && b->n < b->cap / 4) {
+        (void)resize(b, b->cap / 2); /* on failure keeping the larger array is harmless */
     }
-    if (T.cap > 64 && T.size < T.cap / 4) {
-        /* A fresh, smaller array rather than realloc: shrinking a large
-         * (mmapped) block in place keeps at least a page of it. */
-        struct entry *smaller = malloc((T.cap / 2) * sizeof *smaller);
-        if (smaller) { /* on failure keeping the larger array is harmless */
-            memcpy(smaller, T.heap, T.size * sizeof *smaller);
-            free(T.heap);
-            T.heap = smaller;
-            T.cap /= 2;
+}
+
+/* Under lock: files (or refiles) a source's deadline; ENOMEM leaves it out.
+ * Returns when the library thread must look at it: its deadline at level 0,
+ * the start of its bucket above (INT64_MIN on error). */
+static int64_t file(struct cancel_source *s, int64_t deadline)
+{
+    unsigned level, bucket;
+    uint32_t index;
+    where(deadline, &level, &bucket);
+    if (push(level, bucket, (struct entry){deadline, s}, &index) != 0) {
+        atomic_store_explicit(&s->timer_slot, 0, memory_order_relaxed);
+        return INT64_MIN;
+    }
+    atomic_store_explicit(&s->timer_slot, slot_encode(level, bucket, index), memory_order_relaxed);
+    return level == 0 ? deadline : bucket_start(level, bucket);
+}
+
+/* Under lock: the earliest event: a level-0 entry's deadline, or the start of
+ * a higher bucket that must be cascaded. INT64_MAX if the wheel is empty. */
+static int64_t next_event(unsigned *level_out, unsigned *bucket_out)
+{
+    int64_t best = INT64_MAX;
+    for (unsigned l = 0; l < LEVELS; l++) {
+        if (!T.nonempty[l])
+            continue;
+        unsigned here = (unsigned)(T.cur >> shift_of(l)) & (BUCKETS - 1);
+        uint64_t ahead = T.nonempty[l] & (~UINT64_C(0) << here);
+        int64_t t;
+        unsigned j;
+        if (!ahead) {
+            /* Cannot happen while `cur` only moves past empty buckets; if it
+             * did, these are overdue: cascade them now. */
+            j = (unsigned)__builtin_ctzll(T.nonempty[l]);
+            t = (int64_t)T.cur;
+        } else {
+            j = (unsigned)__builtin_ctzll(ahead);
+            t = bucket_start(l, j);
+            if (l == 0) {
+                struct bucket *b = &T.b[0][j];
+                t = INT64_MAX;
+                for (uint32_t i = 0; i < b->n; i++)
+                    if (b->v[i].deadline < t)
+                        t = b->v[i].deadline;
+            }
+        }
+        if (t < best) {
+            best = t;
+            *level_out = l;
+            *bucket_out = j;
         }
     }
+    return best;
 }
 
 static int arm(struct cancel_source *s, int64_t deadline)
@@ -130,31 +271,27 @@ static int arm(struct cancel_source *s, int64_t deadline)
         cancel__unlock(&T.lock);
         return ECANCELED;
     }
+    if (!T.started)
+        advance(cancel__timer_now());
     uint32_t slot = atomic_load_explicit(&s->timer_slot, memory_order_relaxed);
     if (slot) {
-        int64_t old = T.heap[slot - 1].deadline;
-        T.heap[slot - 1].deadline = deadline;
-        if (deadline < old)
-            sift_up(slot - 1);
-        else
-            sift_down(slot - 1);
-    } else {
-        if (T.size == T.cap) {
-            uint32_t ncap = T.cap ? T.cap * 2 : 64;
-            struct entry *bigger = ncap > T.cap ? realloc(T.heap, (size_t)ncap * sizeof *bigger) : NULL;
-            if (!bigger) {
-                cancel__unlock(&T.lock);
-                return ENOMEM;
-            }
-            T.heap = bigger;
-            T.cap = ncap;
-        }
-        T.heap[T.size] = (struct entry){deadline, s};
-        sift_up(T.size++);
+        unsigned l, b;
+        uint32_t i;
+        slot_decode(slot, &l, &b, &i);
+        remove_entry(l, b, i);
     }
-    bool wake = T.heap[0].src == s && deadline < T.sleep_until;
+    /* A cancel that sets REQUESTED just after our check above may find no
+     * slot to disarm in its dispatch: the entry then stays until it expires
+     * (its mark loses, harmlessly) or the source is freed. Closing that
+     * window would cost a store-load fence on every arm. */
+    int64_t event = file(s, deadline);
+    if (event == INT64_MIN) {
+        cancel__unlock(&T.lock);
+        return ENOMEM;
+    }
+    bool wake = event < T.sleep_until;
     if (wake)
-        T.sleep_until = deadline;
+        T.sleep_until = event;
     cancel__unlock(&T.lock);
     if (wake)
         cancel__worker_kick();
@@ -166,7 +303,10 @@ void cancel__timer_disarm(struct cancel_source *s)
     cancel__lock(&T.lock);
     uint32_t slot = atomic_load_explicit(&s->timer_slot, memory_order_relaxed);
     if (slot) {
-        remove_at(slot - 1);
+        unsigned l, b;
+        uint32_t i;
+        slot_decode(slot, &l, &b, &i);
+        remove_entry(l, b, i);
         atomic_store_explicit(&s->timer_slot, 0, memory_order_relaxed);
     }
     cancel__unlock(&T.lock);
@@ -178,7 +318,10 @@ int64_t cancel__timer_remaining(struct cancel_source *s)
     cancel__lock(&T.lock);
     uint32_t slot = atomic_load_explicit(&s->timer_slot, memory_order_relaxed);
     if (slot) {
-        left = T.heap[slot - 1].deadline - cancel__timer_now();
+        unsigned l, b;
+        uint32_t i;
+        slot_decode(slot, &l, &b, &i);
+        left = T.b[l][b].v[i].deadline - cancel__timer_now();
         if (left < 0)
             left = 0;
     }
@@ -189,33 +332,83 @@ int64_t cancel__timer_remaining(struct cancel_source *s)
 size_t cancel__timer_pending(void)
 {
     cancel__lock(&T.lock);
-    size_t n = T.size;
+    size_t n = T.count;
     cancel__unlock(&T.lock);
     return n;
+}
+
+/* Under lock: a due entry leaves the wheel and its source is marked. */
+static void fire(struct cancel_source *s, struct cancel_source **fired)
+{
+    /* Marked under the lock, so that try_reset, which disarms first, sees
+     * the mark if the deadline fired. */
+    if (cancel__mark(s, ST_REQUESTED | cancel__reason_bits(CANCEL_REASON_TIMEOUT, 0))) {
+        cancel__retain(s);
+        s->next_pending = *fired;
+        *fired = s;
+    }
+    /* release: pairs with the acquire load in cancel_source_free, which must
+     * see our reference once it sees the slot empty. */
+    atomic_store_explicit(&s->timer_slot, 0, memory_order_release);
 }
 
 struct cancel_source *cancel__timer_fire_due(int64_t *next_deadline)
 {
     struct cancel_source *fired = NULL;
     cancel__lock(&T.lock);
-    int64_t now = cancel__timer_now();
-    while (T.size && T.heap[0].deadline <= now) {
-        struct cancel_source *s = T.heap[0].src;
-        remove_at(0);
-        /* Marked under the lock, so that try_reset, which disarms first,
-         * sees the mark if the deadline fired. */
-        bool won = cancel__mark(s, ST_REQUESTED | cancel__reason_bits(CANCEL_REASON_TIMEOUT, 0));
-        if (won) {
-            cancel__retain(s);
-            s->next_pending = fired;
-            fired = s;
+    int64_t now = cancel__timer_now(), retry = INT64_MAX;
+    unsigned l, j;
+    int64_t t;
+    if (!T.started)
+        advance(now);
+    while ((t = next_event(&l, &j)) <= now) {
+        struct bucket *b = &T.b[l][j];
+        advance(t);
+        if (l == 0) {
+            for (uint32_t i = 0; i < b->n;) {
+                struct entry e = b->v[i];
+                if (e.deadline > now) {
+                    i++;
+                    continue;
+                }
+                remove_entry(0, j, i); /* moves the last entry to i */
+                fire(e.src, &fired);
+            }
+        } else {
+            /* Cascade: from the bucket's start on, its entries belong lower. */
+            struct bucket moved = *b;
+            *b = (struct bucket){0};
+            T.nonempty[l] &= ~(UINT64_C(1) << j);
+            T.count -= moved.n;
+            uint32_t i = 0;
+            while (i < moved.n && file(moved.v[i].src, moved.v[i].deadline) != INT64_MIN)
+                i++;
+            if (i < moved.n) {
+                /* Out of memory: the rest stay here and are tried again in a
+                 * millisecond. Late rather than early. */
+                memmove(moved.v, moved.v + i, (moved.n - i) * sizeof *moved.v);
+                moved.n -= i;
+                *b = moved;
+                T.nonempty[l] |= UINT64_C(1) << j;
+                T.count += moved.n;
+                for (uint32_t k = 0; k < moved.n; k++)
+                    atomic_store_explicit(&moved.v[k].src->timer_slot, slot_encode(l, j, k),
+                                          memory_order_relaxed);
+                retry = cancel__add_sat(now, 1000000);
+                break;
+            }
+            free(moved.v);
         }
-        /* release: pairs with the acquire load in cancel_source_free, which
-         * must see our reference once it sees the slot empty. */
-        atomic_store_explicit(&s->timer_slot, 0, memory_order_release);
     }
-    T.sleep_until = T.size ? T.heap[0].deadline : INT64_MAX;
-    *next_deadline = T.size ? T.heap[0].deadline : -1;
+    /* Every bucket left is ahead of `now` (or waits for memory): moving `cur`
+     * there skips only empty buckets. */
+    if (retry == INT64_MAX)
+        advance(now);
+    t = next_event(&l, &j);
+    if (retry < t)
+        t = retry;
+    T.sleep_until = t;
+    *next_deadline = t == INT64_MAX ? -1 : t;
     cancel__unlock(&T.lock);
     return fired;
 }

@@ -200,6 +200,35 @@ static void deadlines_fire_in_order(void)
         cancel_source_free(s[i]);
 }
 
+/* Deadlines across every level of the wheel fire exactly on time, not a
+ * nanosecond early, after cascading down from wherever they were filed. */
+static void exact_at_every_scale(void)
+{
+    static const int64_t delays[] = {
+        1,          999999,          1000000,      1048576,       67108863,    67108864,
+        123456789,  4294967296LL,    10000000000LL, 274877906944LL, 3600000000000LL,
+        86400000000000LL, 31536000000000000LL,
+    };
+    enum { N = sizeof delays / sizeof delays[0] };
+    int64_t t0 = atomic_load(&fake_now);
+    cancel_source *s[N];
+    for (int i = 0; i < N; i++) {
+        s[i] = cancel_source_new();
+        CHECK_EQ(cancel_source_cancel_after(s[i], delays[i]), 0);
+    }
+    for (int i = 0; i < N; i++) {
+        advance_to(t0 + delays[i] - 1);
+        settle();
+        for (int k = i; k < N; k++) /* this one and every later one still waits */
+            CHECK(!cancel_token_is_requested(cancel_source_token(s[k])));
+        advance_to(t0 + delays[i]);
+        CHECK(eventually(cancel_source_token(s[i])));
+    }
+    CHECK_EQ(pending(), 0);
+    for (int i = 0; i < N; i++)
+        cancel_source_free(s[i]);
+}
+
 /* On the real clock: a short deadline fires and wakes a waiter. */
 static _Thread_local int on_main;
 struct where {
@@ -260,6 +289,7 @@ int main(void)
     RUN(cancel_disarms_and_free_disarms);
     RUN(million_pending_deadlines_freed);
     RUN(deadlines_fire_in_order);
+    RUN(exact_at_every_scale);
     RUN(real_clock_deadline_fires);
     RUN(free_races_firing_deadline);
     return 0;
