@@ -111,7 +111,7 @@ struct cancel_source {
     struct cancel__state head;      /* state word; futex for cancel_token_wait */
     _Atomic uint32_t refs;          /* count in bits 0-30; REFS_CHILDREN: see below */
     _Atomic uint32_t lock;          /* cancel__lock */
-    _Atomic uint32_t timer_slot;    /* deadline heap index + 1, 0 = unarmed; timer lock */
+    _Atomic uint32_t timer_slot;    /* where the deadline is filed (timer.c), 0 = unarmed; timer lock */
     int32_t code;                   /* FAILED code; under lock, published by the CAS */
     uint32_t children;              /* links of children that still point here (in
                                        the list, or fired but not yet unhooked); under lock */

@@ -1,6 +1,6 @@
 /*
  * A small lock for the library's short critical sections (linking and
- * unlinking a registration, popping one callback, a deadline heap update).
+ * unlinking a registration, popping one callback, filing a deadline).
  *
  * Uncontended, acquire is one CAS and release one plain store: a
  * registration costs one atomic read-modify-write, not two. A contended
