@@ -142,6 +142,9 @@ void cancel__dispatch(struct cancel_source *root)
             s->running = &frame;
             cancel_fn *fn = r->fn;
             void *arg = r->arg;
+            /* The last write to the storage: from here on only `src` is
+             * read, and only atomically (registration.c). */
+            atomic_store_explicit(&r->src, cancel__popped(s), memory_order_relaxed);
             cs_leave(s, biased);
             fn(arg);
             cs_enter(s, biased);

@@ -89,10 +89,25 @@ struct cancel__reg {
     struct cancel__reg **pprev;  /* under src->lock; NULL when not in a list */
     cancel_fn *fn;               /* immutable while registered */
     void *arg;                   /* immutable while registered */
-    _Atomic(struct cancel_source *) src; /* written under src->lock; NULL = inert */
+    _Atomic(struct cancel_source *) src; /* where it is, written under the source's lock:
+                                            the source (listed), the source tagged
+                                            cancel__popped (its callback was started;
+                                            the storage may belong to someone else
+                                            now), or NULL (inert) */
     uintptr_t tag; /* CANCEL_DEBUG: where it is (cancel__tag), for misuse checks */
 };
 _Static_assert(sizeof(struct cancel__reg) == sizeof(cancel_registration), "registration size");
+
+/* A registration's src once a dispatcher popped it (sources are at least
+ * 16-byte aligned, so bit 0 is free). */
+static inline struct cancel_source *cancel__popped(struct cancel_source *s)
+{
+    return (struct cancel_source *)((uintptr_t)s | 1);
+}
+static inline struct cancel_source *cancel__untag(struct cancel_source *s)
+{
+    return (struct cancel_source *)((uintptr_t)s & ~(uintptr_t)1);
+}
 
 /* The callback a dispatcher is running, on the dispatcher's stack. */
 struct cancel__frame {

@@ -18,10 +18,7 @@ CANCEL_HIDDEN void cancel__futex_wake(_Atomic uint32_t *word, int n);
 
 /* CLOCK_MONOTONIC in nanoseconds. AS-safe. */
 CANCEL_HIDDEN int64_t cancel__clock_ns(void);
-/* The same clock read cheaply: at most cancel__clock_coarse_res_ns() behind
- * cancel__clock_ns(), never ahead. */
-CANCEL_HIDDEN int64_t cancel__clock_coarse_ns(void);
-CANCEL_HIDDEN int64_t cancel__clock_coarse_res_ns(void);
+
 
 /* A descriptor that turns readable once signalled; returns it or -errno. */
 CANCEL_HIDDEN int cancel__eventfd_open(void);

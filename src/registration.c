@@ -188,38 +188,38 @@ static bool unregister_impl(cancel_registration *pub, bool wait)
     }
     /* acquire: pairs with the release store that made it inert (reset or
      * free), which wrote the storage last. */
-    struct cancel_source *s = atomic_load_explicit(&r->src, memory_order_acquire);
-    if (!s)
+    struct cancel_source *where = atomic_load_explicit(&r->src, memory_order_acquire);
+    if (!where)
         return false;
+    struct cancel_source *s = cancel__untag(where);
     cancel__held held = cancel__source_lock(s);
-    if (atomic_load_explicit(&r->src, memory_order_relaxed) != s) {
-        cancel__source_unlock(s, held); /* made inert, or removed by a concurrent call */
-        return false;
-    }
-    if (CANCEL_DEBUG && r->tag != cancel__tag(r, TAG_LISTED) && r->tag != cancel__tag(r, TAG_POPPED))
-        cancel__misuse(wait ? "cancel_unregister" : "cancel_unregister_nowait",
-                       "storage that is not a registration (never registered, or overwritten)", r);
-    if (r->pprev) { /* never started: it never will */
+    where = atomic_load_explicit(&r->src, memory_order_relaxed);
+    if (where == s) {
+        /* Listed: nobody else may write the storage while s is locked. */
+        if (CANCEL_DEBUG && r->tag != cancel__tag(r, TAG_LISTED))
+            cancel__misuse(wait ? "cancel_unregister" : "cancel_unregister_nowait",
+                           "storage that is not a registration (never registered, or overwritten)", r);
         cancel__list_remove(r);
         atomic_store_explicit(&r->src, NULL, memory_order_relaxed);
         cancel__set_tag(r, 0);
         cancel__source_unlock(s, held);
         return true;
     }
-    /* Popped by a dispatcher: running, or done. */
+    if (where != cancel__popped(s)) {
+        cancel__source_unlock(s, held); /* made inert, removed, or registered elsewhere */
+        return false;
+    }
+    /* Popped by a dispatcher: running, or done. The storage is neither read
+     * nor written from here on: once its callback has started it may belong
+     * to someone else (the callback may have freed it, or registered it
+     * again). Concurrent callers find the source and wait too; later ones
+     * need the token valid, as the header says. */
     struct cancel__frame *f = running_frame(s, r);
     bool pinned = false, deadlock = false;
     if (f && wait && f->thread != cancel__self()) { /* not from inside it */
         cancel__retain(s);
         pinned = true;
         deadlock = wait_for_callback(s, r, &held);
-    }
-    /* Once it is known to have returned, later calls need not look at the
-     * source at all; while it may still run, concurrent callers must find it
-     * and wait too. */
-    if (!running_frame(s, r)) {
-        atomic_store_explicit(&r->src, NULL, memory_order_relaxed);
-        cancel__set_tag(r, 0);
     }
     cancel__source_unlock(s, held);
     if (pinned)

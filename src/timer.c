@@ -11,9 +11,10 @@
  *
  * The wheel has LEVELS levels of 64 buckets. Level 0 buckets are 2^20 ns
  * (about 1 ms) wide, each level 64 times wider than the one below, so 7
- * levels span 2^62 ns (146 years). An entry sits at the level of the highest
- * 6-bit group in which its deadline differs from the wheel's current time
- * `cur`, in the bucket that group names. When `cur` reaches the start of a
+ * levels span 2^62 ns (146 years), counted from the wheel's first use
+ * (`base`). An entry sits at the level of the highest 6-bit group in which
+ * its deadline differs from the wheel's current time `cur`, in the bucket
+ * that group names. When `cur` reaches the start of a
  * bucket above level 0, the bucket is cascaded: its entries are placed again,
  * one level down or more. Entries keep their exact deadline, so a deadline
  * fires on time however far away it was armed; level 0 buckets are searched
@@ -60,8 +61,9 @@ static struct {
     _Atomic uint32_t lock;
     struct bucket b[LEVELS][BUCKETS]; /* under lock */
     uint64_t nonempty[LEVELS];        /* under lock: bit j set when b[L][j].n > 0 */
-    uint64_t cur;                     /* under lock: the wheel's current time */
-    bool started;                     /* under lock: cur was set */
+    int64_t base;                     /* under lock: clock time of the wheel's position 0 */
+    uint64_t cur;                     /* under lock: the wheel's current position (time - base) */
+    bool started;                     /* under lock: base and cur were set */
     size_t count;                     /* under lock: entries in the wheel */
     struct entry *spare;              /* under lock: a MIN_CAP array kept for reuse */
     int64_t sleep_until;              /* under lock: when the library thread next looks */
@@ -112,30 +114,45 @@ static void slot_decode(uint32_t slot, unsigned *level, unsigned *bucket, uint32
     *level = slot >> (IDX_BITS + 6);
 }
 
+/* Clock time to wheel position and back (under lock, once started). */
+static uint64_t position(int64_t t)
+{
+    return t <= T.base ? 0 : (uint64_t)t - (uint64_t)T.base;
+}
+static int64_t time_at(uint64_t p)
+{
+    return p > (uint64_t)(INT64_MAX - T.base) ? INT64_MAX : T.base + (int64_t)p;
+}
+
 /* The level and bucket for a deadline, relative to T.cur. A deadline
  * already behind `cur` goes to the current level-0 bucket (due at once); one
  * more than 2^60 ns (36 years) ahead is filed as if 2^60 ns ahead, keeping
- * its exact value, so that it always lands within the top level and moves
- * down as time passes. */
+ * its exact value, so that it lands within the top level and moves down as
+ * time passes. */
 static void where(int64_t deadline, unsigned *level, unsigned *bucket)
 {
-    uint64_t p = deadline < (int64_t)T.cur ? T.cur : (uint64_t)deadline;
+    uint64_t p = position(deadline);
+    if (p < T.cur)
+        p = T.cur;
     if (p - T.cur > (UINT64_C(1) << 60))
         p = T.cur + (UINT64_C(1) << 60);
     uint64_t differ = (p ^ T.cur) >> G0;
     unsigned l = differ < BUCKETS ? 0 : (unsigned)(63 - __builtin_clzll(differ)) / 6;
-    *level = l; /* at most LEVELS - 1: p and cur differ below bit 62 */
+    if (l >= LEVELS) /* only 109 years after the wheel's first use */
+        l = LEVELS - 1;
+    *level = l;
     *bucket = (unsigned)(p >> shift_of(l)) & (BUCKETS - 1);
 }
 
-/* Under lock: `cur` starts at the first use and never goes back. */
+/* Under lock: the wheel starts at its first use and never goes back. */
 static void advance(int64_t t)
 {
     if (!T.started) {
-        T.cur = (uint64_t)t;
+        T.base = t;
+        T.cur = 0;
         T.started = true;
-    } else if (t > (int64_t)T.cur) {
-        T.cur = (uint64_t)t;
+    } else if (position(t) > T.cur) {
+        T.cur = position(t);
     }
 }
 
@@ -145,7 +162,7 @@ static int64_t bucket_start(unsigned level, unsigned bucket)
 {
     unsigned up = shift_of(level) + 6;
     uint64_t block = up >= 64 ? 0 : T.cur & ~((UINT64_C(1) << up) - 1);
-    return (int64_t)(block | (uint64_t)bucket << shift_of(level));
+    return time_at(block | (uint64_t)bucket << shift_of(level));
 }
 
 static int resize(struct bucket *b, uint32_t cap)
@@ -219,17 +236,16 @@ static int64_t file(struct cancel_source *s, int64_t deadline)
     unsigned level, bucket;
     uint32_t index;
     where(deadline, &level, &bucket);
-    if (push(level, bucket, (struct entry){deadline, s}, &index) != 0) {
-        atomic_store_explicit(&s->timer_slot, 0, memory_order_relaxed);
-        return INT64_MIN;
-    }
+    if (push(level, bucket, (struct entry){deadline, s}, &index) != 0)
+        return INT64_MIN; /* the slot is the caller's to fix */
     atomic_store_explicit(&s->timer_slot, slot_encode(level, bucket, index), memory_order_relaxed);
     return level == 0 ? deadline : bucket_start(level, bucket);
 }
 
 /* Under lock: the earliest event: a level-0 entry's deadline, or the start of
- * a higher bucket that must be cascaded. INT64_MAX if the wheel is empty. */
-static int64_t next_event(unsigned *level_out, unsigned *bucket_out)
+ * a higher bucket that must be cascaded. INT64_MAX if the wheel is empty.
+ * *refile says the bucket is to be filed again rather than fired. */
+static int64_t next_event(unsigned *level_out, unsigned *bucket_out, bool *refile)
 {
     int64_t best = INT64_MAX;
     for (unsigned l = 0; l < LEVELS; l++) {
@@ -239,11 +255,12 @@ static int64_t next_event(unsigned *level_out, unsigned *bucket_out)
         uint64_t ahead = T.nonempty[l] & (~UINT64_C(0) << here);
         int64_t t;
         unsigned j;
-        if (!ahead) {
+        bool stale = !ahead;
+        if (stale) {
             /* Cannot happen while `cur` only moves past empty buckets; if it
-             * did, these are overdue: cascade them now. */
+             * did, file these again now, relative to `cur`. */
             j = (unsigned)__builtin_ctzll(T.nonempty[l]);
-            t = (int64_t)T.cur;
+            t = time_at(T.cur);
         } else {
             j = (unsigned)__builtin_ctzll(ahead);
             t = bucket_start(l, j);
@@ -259,6 +276,7 @@ static int64_t next_event(unsigned *level_out, unsigned *bucket_out)
             best = t;
             *level_out = l;
             *bucket_out = j;
+            *refile = stale || l > 0;
         }
     }
     return best;
@@ -273,21 +291,21 @@ static int arm(struct cancel_source *s, int64_t deadline)
     }
     if (!T.started)
         advance(cancel__timer_now());
-    uint32_t slot = atomic_load_explicit(&s->timer_slot, memory_order_relaxed);
-    if (slot) {
-        unsigned l, b;
-        uint32_t i;
-        slot_decode(slot, &l, &b, &i);
-        remove_entry(l, b, i);
-    }
     /* A cancel that sets REQUESTED just after our check above may find no
      * slot to disarm in its dispatch: the entry then stays until it expires
      * (its mark loses, harmlessly) or the source is freed. Closing that
      * window would cost a store-load fence on every arm. */
+    uint32_t old = atomic_load_explicit(&s->timer_slot, memory_order_relaxed);
     int64_t event = file(s, deadline);
-    if (event == INT64_MIN) {
+    if (event == INT64_MIN) { /* out of memory: any earlier deadline stays */
         cancel__unlock(&T.lock);
         return ENOMEM;
+    }
+    if (old) { /* re-armed: the new entry is filed, drop the old one */
+        unsigned l, b;
+        uint32_t i;
+        slot_decode(old, &l, &b, &i);
+        remove_entry(l, b, i);
     }
     bool wake = event < T.sleep_until;
     if (wake)
@@ -358,13 +376,14 @@ struct cancel_source *cancel__timer_fire_due(int64_t *next_deadline)
     cancel__lock(&T.lock);
     int64_t now = cancel__timer_now(), retry = INT64_MAX;
     unsigned l, j;
+    bool refile;
     int64_t t;
     if (!T.started)
         advance(now);
-    while ((t = next_event(&l, &j)) <= now) {
+    while ((t = next_event(&l, &j, &refile)) <= now) {
         struct bucket *b = &T.b[l][j];
         advance(t);
-        if (l == 0) {
+        if (!refile) {
             for (uint32_t i = 0; i < b->n;) {
                 struct entry e = b->v[i];
                 if (e.deadline > now) {
@@ -404,26 +423,20 @@ struct cancel_source *cancel__timer_fire_due(int64_t *next_deadline)
      * there skips only empty buckets. */
     if (retry == INT64_MAX)
         advance(now);
-    t = next_event(&l, &j);
-    if (retry < t)
-        t = retry;
+    t = next_event(&l, &j, &refile);
+    if (retry != INT64_MAX && t < retry)
+        t = retry; /* the stuck bucket is due now: look again in a millisecond */
     T.sleep_until = t;
     *next_deadline = t == INT64_MAX ? -1 : t;
     cancel__unlock(&T.lock);
     return fired;
 }
 
-/* The absolute deadline `delay_ns` from now. Reading the precise clock costs
- * more than the rest of arming a deadline, so a delay long enough that one
- * tick of the coarse clock is under 1/256 of it reads the coarse clock and
- * adds one tick: never early, late by at most one tick (0.4 % at worst). */
+/* The absolute deadline `delay_ns` from now, on the precise clock. (The
+ * coarse clock is seven times cheaper here, but it may lag by more than its
+ * resolution when ticks are late, and a deadline must never fire early.) */
 static int64_t deadline_after(int64_t delay_ns)
 {
-    if (cancel__timer_clock_is_real()) {
-        int64_t res = cancel__clock_coarse_res_ns();
-        if (res <= delay_ns / 256)
-            return cancel__add_sat(cancel__clock_coarse_ns() + res, delay_ns);
-    }
     return cancel__add_sat(cancel__timer_now(), delay_ns);
 }
 

@@ -51,28 +51,6 @@ int64_t cancel__clock_ns(void)
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
-int64_t cancel__clock_coarse_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
-int64_t cancel__clock_coarse_res_ns(void)
-{
-    static _Atomic int64_t res; /* 0: not read yet */
-    int64_t r = atomic_load_explicit(&res, memory_order_relaxed);
-    if (r == 0) {
-        struct timespec ts;
-        if (clock_getres(CLOCK_MONOTONIC_COARSE, &ts) != 0 || ts.tv_sec > 0)
-            r = INT64_MAX; /* unusable: callers fall back to the precise clock */
-        else
-            r = ts.tv_nsec > 0 ? ts.tv_nsec : 1;
-        atomic_store_explicit(&res, r, memory_order_relaxed);
-    }
-    return r;
-}
-
 int cancel__eventfd_open(void)
 {
     int fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);

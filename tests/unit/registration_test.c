@@ -148,13 +148,16 @@ static void unregister_result_table(void)
     CHECK(!cancel_unregister(&r));
     CHECK(!cancel_unregister_nowait(&r));
 
-    /* finished, then the source freed: the registration was left alone */
+    /* finished, then the source freed: with a retained token, a late
+     * unregister stays valid and harmless */
     s = cancel_source_new();
-    CHECK_EQ(cancel_register(cancel_source_token(s), &r, test_count, &n), 0);
+    cancel_token kept = cancel_token_retain(cancel_source_token(s));
+    CHECK_EQ(cancel_register(kept, &r, test_count, &n), 0);
     cancel_source_cancel(s);
     CHECK(!cancel_unregister_nowait(&r)); /* after this, storage is ours */
     cancel_source_free(s);
     CHECK(!cancel_unregister(&r));
+    cancel_token_release(kept);
 }
 
 /* Running on another thread: unregister waits; nowait does not. */
@@ -531,6 +534,48 @@ static void concurrent_unregisters_all_wait(void)
     cancel_source_free(t.b.src);
 }
 
+/* A waiting unregister never touches the storage afterwards: the callback it
+ * waited for may have registered that storage again elsewhere. */
+struct reuse {
+    struct blocker b;
+    cancel_source *other;
+    int rc;
+};
+static void reregisters_elsewhere(void *arg)
+{
+    struct reuse *u = arg;
+    test_gate_open(&u->b.started);
+    test_gate_wait(&u->b.finish);
+    u->rc = cancel_register(cancel_source_token(u->other), &u->b.reg, test_never, NULL);
+}
+static void *cancel_reuse(void *arg)
+{
+    cancel_source_cancel(((struct reuse *)arg)->b.src);
+    return NULL;
+}
+static void *open_finish_later(void *arg)
+{
+    test_sleep_ns(10 * 1000 * 1000);
+    test_gate_open(&((struct reuse *)arg)->b.finish);
+    return NULL;
+}
+static void waiting_unregister_leaves_storage_alone(void)
+{
+    struct reuse u = {{TEST_GATE_INIT, TEST_GATE_INIT, 0, cancel_source_new(), {{0}}}, cancel_source_new(), -1};
+    CHECK_EQ(cancel_register(cancel_source_token(u.b.src), &u.b.reg, reregisters_elsewhere, &u), 0);
+    pthread_t c = test_spawn(cancel_reuse, &u);
+    test_gate_wait(&u.b.started);
+    pthread_t o = test_spawn(open_finish_later, &u);
+    CHECK(!cancel_unregister(&u.b.reg)); /* waits; meanwhile the storage moves to `other` */
+    test_join(o);
+    test_join(c);
+    CHECK_EQ(u.rc, 0);
+    CHECK(cancel_unregister(&u.b.reg)); /* still registered on `other`, intact */
+    cancel_source_cancel(u.other);      /* test_never must not run */
+    cancel_source_free(u.b.src);
+    cancel_source_free(u.other);
+}
+
 /* errno is left alone unless EDEADLK is reported, even when unregister had
  * to sleep. */
 static void unregister_keeps_errno(void)
@@ -569,5 +614,6 @@ int main(void)
     RUN(finished_wait_is_no_cycle);
     RUN(concurrent_unregisters_all_wait);
     RUN(unregister_keeps_errno);
+    RUN(waiting_unregister_leaves_storage_alone);
     return 0;
 }
