@@ -4,31 +4,33 @@
  *
  *   stress [seconds] [threads] [seed]        (defaults: 2 4 1)
  *
- * Every registration gets a ticket. At the end, when everything is
- * cancelled or freed and the library thread has drained, each ticket must
- * show its callback ran exactly once, or was removed before it ran
+ * Every registration gets a ticket, settled as soon as its fate is known:
+ * its callback ran exactly once, or it was removed before it ran
  * (unregister returned true, the source was reset, or it was freed
- * uncancelled), never both, never neither; each callback checks the token is
- * cancelled and that it runs only once. Blocked waiters must all wake (the
- * CTest timeout is the watchdog).
+ * uncancelled), never both, never neither. Each callback also checks that
+ * the token is cancelled and that it runs only once. Blocked waiters must
+ * all wake (the CTest timeout is the watchdog). Memory stays flat however
+ * long it runs: settled tickets and finished sources are freed on the way.
  *
  * Slots hold the shared sources. Operations on a slot's source take the
  * slot's lock for reading (so cancel, fail, cancel_async, cancel_after,
- * registration and waiting race each other freely); freeing, replacing and
- * resetting take it for writing, which lets the accounting know exactly which
- * registrations a reset or a free removed.
+ * registration, unregistration and waiting race each other freely); freeing,
+ * replacing and resetting take it for writing, which lets the accounting
+ * know exactly which registrations a reset or a free removed.
  */
 #include "../check.h"
 
 #include <cancel.h>
 #include <errno.h>
+#include <sys/resource.h>
 
-enum { SLOTS = 8, MAX_THREADS = 16 };
+enum { SLOTS = 8, MAX_THREADS = 16, MINE = 64 };
 
-/* One source's life. */
+/* One source's life: held by its slot while current, and by its tickets. */
 struct gen {
-    cancel_token tok; /* retained by the test for the whole run */
+    cancel_token tok; /* retained */
     int freed_uncancelled;
+    _Atomic int refs;
 };
 
 struct ticket {
@@ -37,69 +39,87 @@ struct ticket {
     struct gen *gen;
     struct slot *slot;
     _Atomic int runs;
-    int state;                /* under the slot's lock */
-    struct ticket *slot_next; /* on the slot's list of registrations */
-    struct ticket *done_next; /* on the list checked at the end */
+    int state;                           /* under the slot's lock */
+    bool listed;                         /* on the slot's list; under reg_mu or the write lock */
+    struct ticket *slot_next, *slot_prev;
+    struct ticket *next;                 /* on a settling list */
 };
-enum { T_REGISTERED, T_REMOVED, T_RAN_OR_INERT, T_NOWAIT_FALSE, T_RESET };
+enum { T_REGISTERED, T_REMOVED, T_INERT, T_RESET };
 
 struct slot {
     pthread_rwlock_t rw;
     cancel_source *src; /* under rw (write to change) */
     struct gen *gen;
-    struct ticket *regs; /* tickets registered on gen; under rw write or reg_mu */
+    struct ticket *regs; /* registered on gen; under reg_mu with rw read, or rw write */
     pthread_mutex_t reg_mu;
 };
 
 static struct slot slots[SLOTS];
 static _Atomic int stop;
 static _Atomic int blocked, max_blocked; /* threads in an unbounded wait; at most half */
-static _Atomic long ops, checks;
-static pthread_mutex_t gens_mu = PTHREAD_MUTEX_INITIALIZER;
-static struct gen **gens;
-static size_t ngens, capgens;
-static pthread_mutex_t done_mu = PTHREAD_MUTEX_INITIALIZER;
-static struct ticket *done_tickets; /* checked at the end */
+static _Atomic long ops, checks, settled;
+static pthread_mutex_t left_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct ticket *left_over; /* unsettled when their thread stopped */
 
 static struct gen *new_gen(cancel_source *s)
 {
     struct gen *g = calloc(1, sizeof *g);
     g->tok = cancel_token_retain(cancel_source_token(s));
-    pthread_mutex_lock(&gens_mu);
-    if (ngens == capgens) {
-        capgens = capgens ? 2 * capgens : 256;
-        gens = realloc(gens, capgens * sizeof *gens);
-    }
-    gens[ngens++] = g;
-    pthread_mutex_unlock(&gens_mu);
+    atomic_init(&g->refs, 1); /* the slot's */
     return g;
+}
+static void put_gen(struct gen *g)
+{
+    if (atomic_fetch_sub(&g->refs, 1) == 1) {
+        cancel_token_release(g->tok);
+        free(g);
+    }
 }
 
 static void on_cancel(void *arg)
 {
     struct ticket *t = arg;
     CHECK(cancel_token_is_requested(t->gen->tok));
+    atomic_fetch_add(&checks, 2);
+    /* The last touch of the ticket: once runs reads 1, it may be freed. */
     int before = atomic_fetch_add(&t->runs, 1);
     CHECK_EQ(before, 0); /* at most once */
-    atomic_fetch_add(&checks, 2);
 }
 
-static void retire(struct ticket *t)
+/* The ticket's fate is known: `runs` must be `expected`. */
+static void settle(struct ticket *t, int expected)
 {
-    pthread_mutex_lock(&done_mu);
-    t->done_next = done_tickets;
-    done_tickets = t;
-    pthread_mutex_unlock(&done_mu);
+    CHECK_EQ(atomic_load(&t->runs), expected);
+    atomic_fetch_add(&checks, 1);
+    atomic_fetch_add(&settled, 1);
+    cancel_token_release(t->tok);
+    put_gen(t->gen);
+    free(t);
+}
+
+static void unlink_ticket(struct slot *sl, struct ticket *t)
+{
+    if (!t->listed)
+        return;
+    if (t->slot_prev)
+        t->slot_prev->slot_next = t->slot_next;
+    else
+        sl->regs = t->slot_next;
+    if (t->slot_next)
+        t->slot_next->slot_prev = t->slot_prev;
+    t->listed = false;
 }
 
 /* Under the slot's write lock: the registrations still listed on the slot's
- * source leave the list with `state` (reset or freed uncancelled). */
+ * source leave the list; `state` says why (reset, or freed uncancelled), or
+ * keeps them registered (freed after cancellation: they run). */
 static void drop_listed(struct slot *sl, int state)
 {
     while (sl->regs) {
         struct ticket *t = sl->regs;
         sl->regs = t->slot_next;
-        if (t->state == T_REGISTERED)
+        t->listed = false;
+        if (t->state == T_REGISTERED && state != T_REGISTERED)
             t->state = state;
     }
 }
@@ -126,7 +146,7 @@ static cancel_source *fresh_source(uint64_t *rng)
     return s;
 }
 
-/* Frees the slot's source (under the write lock) and records its fate. */
+/* Under the write lock: frees the slot's source and records its fate. */
 static void free_slot_source(struct slot *sl)
 {
     if (!sl->src)
@@ -135,47 +155,69 @@ static void free_slot_source(struct slot *sl)
     sl->src = NULL;
     /* Freed uncancelled exactly when the token never turns cancelled now. */
     sl->gen->freed_uncancelled = !cancel_token_is_requested(sl->gen->tok);
-    if (sl->gen->freed_uncancelled)
-        drop_listed(sl, T_RAN_OR_INERT);
-    else
-        sl->regs = NULL; /* they run (or ran): checked at the end */
+    drop_listed(sl, sl->gen->freed_uncancelled ? T_INERT : T_REGISTERED);
+    put_gen(sl->gen);
+    sl->gen = NULL;
+}
+
+/* Settles what it can of a list of tickets whose callback started (popped):
+ * once runs reads 1 the callback is done with them. Returns the rest. */
+static struct ticket *settle_ran(struct ticket *list)
+{
+    struct ticket *rest = NULL;
+    while (list) {
+        struct ticket *t = list;
+        list = t->next;
+        if (atomic_load(&t->runs) == 1) {
+            settle(t, 1);
+        } else {
+            t->next = rest;
+            rest = t;
+        }
+    }
+    return rest;
 }
 
 static void *worker(void *arg)
 {
     uint64_t rng = (uintptr_t)arg * 0x9E3779B97F4A7C15u + 1;
-    struct ticket *mine[64] = {0};
+    struct ticket *mine[MINE] = {0};
+    struct ticket *running = NULL; /* unregister_nowait found them started */
+    unsigned sweep = 0;
     while (!atomic_load(&stop)) {
         atomic_fetch_add(&ops, 1);
+        if (++sweep % 256 == 0)
+            running = settle_ran(running);
         struct slot *sl = &slots[test_rand(&rng) % SLOTS];
         unsigned op = test_rand(&rng) % 100;
         if (op < 30) { /* register, or unregister one of ours */
-            unsigned k = test_rand(&rng) % 64;
+            unsigned k = test_rand(&rng) % MINE;
             struct ticket *t = mine[k];
             if (!t) {
                 pthread_rwlock_rdlock(&sl->rw);
                 if (sl->src) {
                     t = calloc(1, sizeof *t);
                     t->gen = sl->gen;
+                    atomic_fetch_add(&t->gen->refs, 1);
                     t->slot = sl;
                     t->tok = cancel_token_retain(cancel_source_token(sl->src));
                     bool invoke = test_rand(&rng) & 1;
-                    pthread_mutex_lock(&sl->reg_mu); /* orders us with drop_listed */
+                    pthread_mutex_lock(&sl->reg_mu); /* orders us with other registrants */
                     int rc = invoke ? cancel_register(t->tok, &t->reg, on_cancel, t)
                                     : cancel_register_noinvoke(t->tok, &t->reg, on_cancel, t);
                     if (rc == 0) {
                         t->state = T_REGISTERED;
+                        t->listed = true;
                         t->slot_next = sl->regs;
+                        if (sl->regs)
+                            sl->regs->slot_prev = t;
                         sl->regs = t;
                         mine[k] = t;
                     }
                     pthread_mutex_unlock(&sl->reg_mu);
                     if (rc != 0) {
                         CHECK_EQ(rc, ECANCELED);
-                        CHECK_EQ(atomic_load(&t->runs), invoke ? 1 : 0);
-                        atomic_fetch_add(&checks, 2);
-                        cancel_token_release(t->tok);
-                        free(t);
+                        settle(t, invoke ? 1 : 0); /* ran inline, or not at all */
                     }
                 }
                 pthread_rwlock_unlock(&sl->rw);
@@ -183,23 +225,25 @@ static void *worker(void *arg)
                 mine[k] = NULL;
                 bool wait = test_rand(&rng) % 8 != 0;
                 /* Reading: excludes reset and free, which settle tickets. */
-                pthread_rwlock_rdlock(&t->slot->rw);
+                struct slot *ts = t->slot;
+                pthread_rwlock_rdlock(&ts->rw);
                 bool removed = wait ? cancel_unregister(&t->reg) : cancel_unregister_nowait(&t->reg);
+                pthread_mutex_lock(&ts->reg_mu);
+                unlink_ticket(ts, t);
+                pthread_mutex_unlock(&ts->reg_mu);
+                int state = t->state;
+                pthread_rwlock_unlock(&ts->rw);
                 if (removed) {
-                    CHECK(t->state == T_REGISTERED); /* not reset, not freed */
-                    CHECK_EQ(atomic_load(&t->runs), 0);
-                    t->state = T_REMOVED;
-                } else if (t->state == T_REGISTERED) {
-                    /* a dispatcher popped it: it ran (and we waited), or runs soon */
-                    t->state = wait ? T_RAN_OR_INERT : T_NOWAIT_FALSE;
-                    if (wait)
-                        CHECK_EQ(atomic_load(&t->runs), 1);
+                    CHECK(state == T_REGISTERED); /* not reset, not freed */
+                    settle(t, 0);
+                } else if (state != T_REGISTERED) {
+                    settle(t, 0); /* reset or freed uncancelled: never ran */
+                } else if (wait) {
+                    settle(t, 1); /* it ran, and we waited for it */
                 } else {
-                    CHECK_EQ(atomic_load(&t->runs), 0); /* reset or freed uncancelled */
+                    t->next = running; /* started; it may still be running */
+                    running = t;
                 }
-                pthread_rwlock_unlock(&t->slot->rw);
-                atomic_fetch_add(&checks, 1);
-                retire(t); /* final check once everything settled */
             }
         } else if (op < 40) { /* cancel, fail, async, signal */
             pthread_rwlock_rdlock(&sl->rw);
@@ -222,7 +266,7 @@ static void *worker(void *arg)
                 CHECK(rc == 0 || rc == ECANCELED);
             }
             pthread_rwlock_unlock(&sl->rw);
-        } else if (op < 60) { /* wait briefly, or check, or poll the fd */
+        } else if (op < 60) { /* wait briefly, or check */
             pthread_rwlock_rdlock(&sl->rw);
             cancel_token t = sl->src ? cancel_token_retain(cancel_source_token(sl->src)) : CANCEL_TOKEN_NONE;
             pthread_rwlock_unlock(&sl->rw);
@@ -274,15 +318,22 @@ static void *worker(void *arg)
             pthread_rwlock_unlock(&sl->rw);
         }
     }
-    for (int k = 0; k < 64; k++)
-        if (mine[k])
-            retire(mine[k]); /* still registered: settled by the end */
+    /* Hand over what is not settled yet: settled once everything stopped. */
+    pthread_mutex_lock(&left_mu);
+    for (int k = 0; k < MINE; k++)
+        if (mine[k]) {
+            mine[k]->next = left_over;
+            left_over = mine[k];
+        }
+    while (running) {
+        struct ticket *t = running;
+        running = t->next;
+        t->state = -1; /* started before its thread stopped: must run */
+        t->next = left_over;
+        left_over = t;
+    }
+    pthread_mutex_unlock(&left_mu);
     return NULL;
-}
-
-static void drained(void *arg)
-{
-    test_gate_open(arg);
 }
 
 int main(int argc, char **argv)
@@ -313,6 +364,32 @@ int main(int argc, char **argv)
     }
     for (int i = 0; i < nthreads; i++)
         test_join(th[i]);
+
+    /* Still registered when their thread stopped: each source is cancelled
+     * or was freed, so each has run (or is inert). */
+    struct ticket *started = NULL;
+    while (left_over) {
+        struct ticket *t = left_over;
+        left_over = t->next;
+        if (t->state == -1) {
+            t->next = started;
+            started = t;
+            continue;
+        }
+        bool removed = cancel_unregister(&t->reg); /* valid: t->tok is retained */
+        pthread_mutex_lock(&t->slot->reg_mu);
+        unlink_ticket(t->slot, t);
+        pthread_mutex_unlock(&t->slot->reg_mu);
+        if (removed || t->state != T_REGISTERED) {
+            settle(t, 0);
+        } else if (atomic_load(&t->runs) == 1) {
+            settle(t, 1);
+        } else {
+            /* cancelled asynchronously, not dispatched yet: it will be */
+            t->next = started;
+            started = t;
+        }
+    }
     for (int i = 0; i < SLOTS; i++)
         free_slot_source(&slots[i]);
 
@@ -321,44 +398,22 @@ int main(int argc, char **argv)
     test_gate gate = TEST_GATE_INIT;
     cancel_source *last = cancel_source_new();
     cancel_registration r;
-    CHECK_EQ(cancel_register(cancel_source_token(last), &r, drained, &gate), 0);
+    CHECK_EQ(cancel_register(cancel_source_token(last), &r, test_gate_open_cb, &gate), 0);
     cancel_source_cancel_async(last);
     test_gate_wait(&gate);
+    cancel_unregister(&r);
     cancel_source_free(last);
+    started = settle_ran(started);
+    CHECK(started == NULL); /* every started callback has run exactly once */
 
-    long tickets = 0;
-    while (done_tickets) {
-        struct ticket *t = done_tickets;
-        done_tickets = t->done_next;
-        int runs = atomic_load(&t->runs);
-        switch (t->state) {
-        case T_REMOVED:
-        case T_RESET:
-            CHECK_EQ(runs, 0);
-            break;
-        case T_REGISTERED: /* never unregistered: its source was cancelled or freed */
-            CHECK(!cancel_unregister(&t->reg));
-            /* fall through */
-        case T_RAN_OR_INERT:
-        case T_NOWAIT_FALSE:
-            CHECK_EQ(runs, t->gen->freed_uncancelled ? 0 : 1);
-            break;
-        }
-        atomic_fetch_add(&checks, 1);
-        cancel_token_release(t->tok);
-        free(t);
-        tickets++;
-    }
-    for (size_t i = 0; i < ngens; i++) {
-        cancel_token_release(gens[i]->tok);
-        free(gens[i]);
-    }
-    free(gens);
     cancel_stats st;
     cancel_get_stats(&st);
     CHECK_EQ(st.deadlines_pending, 0);
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
     printf("stress: %.1f s, %d threads, seed %llu: %ld operations, %ld registrations settled, "
-           "%ld invariants checked\n",
-           seconds, nthreads, (unsigned long long)seed, atomic_load(&ops), tickets, atomic_load(&checks));
+           "%ld invariants checked, max RSS %ld KiB\n",
+           seconds, nthreads, (unsigned long long)seed, atomic_load(&ops), atomic_load(&settled),
+           atomic_load(&checks), ru.ru_maxrss);
     return 0;
 }
