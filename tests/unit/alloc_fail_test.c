@@ -26,10 +26,16 @@ int __wrap_pthread_create(pthread_t *, const pthread_attr_t *, void *(*)(void *)
 static _Thread_local long fail_at; /* 0: never; counts on the test's thread only */
 static _Thread_local long seen;
 static _Atomic int refuse_threads;
+static _Atomic int fail_everywhere; /* every allocation, on every thread */
+static _Atomic long failed_everywhere;
 static long points; /* allocation points exercised, over all scenarios */
 
 static bool inject(void)
 {
+    if (atomic_load_explicit(&fail_everywhere, memory_order_relaxed)) {
+        atomic_fetch_add(&failed_everywhere, 1);
+        return true;
+    }
     if (fail_at == 0)
         return false;
     return ++seen == fail_at;
@@ -224,6 +230,60 @@ static void deadlines(long n)
     CHECK_EQ(st.deadlines_pending, 0);
 }
 
+/* The library thread files deadlines again as their time nears (timer.c);
+ * without memory it must neither fire them early, nor lose them, nor spin:
+ * it retries every millisecond. On the real clock, since only then does the
+ * library thread sleep until a time of its own choosing. */
+static long library_thread_cpu_ns(void)
+{
+    char path[96], comm[32];
+    long found = -1;
+    for (int tid = 1; tid < 4194304 && found < 0; tid++) {
+        snprintf(path, sizeof path, "/proc/self/task/%d/comm", tid);
+        FILE *f = fopen(path, "r");
+        if (!f)
+            continue;
+        if (fgets(comm, sizeof comm, f) && strncmp(comm, "cancel", 6) == 0) {
+            snprintf(path, sizeof path, "/proc/self/task/%d/schedstat", tid);
+            FILE *g = fopen(path, "r");
+            if (g && fscanf(g, "%ld", &found) != 1)
+                found = -1;
+            if (g)
+                fclose(g);
+        }
+        fclose(f);
+    }
+    return found;
+}
+static void cascade_without_memory(void)
+{
+    enum { N = 40 };
+    const int64_t base = 300 * 1000000; /* filed above level 0, cascaded within 300 ms */
+    cancel_source *s[N];
+    int64_t armed = test_now_ns();
+    for (int i = 0; i < N; i++) {
+        s[i] = cancel_source_new();
+        CHECK_EQ(cancel_source_cancel_after(s[i], base + (int64_t)i * 3000000), 0);
+    }
+    long cpu0 = library_thread_cpu_ns();
+    atomic_store(&fail_everywhere, 1);
+    test_sleep_ns(base + 200 * 1000000); /* the cascades, and the first deadlines, fall in here */
+    long cpu1 = library_thread_cpu_ns();
+    atomic_store(&fail_everywhere, 0);
+    int fired = 0;
+    for (int i = 0; i < N; i++)
+        fired += cancel_token_is_requested(cancel_source_token(s[i]));
+    fprintf(stderr, "   library thread CPU while out of memory: %.1f ms in 500 ms; %ld allocations refused; "
+            "%d of %d fired meanwhile\n", (cpu1 - cpu0) / 1e6, atomic_load(&failed_everywhere), fired, N);
+    CHECK(atomic_load(&failed_everywhere) > 0); /* the cascade did need memory */
+    CHECK(cpu0 >= 0 && cpu1 - cpu0 < 100 * 1000000); /* retrying, not spinning */
+    for (int i = 0; i < N; i++) {
+        CHECK(cancel_token_wait(cancel_source_token(s[i]), 10LL * 1000000000)); /* none lost */
+        CHECK(test_now_ns() >= armed + base + (int64_t)i * 3000000);          /* none early */
+        cancel_source_free(s[i]);
+    }
+}
+
 int main(void)
 {
     RUN(thread_start_fails);
@@ -235,6 +295,7 @@ int main(void)
     each_failure("names", names);
     each_failure("fail messages", fail_message);
     each_failure("deadlines", deadlines);
+    RUN(cascade_without_memory);
     cancel_source_free(parent1);
     cancel_source_free(parent2);
     fprintf(stderr, "   %ld allocation points exercised\n", points);

@@ -257,6 +257,38 @@ static void real_clock_deadline_fires(void)
     cancel_source_free(s);
 }
 
+/* Never early, on the real clock: long deadlines too (a coarse clock read
+ * at arming once made them fire up to 2.7 ms early). */
+struct timed {
+    cancel_source *src;
+    cancel_registration reg;
+    int64_t armed_at, fired_at;
+};
+static void note_time(void *arg)
+{
+    ((struct timed *)arg)->fired_at = test_now_ns();
+}
+static void never_early(void)
+{
+    cancel__timer_set_clock(NULL);
+    enum { N = 16 };
+    const int64_t delay = 1100 * 1000 * 1000;
+    static struct timed t[N];
+    for (int i = 0; i < N; i++) {
+        t[i].src = cancel_source_new();
+        cancel_register(cancel_source_token(t[i].src), &t[i].reg, note_time, &t[i]);
+        t[i].armed_at = test_now_ns();
+        CHECK_EQ(cancel_source_cancel_after(t[i].src, delay + i * 1000000), 0);
+        test_sleep_ns(1000000);
+    }
+    for (int i = 0; i < N; i++) {
+        CHECK(cancel_token_wait(cancel_source_token(t[i].src), 20LL * 1000000000));
+        cancel_unregister(&t[i].reg); /* waits for note_time */
+        CHECK(t[i].fired_at >= t[i].armed_at + delay + i * 1000000);
+        cancel_source_free(t[i].src);
+    }
+}
+
 /* Pitfall 9: free racing the timer. */
 static void free_races_firing_deadline(void)
 {
@@ -291,6 +323,7 @@ int main(void)
     RUN(deadlines_fire_in_order);
     RUN(exact_at_every_scale);
     RUN(real_clock_deadline_fires);
+    RUN(never_early);
     RUN(free_races_firing_deadline);
     return 0;
 }
