@@ -6,6 +6,7 @@
 #ifndef CANCEL_TEST_CHECK_H
 #define CANCEL_TEST_CHECK_H
 
+#include <cancel.h>
 #include <inttypes.h>
 #include <pthread.h>
 #include <sched.h>
@@ -142,6 +143,20 @@ static inline void test_never(void *arg)
 static inline void test_count(void *arg)
 {
     atomic_fetch_add((_Atomic int *)arg, 1);
+}
+
+/* Returns once the library thread has run everything queued or fired before
+ * the call (it works in order) and is idle. */
+static inline void test_drain_library_thread(void)
+{
+    test_gate done = TEST_GATE_INIT;
+    cancel_source *s = cancel_source_new();
+    cancel_registration r;
+    CHECK_EQ(cancel_register(cancel_source_token(s), &r, test_gate_open_cb, &done), 0);
+    cancel_source_cancel_async(s);
+    test_gate_wait(&done);
+    cancel_unregister(&r); /* returns once the callback has returned */
+    cancel_source_free(s);
 }
 
 /* Start/join helpers. */

@@ -73,20 +73,6 @@ static void ran(void *arg)
     ASSERT(cancel_token_is_requested(gens[r->gen].held));
 }
 
-/* Waits until the library thread has run everything queued before now: it
- * works in order. */
-static void drain(void)
-{
-    test_gate done = TEST_GATE_INIT;
-    cancel_source *s = cancel_source_new();
-    cancel_registration r;
-    cancel_register(cancel_source_token(s), &r, test_gate_open_cb, &done);
-    cancel_source_cancel_async(s);
-    test_gate_wait(&done);
-    cancel_unregister(&r); /* returns once the callback has returned */
-    cancel_source_free(s);
-}
-
 /* The model's view of a cancellation of generation g with reason/code. */
 static void model_cancel(int g, cancel_reason reason, int code, int origin)
 {
@@ -288,7 +274,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 ASSERT(cancel_source_cancel_async(m->src) == !m->cancelled);
                 model_cancel(g, CANCEL_REASON_REQUESTED, 0, g);
             }
-            drain();
+            test_drain_library_thread();
             break;
         case 6: /* deadlines: arm far away, disarm, or expire at once */
             if (!m)
@@ -299,7 +285,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             } else if (arg & 0x80) {
                 ASSERT(cancel_source_cancel_after(m->src, 0) == (m->cancelled ? ECANCELED : 0));
                 model_cancel(g, CANCEL_REASON_TIMEOUT, 0, g);
-                drain();
+                test_drain_library_thread();
             } else {
                 int rc = cancel_source_cancel_after(m->src, 3600LL * 1000000000);
                 ASSERT(rc == (m->cancelled ? ECANCELED : 0));

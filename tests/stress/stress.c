@@ -393,16 +393,7 @@ int main(int argc, char **argv)
     for (int i = 0; i < SLOTS; i++)
         free_slot_source(&slots[i]);
 
-    /* The library thread works in order: once this runs, every dispatch
-     * queued or fired before it is done. */
-    test_gate gate = TEST_GATE_INIT;
-    cancel_source *last = cancel_source_new();
-    cancel_registration r;
-    CHECK_EQ(cancel_register(cancel_source_token(last), &r, test_gate_open_cb, &gate), 0);
-    cancel_source_cancel_async(last);
-    test_gate_wait(&gate);
-    cancel_unregister(&r);
-    cancel_source_free(last);
+    test_drain_library_thread();
     started = settle_ran(started);
     CHECK(started == NULL); /* every started callback has run exactly once */
 

@@ -57,28 +57,16 @@ static void in_child(void)
     cancel_source_free(armed);
 }
 
-/* Returns once the library thread has run a callback: it is past its start
- * and idle. (Sanitizer runtimes do not make their allocators safe across a
- * fork that happens while another thread allocates.) */
-static void library_thread_idle(void)
-{
-    test_gate done = TEST_GATE_INIT;
-    cancel_source *s = cancel_source_new();
-    cancel_registration r;
-    CHECK_EQ(cancel_register(cancel_source_token(s), &r, test_gate_open_cb, &done), 0);
-    cancel_source_cancel_async(s);
-    test_gate_wait(&done);
-    cancel_unregister(&r);
-    cancel_source_free(s);
-}
-
 static void sources_and_timer_work_in_child(void)
 {
     pre = cancel_source_new();
     CHECK_EQ(cancel_register(cancel_source_token(pre), &pre_reg, test_count, &pre_ran), 0);
     armed = cancel_source_new();
     CHECK_EQ(cancel_source_cancel_after(armed, 50 * 1000000), 0);
-    library_thread_idle();
+    /* Fork with the library thread idle: sanitizer runtimes do not make their
+     * allocators safe across a fork that happens while another thread
+     * allocates. */
+    test_drain_library_thread();
     child_runs(in_child);
     /* The parent's copies are untouched by the child. */
     CHECK(!cancel_token_is_requested(cancel_source_token(pre)));
