@@ -15,16 +15,33 @@
  *     join_workers();
  *     cancel_source_free(src);
  *
- * Conventions used by every function below:
- *  - Errors are errno-style: functions returning int return 0 or an error
- *    number; functions returning a pointer or -1 set errno. Functions that
- *    return bool say in their comment what false means and when errno is set.
- *  - "Thread-safe" means the function may be called concurrently with any
- *    other function of the library on the same objects, except where a
- *    lifetime rule below forbids it.
- *  - "AS-safe" means the function may be called from a signal handler.
- *  - "From a callback" says whether a cancellation callback may call it.
- *    Unless a comment says otherwise, every function may be.
+ * Conventions used by every function below.
+ *
+ *  Errors: one rule, by return type.
+ *   - bool: the answer to a question (is it cancelled?) or the outcome of a
+ *     race (did this call cancel it? did unregister come first?). false is a
+ *     normal answer and leaves errno alone. Two documented exceptions set
+ *     errno beside false, so that they are never silent: an invalid argument
+ *     (a NULL source, a negative timeout: EINVAL), and cancel_unregister
+ *     refusing to wait because waiting would deadlock (EDEADLK).
+ *   - int: 0 on success or an error number (EINVAL, ENOMEM, ECANCELED...),
+ *     never -1; errno is left alone.
+ *   - pointer: NULL with errno set (EINVAL, ENOMEM).
+ *   - ssize_t or a descriptor (the headers under <cancel/>): as POSIX, -1
+ *     with errno set.
+ *  Thread-safety: "thread-safe" means the function may be called
+ *   concurrently with any other function of the library on the same
+ *   objects, except where a lifetime rule below forbids it. "AS-safe" means
+ *   it may be called from a signal handler. "From a callback" says whether a
+ *   cancellation callback may call it; unless a comment says otherwise,
+ *   every function may be.
+ *  Time: every timeout and deadline is in nanoseconds on cancel_now()'s
+ *   clock (CLOCK_MONOTONIC, or the manual clock of a test).
+ *   CANCEL_INFINITE means "never"; another negative timeout is EINVAL.
+ *  The library thread: one thread per process, started by the first
+ *   registration, linked source or deadline, runs the callbacks of
+ *   asynchronous cancels, signals and deadlines, one after another: keep
+ *   those callbacks short. cancel_quiesce stops it.
  *
  * Lifetime rules:
  *  - A token returned by cancel_source_token() is *borrowed*: it is valid
@@ -146,12 +163,24 @@ CANCEL_API cancel_source *cancel_source_new(void);
  * count may be 0. The child's cause is the parent's cause, its origin naming
  * the source where the cancellation started. The parents' tokens need only be
  * valid during the call: freeing a parent later simply unhooks it.
- * Allocates once (the links to the parents live inside the source). Creating
- * a link never creates a thread of its own; the first registration in the
- * process starts the library thread (see cancel_register).
+ * Allocates once (the links to the parents live inside the source). A link
+ * needs no thread of its own: if the library thread (see the conventions
+ * above) is not running yet, creating a linked source starts it, since a
+ * parent cancelled asynchronously hands the child's cancellation to it.
  * Returns NULL with errno EINVAL (parents NULL and count > 0) or ENOMEM.
  * Thread-safe. */
 CANCEL_API cancel_source *cancel_source_new_linked(const cancel_token *parents, size_t count);
+
+/* The most common source in one call (Go's context.WithTimeout): a source
+ * linked to `parent` (CANCEL_TOKEN_NONE: no parent), cancelled with reason
+ * TIMEOUT after `timeout_ns` (CANCEL_INFINITE: no deadline of its own; the
+ * parent's still applies, see cancel_token_deadline), named `name` (copied;
+ * NULL: unnamed). Born cancelled if the parent is. Costs what
+ * cancel_source_new_linked, cancel_source_set_name and
+ * cancel_source_cancel_after cost together. Returns NULL with errno EINVAL
+ * (another negative timeout), ENOMEM, or EAGAIN (the library thread could
+ * not be started); nothing is left behind. Thread-safe. */
+CANCEL_API cancel_source *cancel_source_new_child(cancel_token parent, int64_t timeout_ns, const char *name);
 
 /* Frees the owner's handle. Does not cancel and runs no callback: if the
  * source is not cancelled, its registrations become inert (they never run;
@@ -183,10 +212,12 @@ CANCEL_API cancel_token cancel_source_token(const cancel_source *src);
  * EINVAL). Thread-safe. */
 CANCEL_API bool cancel_source_cancel(cancel_source *src);
 
-/* Like cancel_source_cancel with reason FAILED: `code` is an error number of
- * the caller's choice, `message` (may be NULL) is copied. If the copy cannot
- * be made, the source is cancelled all the same with a NULL message and
- * errno is set to ENOMEM. Thread-safe. */
+/* Like cancel_source_cancel with reason FAILED: `code` is any int of the
+ * caller's choice, reported as the cause's code (an errno value if you want
+ * strerror to make sense of it; the library never interprets it), and
+ * `message` (may be NULL) is copied. If the copy cannot be made, the source
+ * is cancelled all the same and the cause's message reads "(message lost:
+ * out of memory)". Thread-safe. */
 CANCEL_API bool cancel_source_fail(cancel_source *src, int code, const char *message);
 
 /* Requests cancellation (reason REQUESTED) without running callbacks on the
@@ -212,12 +243,12 @@ CANCEL_API bool cancel_source_cancel_async(cancel_source *src);
 CANCEL_API bool cancel_source_cancel_signal(cancel_source *src, int signo);
 
 /* Arms (or re-arms) a deadline: the source is cancelled with reason TIMEOUT
- * `delay_ns` nanoseconds from now (CLOCK_MONOTONIC), its callbacks running on
- * the library thread. A delay of 0 cancels at once in the manner of
- * cancel_source_cancel_async. CANCEL_INFINITE disarms. Returns 0, EINVAL
- * (NULL source, or another negative delay), ECANCELED (already cancelled;
- * nothing armed), ENOMEM, or EAGAIN (the library thread could not be
- * started). Thread-safe. */
+ * `delay_ns` nanoseconds from now (cancel_now()'s clock), its callbacks
+ * running on the library thread. A delay of 0 cancels at once in the manner
+ * of cancel_source_cancel_async. CANCEL_INFINITE disarms a pending deadline.
+ * Returns 0, EINVAL (NULL source, or another negative delay), ECANCELED
+ * (already cancelled; nothing armed), ENOMEM, or EAGAIN (the library thread
+ * could not be started). Thread-safe. */
 CANCEL_API int cancel_source_cancel_after(cancel_source *src, int64_t delay_ns);
 
 /* Makes an uncancelled source reusable: disarms its deadline and removes
@@ -268,6 +299,16 @@ CANCEL_API bool cancel_token_can_be_canceled(cancel_token tok);
  * is not). The strings stay valid while the token is held. Thread-safe. */
 CANCEL_API cancel_cause cancel_token_cause(cancel_token tok);
 
+/* The earliest armed deadline of the token's source and of all its
+ * ancestors (the parents it is linked to, theirs, and so on), as an absolute
+ * time on cancel_now()'s clock, or CANCEL_INFINITE: what a remote call sends
+ * as its remaining budget (Go's ctx.Deadline()). A child created under a
+ * parent with a deadline reports the parent's without arming one of its own.
+ * A cancelled token keeps the deadline it had (an ancestor freed since no
+ * longer counts). Walks the ancestors under their locks: cheap for the usual
+ * shallow tree, never on a hot path. Thread-safe. */
+CANCEL_API int64_t cancel_token_deadline(cancel_token tok);
+
 /* Takes a reference that keeps the token valid after its source is freed,
  * until cancel_token_release. Returns tok. Thread-safe, AS-safe. */
 CANCEL_API cancel_token cancel_token_retain(cancel_token tok);
@@ -286,12 +327,45 @@ CANCEL_API bool cancel_token_wait(cancel_token tok, int64_t timeout_ns);
 
 /* Returns a descriptor that polls readable (POLLIN) once the token is
  * cancelled, or once its source was freed uncancelled (check
- * cancel_token_is_requested to tell which). Created on first request, at
- * most one per source, owned by the library and closed when the source's
- * memory is released: do not read, write or close it. Returns -1 with errno
- * EINVAL (CANCEL_TOKEN_NONE), EMFILE/ENFILE/ENOMEM, nothing else disturbed.
- * Thread-safe. */
+ * cancel_token_is_requested to tell which). An eventfd made with
+ * EFD_CLOEXEC | EFD_NONBLOCK on first request, at most one per source, owned
+ * by the library and closed when the source's memory is released: do not
+ * read, write or close it. Returns -1 with errno EINVAL (CANCEL_TOKEN_NONE),
+ * EMFILE/ENFILE/ENOMEM, nothing else disturbed. Thread-safe. */
 CANCEL_API int cancel_token_fd(cancel_token tok);
+
+/* ------------------------------------------------------------------------
+ * Time: the clock of every deadline and timeout, and a manual clock for
+ * tests (.NET's FakeTimeProvider).
+ * ------------------------------------------------------------------------ */
+
+/* The library's clock in nanoseconds: CLOCK_MONOTONIC, or the manual clock
+ * while it is on. Thread-safe, AS-safe. */
+CANCEL_API int64_t cancel_now(void);
+
+/* Switches the manual clock on or off; returns 0. On: cancel_now() freezes
+ * at its current reading and moves only with cancel_clock_advance; every
+ * deadline (armed before or after) and every timeout of the library follows
+ * it: cancel_token_wait, the blocking calls of <cancel/...>, task waits, and
+ * cancel_source_info.deadline_ns. Off: cancel_now() is CLOCK_MONOTONIC again
+ * (it may jump back); deadlines are absolute, so a pending one fires when
+ * real time reaches it, at once if it already passed. What stays on real
+ * time: cancel_quiesce's timeout, and clocks of other libraries (a deadline
+ * handed to gRPC is converted through the time remaining). Meant for a
+ * test's own process, switched before its threads start waiting.
+ * Thread-safe. */
+CANCEL_API int cancel_clock_use_manual(bool on);
+
+/* True while the manual clock is on. Thread-safe, AS-safe. */
+CANCEL_API bool cancel_clock_is_manual(void);
+
+/* Moves the manual clock forward by `ns`; ignored while it is off or for
+ * ns <= 0. When it returns, every source whose deadline is due is cancelled
+ * (reason TIMEOUT), their callbacks have run on the library thread (so do not
+ * hold a lock those callbacks take), and every wait whose timeout passed has
+ * returned or is returning. Thread-safe; from a callback on the library
+ * thread it does not wait for the callbacks. */
+CANCEL_API void cancel_clock_advance(int64_t ns);
 
 /* ------------------------------------------------------------------------
  * Callback registrations.
@@ -360,11 +434,38 @@ typedef struct cancel_stats {
     size_t deadlines_pending; /* armed deadlines not yet fired or disarmed (a deadline
                                  armed while its source was being cancelled may count
                                  until it expires, harmlessly, or the source is freed) */
-    bool thread_running;      /* the library thread was started */
+    bool thread_running;      /* the library thread is running */
+    size_t slow_callbacks;    /* callbacks that ran longer than the threshold of
+                                 cancel_set_slow_callback_threshold, since the start */
 } cancel_stats;
 
 /* Fills *out. Returns 0 or EINVAL. Thread-safe. */
 CANCEL_API int cancel_get_stats(cancel_stats *out);
+
+/* Sets the duration above which a callback run by a cancellation counts as
+ * slow (cancel_stats.slow_callbacks): a callback that stalls its canceller,
+ * or the library thread, is worth knowing about. CANCEL_INFINITE (any
+ * negative value) turns the measurement off, which is the default: then a
+ * dispatch reads no clock. Returns the previous threshold. Thread-safe. */
+CANCEL_API int64_t cancel_set_slow_callback_threshold(int64_t ns);
+
+/* Runs, or waits for, everything the library thread owes: the callbacks of
+ * asynchronous cancels and signals already requested, and the releases that
+ * wait for them (a source freed while its callbacks were queued keeps its
+ * descriptor until then). Then, if no deadline is armed and no descriptor is
+ * watched, stops the library thread: nothing of the library runs in the
+ * background any more (valgrind sees no thread; a plugin can be unloaded).
+ * The thread starts again on demand: the next registration, linked source,
+ * deadline or exported token. Until then, callbacks of asynchronous cancels
+ * requested meanwhile (from a signal handler, say) wait for it: call this
+ * when a phase of the program is over, not in its middle. The library does
+ * the same, ignoring armed deadlines, when it is unloaded or the process
+ * exits. Returns 0 (stopped, or not running), EBUSY (deadlines armed or
+ * descriptors watched: it runs on), ETIMEDOUT (`timeout_ns` of real time
+ * passed first: a callback is still running; CANCEL_INFINITE waits), EINVAL
+ * (another negative timeout), or EDEADLK (called from a callback on the
+ * library thread). Thread-safe. */
+CANCEL_API int cancel_quiesce(int64_t timeout_ns);
 
 /* A static English name for a reason ("none", "requested", "timeout",
  * "failed", "signal"), or "unknown". AS-safe. */

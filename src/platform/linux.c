@@ -1,12 +1,11 @@
 /*
- * Linux implementation of platform.h: futex, membarrier, eventfd, raw
- * syscalls for write and close (so that no library call is a pthread
- * cancellation point), and the library thread's creation.
+ * Linux implementation of platform.h: futex, membarrier, eventfd, epoll,
+ * the clock, thread identity and the library thread's creation.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
-#include "../platform.h"
+#include "platform.h"
 
 #include <errno.h>
 #include <linux/futex.h>
@@ -14,6 +13,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdint.h>
+#include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/syscall.h>
 #include <time.h>
@@ -61,34 +61,105 @@ void cancel__eventfd_signal(int fd)
 {
     int saved = errno;
     uint64_t one = 1;
-    /* The counter cannot overflow: it is written at most twice per source. */
-    (void)syscall(SYS_write, fd, &one, sizeof one);
+    /* The counter cannot overflow: it is written at most twice per source.
+     * write(2) is async-signal-safe. */
+    ssize_t r = write(fd, &one, sizeof one);
+    (void)r;
     errno = saved;
 }
 
 void cancel__fd_close(int fd)
 {
-    (void)syscall(SYS_close, fd);
+    int saved = errno;
+    close(fd);
+    errno = saved;
 }
 
-int cancel__thread_start(void *(*fn)(void *), void *arg)
+int cancel__thread_start(pthread_t *out, void *(*fn)(void *), void *arg, const char *name)
 {
-    pthread_attr_t attr;
     sigset_t all, old;
-    pthread_t t;
-    int err = pthread_attr_init(&attr);
-    if (err)
-        return err;
-    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
     /* The thread inherits this mask: user signal handlers never run on it. */
     sigfillset(&all);
     pthread_sigmask(SIG_SETMASK, &all, &old);
-    err = pthread_create(&t, &attr, fn, arg);
+    int err = pthread_create(out, NULL, fn, arg);
     pthread_sigmask(SIG_SETMASK, &old, NULL);
-    pthread_attr_destroy(&attr);
     if (err == 0)
-        pthread_setname_np(t, "cancel");
+        pthread_setname_np(*out, name);
     return err;
+}
+
+int cancel__thread_join(pthread_t t, int64_t abs_deadline_ns)
+{
+    int saved = errno;
+    int err;
+    if (abs_deadline_ns < 0) {
+        err = pthread_join(t, NULL);
+    } else {
+        struct timespec ts = {(time_t)(abs_deadline_ns / 1000000000), (long)(abs_deadline_ns % 1000000000)};
+        err = pthread_clockjoin_np(t, NULL, CLOCK_MONOTONIC, &ts);
+    }
+    errno = saved;
+    return err == 0 ? 0 : ETIMEDOUT;
+}
+
+static _Thread_local char self_tag;
+const void *cancel__self(void)
+{
+    return &self_tag;
+}
+
+int cancel__poller_open(void)
+{
+    int saved = errno;
+    int fd = epoll_create1(EPOLL_CLOEXEC);
+    int r = fd >= 0 ? fd : -errno;
+    errno = saved;
+    return r;
+}
+
+int cancel__poller_add(int poller, int fd, void *key)
+{
+    int saved = errno;
+    struct epoll_event ev = {.events = EPOLLIN | EPOLLRDHUP, .data.ptr = key};
+    int r = epoll_ctl(poller, EPOLL_CTL_ADD, fd, &ev) == 0 ? 0 : errno;
+    errno = saved;
+    return r;
+}
+
+int cancel__poller_del(int poller, int fd)
+{
+    int saved = errno;
+    int r = epoll_ctl(poller, EPOLL_CTL_DEL, fd, NULL) == 0 ? 0 : errno;
+    errno = saved;
+    return r;
+}
+
+int cancel__poller_wait(int poller, int64_t abs_deadline_ns, void **key)
+{
+    int saved = errno;
+    struct timespec ts, *tsp = NULL;
+    if (abs_deadline_ns >= 0) {
+        int64_t left = abs_deadline_ns - cancel__clock_ns();
+        if (left < 0)
+            left = 0;
+        ts.tv_sec = (time_t)(left / 1000000000);
+        ts.tv_nsec = (long)(left % 1000000000);
+        tsp = &ts;
+    }
+    struct epoll_event ev;
+    /* epoll_pwait2 takes nanoseconds, so deadlines keep their precision;
+     * kernels before 5.11 get milliseconds, rounded up (never early). */
+    int n = epoll_pwait2(poller, &ev, 1, tsp, NULL);
+    if (n < 0 && errno == ENOSYS) {
+        int ms = !tsp ? -1 : ts.tv_sec >= 2000000 ? 2000000000 : (int)(ts.tv_sec * 1000 + (ts.tv_nsec + 999999) / 1000000);
+        n = epoll_wait(poller, &ev, 1, ms);
+    }
+    errno = saved;
+    if (n == 1) {
+        *key = ev.data.ptr;
+        return 1;
+    }
+    return 0;
 }
 
 _Atomic int cancel__membarrier_ready;

@@ -6,9 +6,13 @@
  * and the canceller learns of them from its own CAS on that word, so one of
  * the two always sees the other: a wait never misses the cancel, and a
  * descriptor made after the cancel is signalled by its creator.
+ *
+ * A wait with a timeout is a sleeper of the clock (clock.c): on the real
+ * clock the kernel ends it at its absolute deadline; on the manual clock it
+ * sleeps without one and the clock wakes it when moved past the deadline.
  */
-#include "internal.h"
-#include "platform.h"
+#include "clock.h"
+#include "ref.h"
 
 bool cancel_token_wait(cancel_token tok, int64_t timeout_ns)
 {
@@ -26,15 +30,26 @@ bool cancel_token_wait(cancel_token tok, int64_t timeout_ns)
         return true;
     if ((st & ST_DEAD) || timeout_ns == 0)
         return false;
-    int64_t deadline = timeout_ns == CANCEL_INFINITE ? -1 : cancel__add_sat(cancel__clock_ns(), timeout_ns);
+    struct cancel__sleeper z = {w, CANCEL_INFINITE, NULL, NULL};
+    if (timeout_ns != CANCEL_INFINITE) {
+        z.deadline = cancel__add_sat(cancel_now(), timeout_ns);
+        cancel__clock_sleeper_add(&z);
+    }
 
     /* Our own reference: the owner may free the source while we sleep. */
     cancel__retain(s);
     bool result;
     for (;;) {
-        st = atomic_load_explicit(w, memory_order_acquire);
+        /* seq_cst: the sleepers' handshake with the clock (clock.c); it is
+         * also the acquire that makes the canceller's writes visible. */
+        st = atomic_load(w);
         if (st & (ST_REQUESTED | ST_DEAD)) {
             result = st & ST_REQUESTED;
+            break;
+        }
+        bool manual = cancel_clock_is_manual();
+        if (z.deadline != CANCEL_INFINITE && cancel_now() >= z.deadline) {
+            result = false;
             break;
         }
         if (!(st & ST_WAITERS)) {
@@ -45,11 +60,11 @@ bool cancel_token_wait(cancel_token tok, int64_t timeout_ns)
                 continue;
             st |= ST_WAITERS;
         }
-        if (cancel__futex_wait(w, st, deadline) == ETIMEDOUT) {
-            result = atomic_load_explicit(w, memory_order_acquire) & ST_REQUESTED;
-            break;
-        }
+        /* On the manual clock the deadline is not the kernel's to keep. */
+        cancel__futex_wait(w, st, manual ? -1 : z.deadline);
     }
+    if (z.deadline != CANCEL_INFINITE)
+        cancel__clock_sleeper_remove(&z);
     cancel__release(s);
     return result;
 }

@@ -30,7 +30,7 @@
 #ifndef CANCEL_LOCK_H
 #define CANCEL_LOCK_H
 
-#include "platform.h"
+#include "source.h"
 
 enum { LOCK_HELD = 1, LOCK_BIASED = 2, LOCK_IN_CS = 1 /* with LOCK_BIASED */ };
 

@@ -3,7 +3,7 @@
  * library cannot survive. Async-signal-safe: cancel_async checks its
  * argument too.
  */
-#include "internal.h"
+#include "source.h"
 
 #include <stdlib.h>
 #include <string.h>

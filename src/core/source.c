@@ -1,50 +1,24 @@
 /*
- * Source lifecycle: creation, references, freeing, names, reset, info.
+ * Source lifecycle, as the owner sees it: creation, freeing, names, reset,
+ * info. (The memory itself is ref.c's.)
  *
- * A plain source is one allocation of 56 bytes (a 64-byte malloc chunk).
  * Freeing the last handle with nobody else holding a reference takes no
  * atomic read-modify-write at all: with a reference count of one, no other
  * thread may legally look at the source (borrowed tokens die with it), so
  * there is nobody to tell.
  */
-#include "internal.h"
+#include "link.h"
 #include "lock.h"
-#include "platform.h"
+#include "ref.h"
+#include "state.h"
+#include "timer.h"
 
 #include <stdlib.h>
 #include <string.h>
 
-_Static_assert(sizeof(struct cancel_source) <= 56, "a source fits a 64-byte malloc chunk");
-
-static _Thread_local char self_tag;
-const void *cancel__self(void)
-{
-    return &self_tag;
-}
-
-void cancel__source_init(struct cancel_source *s, uint32_t state)
-{
-    atomic_init(&s->head.cancel__word, state);
-    atomic_init(&s->refs, 1);
-    atomic_init(&s->lock, 0);
-    atomic_init(&s->timer_slot, 0);
-    s->code = 0;
-    s->children = 0;
-    s->regs = NULL;
-    s->running = NULL;
-    atomic_init(&s->extra, NULL);
-    s->next_pending = NULL;
-}
-
 cancel_source *cancel_source_new(void)
 {
-    struct cancel_source *s = malloc(sizeof *s);
-    if (!s) {
-        errno = ENOMEM;
-        return NULL;
-    }
-    cancel__source_init(s, 0);
-    return s;
+    return cancel__source_create();
 }
 
 cancel_token cancel_source_token(const cancel_source *src)
@@ -53,118 +27,9 @@ cancel_token cancel_source_token(const cancel_source *src)
     return t;
 }
 
-void cancel__retain(struct cancel_source *s)
-{
-    /* relaxed: taking a reference publishes nothing; the caller already
-     * holds one (or the lock that keeps the source alive). */
-    atomic_fetch_add_explicit(&s->refs, 1, memory_order_relaxed);
-}
-
-void cancel__release(struct cancel_source *s)
-{
-    uint32_t r = atomic_load_explicit(&s->refs, memory_order_relaxed);
-    for (;;) {
-        if ((r & REFS_COUNT) == 1 && (r & REFS_CHILDREN)) {
-            /* Last reference while children may still point here: decide
-             * under the lock, where cancel__unhook decides too. */
-            cancel__held held = cancel__source_lock(s);
-            atomic_fetch_sub_explicit(&s->refs, 1, memory_order_acq_rel);
-            bool last = s->children == 0;
-            cancel__source_unlock(s, held);
-            if (last)
-                cancel__destroy(s);
-            return;
-        }
-        /* acq_rel: release our writes to whoever destroys; acquire theirs if
-         * we do. A CAS rather than fetch_sub so that REFS_CHILDREN, set under
-         * the lock, cannot appear between our look and our decrement. */
-        if (atomic_compare_exchange_weak_explicit(&s->refs, &r, r - 1, memory_order_acq_rel,
-                                                  memory_order_relaxed))
-            break;
-    }
-    if ((r & REFS_COUNT) == 1)
-        cancel__destroy(s);
-}
-
-#if CANCEL_DEBUG
-#include <pthread.h>
-/* Debug builds keep the last freed sources, marked freed, so that a double
- * free or a use after free is reported instead of corrupting memory. */
-static pthread_mutex_t quarantine_mu = PTHREAD_MUTEX_INITIALIZER;
-static struct cancel_source *quarantine[4096];
-static size_t quarantine_next;
-static void quarantine_or_free(struct cancel_source *s)
-{
-    atomic_store_explicit(cancel__word(s), ST_FREED | ST_DEAD, memory_order_relaxed);
-    pthread_mutex_lock(&quarantine_mu);
-    struct cancel_source *old = quarantine[quarantine_next];
-    quarantine[quarantine_next] = s;
-    quarantine_next = (quarantine_next + 1) % (sizeof quarantine / sizeof quarantine[0]);
-    pthread_mutex_unlock(&quarantine_mu);
-    free(old);
-}
-#else
-static void quarantine_or_free(struct cancel_source *s)
-{
-    free(s);
-}
-#endif
-
-void cancel__destroy(struct cancel_source *s)
-{
-    /* Iterative: an origin released here may be the last reference to it,
-     * and so on. */
-    while (s) {
-        struct cancel_source *next = NULL;
-        struct cancel__extra *ex = atomic_load_explicit(&s->extra, memory_order_acquire);
-        if (ex) {
-            free(atomic_load_explicit(&ex->name, memory_order_relaxed));
-            free(ex->message);
-            int fd = atomic_load_explicit(&ex->fd, memory_order_relaxed);
-            if (fd >= 0)
-                cancel__fd_close(fd);
-            free(ex);
-        }
-        if (atomic_load_explicit(cancel__word(s), memory_order_relaxed) & ST_LINKED) {
-            struct cancel_source *o = ((struct cancel__linked *)s)->origin;
-            if (o) {
-                uint32_t r = atomic_load_explicit(&o->refs, memory_order_relaxed);
-                if ((r & REFS_COUNT) == 1 && !(r & REFS_CHILDREN) &&
-                    atomic_compare_exchange_strong_explicit(&o->refs, &r, 0, memory_order_acq_rel,
-                                                            memory_order_relaxed))
-                    next = o;
-                else
-                    cancel__release(o);
-            }
-        }
-        quarantine_or_free(s);
-        s = next;
-    }
-}
-
-struct cancel__extra *cancel__extra_get(struct cancel_source *s)
-{
-    /* acquire: pairs with the release CAS below, so the fields are seen
-     * initialised. */
-    struct cancel__extra *ex = atomic_load_explicit(&s->extra, memory_order_acquire);
-    if (ex)
-        return ex;
-    struct cancel__extra *n = malloc(sizeof *n);
-    if (!n) {
-        errno = ENOMEM;
-        return NULL;
-    }
-    atomic_init(&n->name, NULL);
-    n->message = NULL;
-    atomic_init(&n->fd, -1);
-    if (atomic_compare_exchange_strong_explicit(&s->extra, &ex, n, memory_order_acq_rel,
-                                                memory_order_acquire))
-        return n;
-    free(n);
-    return ex;
-}
-
-void cancel__make_inert_locked(struct cancel_source *s, bool keep_links)
+/* Under s->lock: detaches every registration, leaving them inert; children's
+ * links too unless keep_links. */
+static void make_inert_locked(struct cancel_source *s, bool keep_links)
 {
     struct cancel__reg **pp = &s->regs;
     while (*pp) {
@@ -197,10 +62,20 @@ void cancel_source_free(cancel_source *s)
     }
     /* First stop every internal actor that could start cancelling s: its
      * parents' dispatchers and the timer. */
-    if (st & ST_LINKED)
+    if (st & ST_LINKED) {
+        /* Someone else may be walking up through s (cancel_token_deadline,
+         * from a retained token or a child): FREED, set under s's lock,
+         * tells the walker to leave s's links alone, which it reads under
+         * that lock. Alone, nobody can be there. */
+        if (atomic_load_explicit(&s->refs, memory_order_relaxed) != 1) {
+            cancel__held held = cancel__source_lock(s);
+            atomic_fetch_or_explicit(cancel__word(s), ST_FREED, memory_order_relaxed);
+            cancel__source_unlock(s, held);
+        }
         cancel__unhook((struct cancel__linked *)s);
-    /* acquire: pairs with the release store in cancel__timer_fire_due, so
-     * that a deadline firing right now has its reference counted below. */
+    }
+    /* acquire: pairs with the release store of the slot when the deadline
+     * fires (timer.c), so that its dispatch's reference is counted below. */
     if (atomic_load_explicit(&s->timer_slot, memory_order_acquire))
         cancel__timer_disarm(s);
 
@@ -213,7 +88,7 @@ void cancel_source_free(cancel_source *s)
             cancel__eventfd_signal(atomic_load_explicit(&atomic_load_explicit(&s->extra, memory_order_acquire)->fd,
                                                         memory_order_relaxed));
         if (s->regs)
-            cancel__make_inert_locked(s, false);
+            make_inert_locked(s, false);
         cancel__destroy(s);
         return;
     }
@@ -221,7 +96,7 @@ void cancel_source_free(cancel_source *s)
     if (cancel__mark(s, ST_DEAD)) {
         /* Freed uncancelled: its registrations will never run. */
         cancel__held held = cancel__source_lock(s);
-        cancel__make_inert_locked(s, false);
+        make_inert_locked(s, false);
         cancel__source_unlock(s, held);
     }
     /* Cancelled: a dispatch in progress or queued holds its own reference
@@ -265,6 +140,9 @@ bool cancel_source_try_reset(cancel_source *s)
         errno = EINVAL;
         return false;
     }
+    /* A cancelled source keeps its deadline (cancel_token_deadline). */
+    if (atomic_load_explicit(cancel__word(s), memory_order_acquire) & ST_REQUESTED)
+        return false;
     /* Disarm first: a deadline that fires does so under the timer lock, so
      * after this either it has set REQUESTED (seen below) or it never will. */
     if (atomic_load_explicit(&s->timer_slot, memory_order_relaxed))
@@ -272,7 +150,7 @@ bool cancel_source_try_reset(cancel_source *s)
     cancel__held held = cancel__source_lock(s);
     bool ok = !(atomic_load_explicit(cancel__word(s), memory_order_relaxed) & ST_REQUESTED);
     if (ok)
-        cancel__make_inert_locked(s, true);
+        make_inert_locked(s, true);
     cancel__source_unlock(s, held);
     return ok;
 }
@@ -304,7 +182,14 @@ int cancel_source_get_info(const cancel_source *cs, cancel_source_info *out)
     }
     /* A cancelled source has no deadline left to wait for, whatever entry a
      * racing cancel_source_cancel_after may have left (timer.c). */
-    out->deadline_ns = (st & ST_REQUESTED) ? CANCEL_INFINITE : cancel__timer_remaining(s);
+    out->deadline_ns = CANCEL_INFINITE;
+    if (!(st & ST_REQUESTED)) {
+        int64_t d = cancel__timer_deadline(s);
+        if (d != CANCEL_INFINITE) {
+            int64_t left = d - cancel_now();
+            out->deadline_ns = left < 0 ? 0 : left;
+        }
+    }
     return 0;
 }
 

@@ -10,14 +10,20 @@
  * its parents' memory, whatever their owners did meanwhile. A parent's
  * dispatcher takes a reference on the child before it lets go of the
  * parent's lock, and the child's unhook needs that lock, so the child's
- * memory is there for the dispatcher too.
+ * memory is there for the dispatcher too. (Cancelling a child through its
+ * parent is the dispatcher's: dispatch.c.)
  *
  * The cause: a child cancelled through a link records the origin, the source
  * where the cancellation started (retained), and copies its reason; the code,
  * message and name are read from the origin (cancel_token_cause).
  */
-#include "internal.h"
+#include "link.h"
+
+#include "dispatch.h"
 #include "lock.h"
+#include "ref.h"
+#include "state.h"
+#include "worker.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -66,7 +72,7 @@ cancel_source *cancel_source_new_linked(const cancel_token *parents, size_t coun
         if (usable_parent(cancel__source_of(parents[i]), parents, i))
             n++;
     if (n == 0)
-        return cancel_source_new();
+        return cancel__source_create();
     if (n > (SIZE_MAX - sizeof(struct cancel__linked)) / sizeof(struct cancel__reg)) {
         errno = ENOMEM;
         return NULL;
@@ -107,31 +113,6 @@ cancel_source *cancel_source_new_linked(const cancel_token *parents, size_t coun
         }
     }
     return c;
-}
-
-bool cancel__cancel_from_parent(struct cancel__linked *child, struct cancel_source *parent)
-{
-    /* acquire: pairs with the parent's winning CAS, which published its
-     * origin pointer (when ST_LINKED_CAUSE) and its reason. */
-    uint32_t pst = atomic_load_explicit(cancel__word(parent), memory_order_acquire);
-    struct cancel_source *origin = parent;
-    if (pst & ST_LINKED_CAUSE)
-        origin = ((struct cancel__linked *)parent)->origin;
-    uint32_t bits = ST_REQUESTED | ST_LINKED_CAUSE | (pst & (ST_REASON_MASK | ST_SIGNO_MASK));
-
-    struct cancel_source *c = &child->src;
-    bool won = false;
-    /* The lock serialises writers of child->origin: only one of them can
-     * find the child uncancelled. If a lock-free canceller beats our CAS,
-     * the origin stays unused and is released with the child. */
-    cancel__held held = cancel__source_lock(c);
-    if (!(atomic_load_explicit(cancel__word(c), memory_order_relaxed) & (ST_REQUESTED | ST_DEAD))) {
-        cancel__retain(origin);
-        child->origin = origin;
-        won = cancel__mark(c, bits);
-    }
-    cancel__source_unlock(c, held);
-    return won;
 }
 
 void cancel__unhook(struct cancel__linked *l)

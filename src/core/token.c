@@ -2,7 +2,7 @@
  * Tokens: the listen-only side. The check itself is inline in cancel.h;
  * this file holds its external definitions and the slower queries.
  */
-#include "internal.h"
+#include "ref.h"
 
 /* The external definitions of the inline functions of cancel.h, for callers
  * that do not inline them (other languages, -O0). */
@@ -41,8 +41,12 @@ cancel_cause cancel_token_cause(cancel_token tok)
     if (ex) {
         if (c.reason == CANCEL_REASON_FAILED)
             c.message = ex->message;
-        c.origin = atomic_load_explicit(&ex->name, memory_order_acquire);
+        /* A cause received from another process keeps its origin there. */
+        c.origin = ex->origin ? ex->origin : atomic_load_explicit(&ex->name, memory_order_acquire);
     }
+    if (c.reason == CANCEL_REASON_FAILED && !c.message &&
+        (atomic_load_explicit(cancel__word(origin), memory_order_relaxed) & ST_MESSAGE_LOST))
+        c.message = cancel__message_lost;
     return c;
 }
 

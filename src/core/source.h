@@ -1,5 +1,7 @@
 /*
- * Internal definitions shared by the implementation files.
+ * The core's data: a source, a registration, and the bits of the state word.
+ * Types and inline helpers only; each file's functions are declared in its
+ * own header (state.h, ref.h, timer.h...). docs/design.md has the file map.
  *
  * Locking and lifetime (the full argument, with a table of every atomic, is
  * in docs/design.md):
@@ -33,19 +35,16 @@
  *    progress or queued, a timer firing, and linked children that took this
  *    source as their cause's origin. The last release destroys.
  */
-#ifndef CANCEL_INTERNAL_H
-#define CANCEL_INTERNAL_H
+#ifndef CANCEL_CORE_SOURCE_H
+#define CANCEL_CORE_SOURCE_H
 
 #include "cancel.h"
+#include "platform/platform.h"
 
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
-
-#define CANCEL_HIDDEN __attribute__((visibility("hidden")))
-#define cancel__likely(x) __builtin_expect(!!(x), 1)
-#define cancel__unlikely(x) __builtin_expect(!!(x), 0)
 
 /* Bits of the state word. */
 enum {
@@ -61,6 +60,9 @@ enum {
                                   references kept the memory */
     ST_INTRUDER = 1u << 11,    /* a thread holds the lock as an intruder into a
                                   dispatch (lock.h) */
+    ST_MESSAGE_LOST = 1u << 12, /* FAILED, but the message could not be copied */
+    ST_TICK = 1u << 13,        /* flipped to wake timed waiters when the manual
+                                  clock moves (clock.c); means nothing else */
     ST_REASON_SHIFT = 8,       /* 3 bits of cancel_reason */
     ST_REASON_MASK = 7u << 8,
     ST_SIGNO_SHIFT = 16, /* 8 bits: signal number for CANCEL_REASON_SIGNAL */
@@ -119,8 +121,13 @@ struct cancel__frame {
 struct cancel__extra {
     _Atomic(char *) name; /* set once (CAS) */
     char *message;        /* under the source lock; read after acquiring FAILED */
+    char *origin;         /* a cause's origin received from another process (the
+                             source's name stays its own); under the source lock,
+                             read after acquiring REQUESTED */
     _Atomic int fd;       /* -1 until created (CAS) */
 };
+/* The message of a failure whose message could not be copied (no memory). */
+extern CANCEL_HIDDEN const char cancel__message_lost[];
 
 struct cancel_source {
     struct cancel__state head;      /* state word; futex for cancel_token_wait */
@@ -205,86 +212,4 @@ static inline bool cancel__source_usable(struct cancel_source *s, const char *fu
     return true;
 }
 
-/* A per-thread identity (the address of a thread-local object). */
-CANCEL_HIDDEN const void *cancel__self(void);
-
-/* source.c */
-/* A new source: one reference (the owner's), nothing else. */
-CANCEL_HIDDEN void cancel__source_init(struct cancel_source *s, uint32_t state);
-CANCEL_HIDDEN void cancel__retain(struct cancel_source *s);
-CANCEL_HIDDEN void cancel__release(struct cancel_source *s);
-/* Frees the memory of a source whose counts reached zero. */
-CANCEL_HIDDEN void cancel__destroy(struct cancel_source *s);
-CANCEL_HIDDEN struct cancel__extra *cancel__extra_get(struct cancel_source *s);
-/* Under s->lock: detaches every registration, leaving them inert; children's
- * links too unless keep_links. */
-CANCEL_HIDDEN void cancel__make_inert_locked(struct cancel_source *s, bool keep_links);
-
-/* dispatch.c */
-/* Sets REQUESTED plus `bits` unless REQUESTED or DEAD is set; wakes waiters
- * and the descriptor. True if this call set it. AS-safe. */
-CANCEL_HIDDEN bool cancel__mark(struct cancel_source *s, uint32_t bits);
-/* Runs the callbacks of s and its descendants; consumes a reference on s. */
-CANCEL_HIDDEN void cancel__dispatch(struct cancel_source *s);
-/* The sentinel fn of a link registration (never called). */
-CANCEL_HIDDEN void cancel__link_fire(void *child);
-/* Futex words for cancel_unregister waiting on a running callback, hashed by
- * source (a collision costs a spurious wake-up). */
-CANCEL_HIDDEN _Atomic uint32_t *cancel__dispatch_seq(struct cancel_source *s);
-/* Under s->lock: the callback of `returned` returned; wakes unregister
- * waiters if ST_UNREG_WAITERS is set. */
-CANCEL_HIDDEN void cancel__wake_unregister_waiters_locked(struct cancel_source *s, struct cancel__reg *returned);
-/* registration.c: marks the waits for that callback as over (under s->lock). */
-CANCEL_HIDDEN void cancel__graph_callback_returned(struct cancel_source *s, struct cancel__reg *r);
-
-/* link.c */
-CANCEL_HIDDEN bool cancel__cancel_from_parent(struct cancel__linked *child, struct cancel_source *parent);
-/* Removes the child's links from its parents (cancel_source_free). */
-CANCEL_HIDDEN void cancel__unhook(struct cancel__linked *l);
-
-/* timer.c */
-CANCEL_HIDDEN void cancel__timer_disarm(struct cancel_source *s);
-CANCEL_HIDDEN int64_t cancel__timer_remaining(struct cancel_source *s);
-CANCEL_HIDDEN size_t cancel__timer_pending(void);
-/* Marks every source whose deadline passed; returns them linked through
- * next_pending (each retained) and stores the next deadline (or -1). */
-CANCEL_HIDDEN struct cancel_source *cancel__timer_fire_due(int64_t *next_deadline);
-CANCEL_HIDDEN int64_t cancel__timer_now(void);
-CANCEL_HIDDEN bool cancel__timer_clock_is_real(void);
-CANCEL_HIDDEN void cancel__graph_atfork_prepare(void);
-CANCEL_HIDDEN void cancel__graph_atfork_parent(void);
-CANCEL_HIDDEN void cancel__graph_atfork_child(void);
-CANCEL_HIDDEN void cancel__timer_atfork_prepare(void);
-CANCEL_HIDDEN void cancel__timer_atfork_parent(void);
-CANCEL_HIDDEN void cancel__timer_atfork_child(void);
-
-/* worker.c: the library thread. */
-/* Marks the worker wanted (a callback or a deadline may exist from now on)
- * and starts it if it is not running. Returns 0 or an errno. */
-CANCEL_HIDDEN int cancel__worker_ensure(void);
-/* True once a callback or deadline may exist (seq_cst load). AS-safe. */
-extern CANCEL_HIDDEN _Atomic int cancel__worker_wanted_flag, cancel__worker_running_flag;
-static inline bool cancel__worker_wanted(void)
-{
-    return atomic_load(&cancel__worker_wanted_flag);
-}
-/* True once the thread was started in this process (seq_cst load). */
-static inline bool cancel__worker_running(void)
-{
-    return atomic_load(&cancel__worker_running_flag);
-}
-/* Queues a retained, marked source for dispatch on the library thread. AS-safe. */
-CANCEL_HIDDEN void cancel__worker_post(struct cancel_source *s);
-/* Wakes the library thread to look at the timers again. AS-safe. */
-CANCEL_HIDDEN void cancel__worker_kick(void);
-
-/* Saturating arithmetic on nanosecond times. */
-static inline int64_t cancel__add_sat(int64_t a, int64_t b)
-{
-    int64_t r;
-    if (__builtin_add_overflow(a, b, &r))
-        return b > 0 ? INT64_MAX : INT64_MIN;
-    return r;
-}
-
-#endif /* CANCEL_INTERNAL_H */
+#endif /* CANCEL_CORE_SOURCE_H */

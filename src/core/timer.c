@@ -1,6 +1,8 @@
 /*
  * Deadlines: one hierarchical timing wheel for the whole process, under one
- * lock, and the library thread (worker.c) sleeping until the earliest event.
+ * lock. The library thread (worker.c) sleeps until the earliest event and
+ * calls cancel__timer_fire_due; this file knows nothing of threads: arming
+ * tells its caller when the library thread must be woken.
  *
  * Built for deadlines that almost never fire, armed and disarmed in any
  * order (a request's timeout is usually disarmed first-in, first-out):
@@ -26,26 +28,37 @@
  * spare for the next bucket that needs one, so memory returns once deadlines
  * are disarmed without an allocation per arm.
  *
- * Entries hold no reference. A source's slot is cleared, with release order,
- * only after the timer took the reference it needs to dispatch; so
+ * Kept entries. A source that was cancelled keeps the deadline it had
+ * (cancel_token_deadline): when its deadline fires, or when it is cancelled
+ * otherwise while armed, its entry moves to the KEPT level, which never
+ * fires and is not counted as pending. Freeing, disarming or resetting the
+ * source removes it. (Should the move need memory that is not there, the
+ * deadline is forgotten: only the report of it is lost.)
+ *
+ * Entries hold no reference. A source's slot is changed, with release
+ * order, only after the timer took the reference it needs to dispatch; so
  * cancel_source_free, which reads the slot with acquire, either sees it and
  * waits for the timer lock, or sees that reference.
  */
-#include "internal.h"
+#include "timer.h"
+
 #include "lock.h"
-#include "platform.h"
+#include "ref.h"
+#include "state.h"
 
 #include <stdlib.h>
 #include <string.h>
 
 enum {
-    LEVELS = 7,
+    LEVELS = 7,       /* levels that fire; level LEVELS holds kept entries */
+    KEPT_BUCKETS = 32, /* buckets of the kept level, by source address */
     BUCKETS = 64,
     G0 = 20,          /* log2 of the level-0 bucket width in ns */
     IDX_BITS = 23,    /* index within a bucket in timer_slot */
     MIN_CAP = 16,
 };
 #define IDX_MAX ((UINT32_C(1) << IDX_BITS) - 1)
+_Static_assert(LEVELS == 7 && IDX_BITS + 6 == 29, "the slot encoding cancel__timer_slot_live knows");
 
 struct entry {
     int64_t deadline;
@@ -59,42 +72,18 @@ struct bucket {
 
 static struct {
     _Atomic uint32_t lock;
-    struct bucket b[LEVELS][BUCKETS]; /* under lock */
+    struct bucket b[LEVELS + 1][BUCKETS]; /* under lock */
     uint64_t nonempty[LEVELS];        /* under lock: bit j set when b[L][j].n > 0 */
     int64_t base;                     /* under lock: clock time of the wheel's position 0 */
     uint64_t cur;                     /* under lock: the wheel's current position (time - base) */
     bool started;                     /* under lock: base and cur were set */
-    size_t count;                     /* under lock: entries in the wheel */
+    size_t count;                     /* under lock: pending entries (levels below LEVELS) */
     struct entry *spare;              /* under lock: a MIN_CAP array kept for reuse */
     int64_t sleep_until;              /* under lock: when the library thread next looks */
-} T = {.sleep_until = INT64_MAX};
-
-static int64_t (*_Atomic clock_hook)(void);
-
-int64_t cancel__timer_now(void)
-{
-    int64_t (*fn)(void) = atomic_load_explicit(&clock_hook, memory_order_acquire);
-    return fn ? fn() : cancel__clock_ns();
-}
-
-bool cancel__timer_clock_is_real(void)
-{
-    return atomic_load_explicit(&clock_hook, memory_order_relaxed) == NULL;
-}
-
-/* For tests: replace the clock (NULL restores CLOCK_MONOTONIC). After moving
- * a manual clock, call cancel__timer_poke so the library thread looks. */
-CANCEL_HIDDEN void cancel__timer_set_clock(int64_t (*fn)(void));
-void cancel__timer_set_clock(int64_t (*fn)(void))
-{
-    atomic_store_explicit(&clock_hook, fn, memory_order_release);
-    cancel__worker_kick();
-}
-CANCEL_HIDDEN void cancel__timer_poke(void);
-void cancel__timer_poke(void)
-{
-    cancel__worker_kick();
-}
+    struct cancel_source **due;       /* under lock: take_due's list */
+    uint32_t due_cap;
+    struct cancel_source *due0[64];
+} T = {.sleep_until = INT64_MAX, .due = T.due0, .due_cap = 64};
 
 static unsigned shift_of(unsigned level)
 {
@@ -198,9 +187,30 @@ static int push(unsigned level, unsigned bucket, struct entry e, uint32_t *index
     }
     *index = b->n;
     b->v[b->n++] = e;
-    T.nonempty[level] |= UINT64_C(1) << bucket;
-    T.count++;
+    if (level < LEVELS) {
+        T.nonempty[level] |= UINT64_C(1) << bucket;
+        T.count++;
+    }
     return 0;
+}
+
+/* Under lock: after entries left bucket (level, bucket): frees or shrinks
+ * its array. */
+static void bucket_shrunk(unsigned level, unsigned bucket)
+{
+    struct bucket *b = &T.b[level][bucket];
+    if (b->n == 0) {
+        if (level < LEVELS)
+            T.nonempty[level] &= ~(UINT64_C(1) << bucket);
+        if (b->cap == MIN_CAP && !T.spare)
+            T.spare = b->v; /* kept for the next bucket that needs one */
+        else
+            free(b->v);
+        b->v = NULL;
+        b->cap = 0;
+    } else if (b->cap > MIN_CAP && b->n < b->cap / 4) {
+        (void)resize(b, b->cap / 2); /* on failure keeping the larger array is harmless */
+    }
 }
 
 /* Under lock: removes an entry by swapping the bucket's last one into its
@@ -214,18 +224,9 @@ static void remove_entry(unsigned level, unsigned bucket, uint32_t index)
         atomic_store_explicit(&b->v[index].src->timer_slot, slot_encode(level, bucket, index),
                               memory_order_relaxed);
     }
-    T.count--;
-    if (b->n == 0) {
-        T.nonempty[level] &= ~(UINT64_C(1) << bucket);
-        if (b->cap == MIN_CAP && !T.spare)
-            T.spare = b->v; /* kept for the next bucket that needs one */
-        else
-            free(b->v);
-        b->v = NULL;
-        b->cap = 0;
-    } else if (b->cap > MIN_CAP && b->n < b->cap / 4) {
-        (void)resize(b, b->cap / 2); /* on failure keeping the larger array is harmless */
-    }
+    if (level < LEVELS)
+        T.count--;
+    bucket_shrunk(level, bucket);
 }
 
 /* Under lock: files (or refiles) a source's deadline; ENOMEM leaves it out.
@@ -282,19 +283,55 @@ static int64_t next_event(unsigned *level_out, unsigned *bucket_out, bool *refil
     return best;
 }
 
-static int arm(struct cancel_source *s, int64_t deadline)
+/* Under lock: removes whatever entry the source has (live or kept). */
+static void remove_slot(struct cancel_source *s)
 {
+    uint32_t slot = atomic_load_explicit(&s->timer_slot, memory_order_relaxed);
+    if (slot) {
+        unsigned l, b;
+        uint32_t i;
+        slot_decode(slot, &l, &b, &i);
+        remove_entry(l, b, i);
+        atomic_store_explicit(&s->timer_slot, 0, memory_order_relaxed);
+    }
+}
+
+/* Under lock: the entry a slot names. */
+static struct entry *entry_of(uint32_t slot)
+{
+    unsigned l, b;
+    uint32_t i;
+    slot_decode(slot, &l, &b, &i);
+    return &T.b[l][b].v[i];
+}
+
+/* Under lock: moves the live entry at (l, b, i) to the kept level, or drops
+ * it without memory. The source's slot is stored with release order: see
+ * the top of the file. */
+static void keep(unsigned l, unsigned b, uint32_t i)
+{
+    struct entry e = T.b[l][b].v[i];
+    remove_entry(l, b, i);
+    unsigned kb = (unsigned)(((uintptr_t)e.src >> 6) % KEPT_BUCKETS);
+    uint32_t ki;
+    uint32_t slot = push(LEVELS, kb, e, &ki) == 0 ? slot_encode(LEVELS, kb, ki) : 0;
+    atomic_store_explicit(&e.src->timer_slot, slot, memory_order_release);
+}
+
+int cancel__timer_arm(struct cancel_source *s, int64_t deadline, bool *wake)
+{
+    *wake = false;
     cancel__lock(&T.lock);
     if (atomic_load_explicit(cancel__word(s), memory_order_relaxed) & ST_REQUESTED) {
         cancel__unlock(&T.lock);
         return ECANCELED;
     }
     if (!T.started)
-        advance(cancel__timer_now());
-    /* A cancel that sets REQUESTED just after our check above may find no
-     * slot to disarm in its dispatch: the entry then stays until it expires
-     * (its mark loses, harmlessly) or the source is freed. Closing that
-     * window would cost a store-load fence on every arm. */
+        advance(cancel_now());
+    /* A cancel that sets REQUESTED just after our check above may find its
+     * entry not yet filed: the entry then stays live until it expires (its
+     * mark loses, harmlessly) or the source is freed. Closing that window
+     * would cost a store-load fence on every arm. */
     uint32_t old = atomic_load_explicit(&s->timer_slot, memory_order_relaxed);
     int64_t event = file(s, deadline);
     if (event == INT64_MIN) { /* out of memory: any earlier deadline stays */
@@ -307,44 +344,43 @@ static int arm(struct cancel_source *s, int64_t deadline)
         slot_decode(old, &l, &b, &i);
         remove_entry(l, b, i);
     }
-    bool wake = event < T.sleep_until;
-    if (wake)
+    if (event < T.sleep_until) {
         T.sleep_until = event;
+        *wake = true;
+    }
     cancel__unlock(&T.lock);
-    if (wake)
-        cancel__worker_kick();
     return 0;
 }
 
 void cancel__timer_disarm(struct cancel_source *s)
 {
     cancel__lock(&T.lock);
+    remove_slot(s);
+    cancel__unlock(&T.lock);
+}
+
+void cancel__timer_keep(struct cancel_source *s)
+{
+    cancel__lock(&T.lock);
     uint32_t slot = atomic_load_explicit(&s->timer_slot, memory_order_relaxed);
-    if (slot) {
+    if (cancel__timer_slot_live(slot)) {
         unsigned l, b;
         uint32_t i;
         slot_decode(slot, &l, &b, &i);
-        remove_entry(l, b, i);
-        atomic_store_explicit(&s->timer_slot, 0, memory_order_relaxed);
+        keep(l, b, i);
     }
     cancel__unlock(&T.lock);
 }
 
-int64_t cancel__timer_remaining(struct cancel_source *s)
+int64_t cancel__timer_deadline(struct cancel_source *s)
 {
-    int64_t left = CANCEL_INFINITE;
+    int64_t d = CANCEL_INFINITE;
     cancel__lock(&T.lock);
     uint32_t slot = atomic_load_explicit(&s->timer_slot, memory_order_relaxed);
-    if (slot) {
-        unsigned l, b;
-        uint32_t i;
-        slot_decode(slot, &l, &b, &i);
-        left = T.b[l][b].v[i].deadline - cancel__timer_now();
-        if (left < 0)
-            left = 0;
-    }
+    if (slot)
+        d = entry_of(slot)->deadline;
     cancel__unlock(&T.lock);
-    return left;
+    return d;
 }
 
 size_t cancel__timer_pending(void)
@@ -355,26 +391,60 @@ size_t cancel__timer_pending(void)
     return n;
 }
 
-/* Under lock: a due entry leaves the wheel and its source is marked. */
-static void fire(struct cancel_source *s, struct cancel_source **fired)
+static int by_deadline(const void *a, const void *b)
 {
-    /* Marked under the lock, so that try_reset, which disarms first, sees
-     * the mark if the deadline fired. */
-    if (cancel__mark(s, ST_REQUESTED | cancel__reason_bits(CANCEL_REASON_TIMEOUT, 0))) {
-        cancel__retain(s);
-        s->next_pending = *fired;
-        *fired = s;
+    int64_t x = ((const struct entry *)a)->deadline, y = ((const struct entry *)b)->deadline;
+    return (x > y) - (x < y);
+}
+
+/* Under lock: takes the entries of level-0 bucket j that are due at `now`,
+ * in deadline order, lists their sources in T.due and moves the entries to
+ * the kept level. Returns how many (at most T.due_cap: without memory for a
+ * longer list, the rest are taken on the next round). */
+static uint32_t take_due(unsigned j, int64_t now)
+{
+    struct bucket *b = &T.b[0][j];
+    if (b->n > 1)
+        qsort(b->v, b->n, sizeof *b->v, by_deadline);
+    uint32_t k = 0;
+    while (k < b->n && b->v[k].deadline <= now)
+        k++;
+    if (k > T.due_cap) {
+        struct cancel_source **d = malloc((size_t)k * sizeof *d);
+        if (d) {
+            if (T.due != T.due0)
+                free(T.due);
+            T.due = d;
+            T.due_cap = k;
+        } else {
+            k = T.due_cap;
+        }
     }
-    /* release: pairs with the acquire load in cancel_source_free, which must
-     * see our reference once it sees the slot empty. */
-    atomic_store_explicit(&s->timer_slot, 0, memory_order_release);
+    for (uint32_t i = 0; i < k; i++) {
+        struct entry e = b->v[i];
+        T.due[i] = e.src;
+        unsigned kb = (unsigned)(((uintptr_t)e.src >> 6) % KEPT_BUCKETS);
+        uint32_t ki;
+        uint32_t slot = push(LEVELS, kb, e, &ki) == 0 ? slot_encode(LEVELS, kb, ki) : 0;
+        /* release: see the top of the file (the caller retains first). */
+        atomic_store_explicit(&e.src->timer_slot, slot, memory_order_release);
+    }
+    /* What stays keeps its order, shifted down. */
+    uint32_t rest = b->n - k;
+    memmove(b->v, b->v + k, (size_t)rest * sizeof *b->v);
+    for (uint32_t i = 0; i < rest; i++)
+        atomic_store_explicit(&b->v[i].src->timer_slot, slot_encode(0, j, i), memory_order_relaxed);
+    b->n = rest;
+    T.count -= k;
+    bucket_shrunk(0, j);
+    return k;
 }
 
 struct cancel_source *cancel__timer_fire_due(int64_t *next_deadline)
 {
-    struct cancel_source *fired = NULL;
+    struct cancel_source *fired = NULL, **fired_tail = &fired;
     cancel__lock(&T.lock);
-    int64_t now = cancel__timer_now(), retry = INT64_MAX;
+    int64_t now = cancel_now(), retry = INT64_MAX;
     unsigned l, j;
     bool refile;
     int64_t t;
@@ -384,14 +454,19 @@ struct cancel_source *cancel__timer_fire_due(int64_t *next_deadline)
         struct bucket *b = &T.b[l][j];
         advance(t);
         if (!refile) {
-            for (uint32_t i = 0; i < b->n;) {
-                struct entry e = b->v[i];
-                if (e.deadline > now) {
-                    i++;
-                    continue;
+            /* Due entries leave in deadline order, so that callbacks of
+             * deadlines passed in one look run in that order too. */
+            uint32_t k = take_due(j, now);
+            for (uint32_t i = 0; i < k; i++) {
+                struct cancel_source *src = T.due[i];
+                /* Marked under the lock, so that try_reset, which disarms
+                 * first, sees the mark if the deadline fired. */
+                if (cancel__mark(src, ST_REQUESTED | cancel__reason_bits(CANCEL_REASON_TIMEOUT, 0))) {
+                    cancel__retain(src);
+                    src->next_pending = NULL;
+                    *fired_tail = src;
+                    fired_tail = &src->next_pending;
                 }
-                remove_entry(0, j, i); /* moves the last entry to i */
-                fire(e.src, &fired);
             }
         } else {
             /* Cascade: from the bucket's start on, its entries belong lower. */
@@ -432,42 +507,6 @@ struct cancel_source *cancel__timer_fire_due(int64_t *next_deadline)
     return fired;
 }
 
-/* The absolute deadline `delay_ns` from now, on the precise clock. (The
- * coarse clock is seven times cheaper here, but it may lag by more than its
- * resolution when ticks are late, and a deadline must never fire early.) */
-static int64_t deadline_after(int64_t delay_ns)
-{
-    return cancel__add_sat(cancel__timer_now(), delay_ns);
-}
-
-int cancel_source_cancel_after(cancel_source *s, int64_t delay_ns)
-{
-    if (!s || !cancel__source_usable(s, "cancel_source_cancel_after"))
-        return EINVAL;
-    if (delay_ns == CANCEL_INFINITE) {
-        if (atomic_load_explicit(&s->timer_slot, memory_order_relaxed))
-            cancel__timer_disarm(s);
-        return 0;
-    }
-    if (delay_ns < 0)
-        return EINVAL;
-    if (atomic_load_explicit(cancel__word(s), memory_order_acquire) & ST_REQUESTED)
-        return ECANCELED;
-    if (delay_ns == 0) {
-        if (!cancel__mark(s, ST_REQUESTED | cancel__reason_bits(CANCEL_REASON_TIMEOUT, 0)))
-            return ECANCELED;
-        if (cancel__worker_wanted()) {
-            cancel__retain(s);
-            cancel__worker_post(s);
-        }
-        return 0;
-    }
-    int err = cancel__worker_ensure();
-    if (err)
-        return err;
-    return arm(s, deadline_after(delay_ns));
-}
-
 void cancel__timer_atfork_prepare(void)
 {
     cancel__lock(&T.lock);
@@ -482,13 +521,4 @@ void cancel__timer_atfork_child(void)
 {
     atomic_store_explicit(&T.lock, 0, memory_order_relaxed);
     T.sleep_until = INT64_MAX;
-}
-
-int cancel_get_stats(cancel_stats *out)
-{
-    if (!out)
-        return EINVAL;
-    out->deadlines_pending = cancel__timer_pending();
-    out->thread_running = cancel__worker_running();
-    return 0;
 }

@@ -1,0 +1,102 @@
+/*
+ * The operating-system primitives the library uses, behind one small
+ * interface: the bottom layer, used by the core and by every other layer.
+ * src/platform/linux.c implements it; a port adds one file beside it.
+ *
+ * Every function here leaves errno as it found it, so that library calls
+ * never disturb the caller's errno, and none is a pthread cancellation
+ * point unless it says so.
+ */
+#ifndef CANCEL_PLATFORM_H
+#define CANCEL_PLATFORM_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define CANCEL_HIDDEN __attribute__((visibility("hidden")))
+#define cancel__likely(x) __builtin_expect(!!(x), 1)
+#define cancel__unlikely(x) __builtin_expect(!!(x), 0)
+
+/* Sleeps while *word == expected, until woken or until the absolute
+ * CLOCK_MONOTONIC time abs_deadline_ns (-1: no deadline). Returns 0 (woken,
+ * possibly spuriously), EAGAIN (*word != expected), EINTR or ETIMEDOUT. */
+CANCEL_HIDDEN int cancel__futex_wait(_Atomic uint32_t *word, uint32_t expected, int64_t abs_deadline_ns);
+/* Wakes up to n threads sleeping on word. AS-safe. */
+CANCEL_HIDDEN void cancel__futex_wake(_Atomic uint32_t *word, int n);
+
+/* CLOCK_MONOTONIC in nanoseconds. AS-safe. */
+CANCEL_HIDDEN int64_t cancel__clock_ns(void);
+
+/* A descriptor that turns readable once signalled (EFD_CLOEXEC |
+ * EFD_NONBLOCK); returns it or -errno. */
+CANCEL_HIDDEN int cancel__eventfd_open(void);
+/* Makes it readable. AS-safe. */
+CANCEL_HIDDEN void cancel__eventfd_signal(int fd);
+/* Closes a descriptor through the C library (so that sanitizers see it). */
+CANCEL_HIDDEN void cancel__fd_close(int fd);
+
+/* Starts a joinable thread with every signal blocked, named `name`. Returns
+ * 0 or an errno; *out receives the thread. */
+#include <pthread.h>
+CANCEL_HIDDEN int cancel__thread_start(pthread_t *out, void *(*fn)(void *), void *arg, const char *name);
+
+/* Joins a thread started by cancel__thread_start, waiting at most until
+ * abs_deadline_ns (-1: forever). Returns 0 or ETIMEDOUT. */
+CANCEL_HIDDEN int cancel__thread_join(pthread_t t, int64_t abs_deadline_ns);
+
+/* A per-thread identity: the address of a thread-local object. */
+CANCEL_HIDDEN const void *cancel__self(void);
+
+/* The library thread's descriptor multiplexer (epoll on Linux): made on
+ * first use by whoever watches a descriptor. */
+CANCEL_HIDDEN int cancel__poller_open(void);                       /* fd or -errno */
+CANCEL_HIDDEN int cancel__poller_add(int poller, int fd, void *key); /* 0 or errno; readable/hang-up */
+CANCEL_HIDDEN int cancel__poller_del(int poller, int fd);            /* 0 or errno */
+/* Waits for one ready descriptor until abs_deadline_ns (-1: forever);
+ * returns 1 with *key set, 0 on timeout or interruption. */
+CANCEL_HIDDEN int cancel__poller_wait(int poller, int64_t abs_deadline_ns, void **key);
+
+/*
+ * Asymmetric fences for Dekker-style handshakes where one side is hot (it
+ * runs on every lock release) and the other is rare (a thread about to sleep
+ * on a contended lock). The hot side pays a compiler barrier when the kernel
+ * offers an expedited process-wide barrier (membarrier), which the rare side
+ * issues; otherwise both sides pay a full fence.
+ */
+extern CANCEL_HIDDEN _Atomic int cancel__membarrier_ready;
+static inline void cancel__fence_light(void)
+{
+    if (cancel__likely(atomic_load_explicit(&cancel__membarrier_ready, memory_order_relaxed)))
+        atomic_signal_fence(memory_order_seq_cst);
+    else
+        atomic_thread_fence(memory_order_seq_cst);
+}
+/* False if the process-wide barrier failed (then waits must not be unbounded). */
+CANCEL_HIDDEN bool cancel__fence_heavy(void);
+/* Registers for the expedited process-wide barrier, so that the light fence
+ * becomes a compiler barrier. Idempotent; one system call the first time. */
+CANCEL_HIDDEN void cancel__fence_setup(void);
+
+static inline void cancel__cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#else
+    atomic_signal_fence(memory_order_seq_cst);
+#endif
+}
+
+/* Saturating addition of nanosecond times. */
+static inline int64_t cancel__add_sat(int64_t a, int64_t b)
+{
+    int64_t r;
+    if (__builtin_add_overflow(a, b, &r))
+        return b > 0 ? INT64_MAX : INT64_MIN;
+    return r;
+}
+
+#endif /* CANCEL_PLATFORM_H */
