@@ -1,0 +1,272 @@
+/*
+ * Groups: structured concurrency on a pool (errgroup with fail fast).
+ *
+ * A group is a source (linked to its parent and to the pool's source), a
+ * count of tasks not yet ended with flags beside it in one 64-bit word
+ * (`live`), and the list of every task it spawned, kept for reports until
+ * the group is freed.
+ *
+ * Spawning adds 1 to `live` unless CLOSED or FREEING is set (one CAS), so a
+ * spawn either counts before the wait closes the group or is refused:
+ * cancel_group_wait closes the group with a CAS from "0 tasks" to CLOSED,
+ * so "every task ended" and "no more spawns" are one atomic step. Tasks
+ * spawned by the group's own tasks are counted while their spawner is still
+ * counted, so the count cannot touch 0 in between.
+ *
+ * The end of a task counts it out (pool.c, cancel__group_task_ended); when
+ * that brings the count to 0 while a waiter is listed, it happens under the
+ * group's stripe mutex, and the waker touches the group only inside that
+ * critical section. cancel_group_free takes the stripe once after the group
+ * is closed, before it frees anything: a waker still inside has finished.
+ *
+ * First failure: pool.c records the first failing task with a CAS on
+ * first_error (first in time) and only that task fails the group's source,
+ * so the cause its siblings see and the error cancel_group_wait returns are
+ * the same failure (unless the group was cancelled otherwise first).
+ *
+ * Nesting: a group created by a task with that task's token as parent is a
+ * child of the task (tasks' `children`); one whose parent token is another
+ * live group's token is that group's child. The links are under
+ * cancel__tree_mu, which creation, free and reports take; freeing a group
+ * makes its nested groups top-level.
+ */
+#include "task_internal.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+pthread_mutex_t cancel__tree_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct cancel_group *all_groups; /* under cancel__tree_mu */
+
+#define DEFAULT_GRACE (100 * 1000 * 1000)
+
+static void group_cancelled(void *arg)
+{
+    cancel__group_note_cancel(arg);
+}
+
+static void link_child(struct cancel_group **head, struct cancel_group *g)
+{
+    g->sib_next = *head;
+    if (g->sib_next)
+        g->sib_next->sib_pprev = &g->sib_next;
+    g->sib_pprev = head;
+    *head = g;
+}
+
+static void unlink_child(struct cancel_group *g)
+{
+    if (!g->sib_pprev)
+        return;
+    *g->sib_pprev = g->sib_next;
+    if (g->sib_next)
+        g->sib_next->sib_pprev = g->sib_pprev;
+    g->sib_pprev = NULL;
+    g->sib_next = NULL;
+    g->parent_group = NULL;
+    g->parent_task = NULL;
+}
+
+static void nest(struct cancel_group *g, cancel_token parent)
+{
+    if (!parent.cancel__impl)
+        return;
+    struct cancel_task *cur = cancel__task_current();
+    if (cur && cur->group) {
+        cancel_source *src = atomic_load_explicit(&cur->src, memory_order_relaxed);
+        if (src && cancel_source_token(src).cancel__impl == parent.cancel__impl) {
+            g->parent_task = cur;
+            link_child(&cur->children, g);
+            return;
+        }
+    }
+    for (struct cancel_group *o = all_groups; o; o = o->all_next) {
+        if (o != g && cancel_source_token(o->src).cancel__impl == parent.cancel__impl) {
+            g->parent_group = o;
+            link_child(&o->children, g);
+            return;
+        }
+    }
+}
+
+cancel_group *cancel_group_new(cancel_pool *pool, cancel_token parent, const char *name)
+{
+    if (!pool) {
+        errno = EINVAL;
+        return NULL;
+    }
+    if (!cancel__pool_ref(pool)) {
+        errno = ESHUTDOWN;
+        return NULL;
+    }
+    size_t len = name ? strlen(name) + 1 : 0;
+    struct cancel_group *g = malloc(sizeof *g + len);
+    if (!g) {
+        cancel__pool_unref(pool);
+        errno = ENOMEM;
+        return NULL;
+    }
+    memset(g, 0, sizeof *g);
+    g->pool = pool;
+    cancel_token parents[2] = {parent, cancel_source_token(pool->src)};
+    g->src = cancel_source_new_linked(parents, 2);
+    if (!g->src || (name && cancel_source_set_name(g->src, name) != 0)) {
+        cancel_source_free(g->src);
+        free(g);
+        cancel__pool_unref(pool);
+        errno = ENOMEM;
+        return NULL;
+    }
+    g->name = name ? memcpy((char *)(g + 1), name, len) : NULL;
+    atomic_init(&g->live, 0);
+    atomic_init(&g->first_error, 0);
+    atomic_init(&g->first_failed, NULL);
+    atomic_init(&g->any_canceled, false);
+    atomic_init(&g->tasks, NULL);
+    atomic_init(&g->created, cancel_now());
+    atomic_init(&g->cancelled, CANCEL__NO_TIME);
+    atomic_init(&g->grace, DEFAULT_GRACE);
+    (void)cancel_register(cancel_source_token(g->src), &g->reg, group_cancelled, g);
+
+    pthread_mutex_lock(&cancel__tree_mu);
+    g->all_next = all_groups;
+    if (g->all_next)
+        g->all_next->all_pprev = &g->all_next;
+    g->all_pprev = &all_groups;
+    all_groups = g;
+    nest(g, parent);
+    pthread_mutex_unlock(&cancel__tree_mu);
+    return g;
+}
+
+cancel_token cancel_group_token(const cancel_group *g)
+{
+    return g ? cancel_source_token(g->src) : CANCEL_TOKEN_NONE;
+}
+
+int cancel_group_spawn(cancel_group *g, cancel_task_fn *fn, void *arg, const char *name)
+{
+    if (!g || !fn)
+        return EINVAL;
+    uint64_t v = atomic_load_explicit(&g->live, memory_order_relaxed);
+    do {
+        if (v & (CANCEL__LIVE_CLOSED | CANCEL__LIVE_FREEING))
+            return ESHUTDOWN;
+        /* relaxed: the word's own order decides against the wait's close. */
+    } while (!atomic_compare_exchange_weak_explicit(&g->live, &v, v + CANCEL__LIVE_ONE, memory_order_relaxed,
+                                                    memory_order_relaxed));
+    int err = cancel__task_submit(g->pool, g, cancel_source_token(g->src), fn, arg, name, NULL);
+    if (err)
+        cancel__group_task_ended(g); /* undo the count; the last access to g */
+    return err;
+}
+
+bool cancel_group_cancel(cancel_group *g)
+{
+    if (!g) {
+        errno = EINVAL;
+        return false;
+    }
+    if (!cancel_token_is_requested(cancel_source_token(g->src)))
+        cancel__group_note_cancel(g);
+    return cancel_source_cancel(g->src);
+}
+
+int cancel__group_result(const struct cancel_group *g)
+{
+    /* acquire: pairs with the release of the last task's count-out. */
+    if (atomic_load_explicit(&g->live, memory_order_acquire) & CANCEL__LIVE_COUNT)
+        return -1;
+    int err = atomic_load_explicit(&g->first_error, memory_order_relaxed);
+    if (err)
+        return err;
+    return atomic_load_explicit(&g->any_canceled, memory_order_relaxed) ? ECANCELED : 0;
+}
+
+static bool group_done(void *obj)
+{
+    struct cancel_group *g = obj;
+    /* acquire: pairs with the release of the last task's count-out. */
+    return (atomic_load_explicit(&g->live, memory_order_acquire) & CANCEL__LIVE_COUNT) == 0;
+}
+
+static bool group_subscribe(void *obj, struct cancel__waiter *w)
+{
+    struct cancel_group *g = obj;
+    pthread_mutex_t *m = cancel__stripe(g);
+    pthread_mutex_lock(m);
+    /* acq_rel: whichever of this and the last count-out comes second sees
+     * the other (pool.c takes the stripe when it sees WAITERS). */
+    uint64_t v = atomic_fetch_or_explicit(&g->live, CANCEL__LIVE_WAITERS, memory_order_acq_rel);
+    bool listed = (v & CANCEL__LIVE_COUNT) != 0;
+    if (listed)
+        cancel__waiters_add(&g->waiters, w);
+    pthread_mutex_unlock(m);
+    return listed;
+}
+
+int cancel_group_wait(cancel_group *g)
+{
+    if (!g)
+        return EINVAL;
+    for (;;) {
+        uint64_t v = atomic_load_explicit(&g->live, memory_order_acquire);
+        if (v & CANCEL__LIVE_CLOSED)
+            return cancel__group_result(g);
+        if ((v & CANCEL__LIVE_COUNT) == 0) {
+            /* acq_rel: closing is ordered with every spawn's increment. */
+            if (atomic_compare_exchange_strong_explicit(&g->live, &v, v | CANCEL__LIVE_CLOSED,
+                                                        memory_order_acq_rel, memory_order_acquire))
+                return cancel__group_result(g);
+            continue;
+        }
+        struct cancel__waitable wb = {group_done, group_subscribe, g, "cancel_group_wait"};
+        (void)cancel__wait(&wb, CANCEL_TOKEN_NONE, CANCEL_INFINITE); /* no timeout: it only returns 0 */
+    }
+}
+
+void cancel_group_free(cancel_group *g)
+{
+    if (!g)
+        return;
+    uint64_t v = atomic_fetch_or_explicit(&g->live, CANCEL__LIVE_FREEING, memory_order_acq_rel);
+    if (!(v & CANCEL__LIVE_CLOSED)) {
+        if (!cancel_token_is_requested(cancel_source_token(g->src)))
+            cancel__group_note_cancel(g);
+        cancel_source_cancel(g->src);
+        (void)cancel_group_wait(g);
+    }
+    /* A task that counted itself out under the stripe has left it. */
+    pthread_mutex_t *m = cancel__stripe(g);
+    pthread_mutex_lock(m);
+    pthread_mutex_unlock(m);
+
+    struct cancel_task *tasks = atomic_load_explicit(&g->tasks, memory_order_acquire);
+    pthread_mutex_lock(&cancel__tree_mu);
+    while (g->children)
+        unlink_child(g->children);
+    for (struct cancel_task *t = tasks; t; t = t->gnext)
+        while (t->children)
+            unlink_child(t->children);
+    unlink_child(g);
+    *g->all_pprev = g->all_next;
+    if (g->all_next)
+        g->all_next->all_pprev = g->all_pprev;
+    pthread_mutex_unlock(&cancel__tree_mu);
+
+    cancel_unregister(&g->reg);
+    while (tasks) {
+        struct cancel_task *next = tasks->gnext;
+        cancel__task_unref(tasks);
+        tasks = next;
+    }
+    cancel_source_free(g->src);
+    cancel__pool_unref(g->pool);
+    free(g);
+}
+
+void cancel_group_set_grace(cancel_group *g, int64_t grace_ns)
+{
+    if (g)
+        atomic_store_explicit(&g->grace, grace_ns < 0 ? CANCEL_INFINITE : grace_ns, memory_order_relaxed);
+}

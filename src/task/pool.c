@@ -1,0 +1,837 @@
+/*
+ * Pools, their queue and threads, tasks, and waiting.
+ *
+ * The queue. Vyukov's intrusive multi-producer queue: a producer links a
+ * task with one atomic exchange of the tail and one store into its
+ * predecessor, never waiting for anyone; one consumer at a time pops, under
+ * a try-lock (qlock) held for a few loads and stores. A pop can find the
+ * queue "half pushed" (a producer swapped the tail but has not linked yet):
+ * it then reports empty, and that producer wakes an idle thread once it has
+ * linked (below), so nothing is stranded.
+ *
+ * Idle threads. A pool thread that finds no work spins a little, then
+ * parks (wake.c) after listing itself in the pool's idle list and counting
+ * itself in `nidle`. A producer, after linking, reads `nidle`; if a thread is
+ * idle it unlists one and wakes it. The two form a Dekker pair: the
+ * producer's link (seq_cst store) then its load of nidle (seq_cst), against
+ * the thread's increment of nidle (seq_cst) then a seq_cst fence then its
+ * look at the queue: either the producer sees the idle thread, or the thread
+ * sees the task. A thread that fails to pop because another holds qlock
+ * parks as well: the holder, after releasing qlock, looks for remaining work
+ * and idle threads (the same pair, with qlock's exchange and release store
+ * as the thread's and holder's halves).
+ *
+ * A task's life. cancel_task_run allocates the task, makes its source (a
+ * linked child of the caller's token and the pool's source, or of the
+ * group's source) and registers `task_cancelled` on it, then queues it. The
+ * state word moves PENDING -> RUNNING -> COMPLETED/CANCELED/FAILED, or
+ * PENDING -> CANCELED, by CAS: the pool thread that pops a task claims it
+ * (PENDING -> RUNNING) while the cancellation callback may at the same
+ * moment end it (PENDING -> CANCELED); exactly one wins. The loser of a
+ * claim still owns the queue's reference: it unregisters the callback
+ * (cancel_unregister waits for a callback that is running) and drops it.
+ * Whoever ends a task wakes its waiters (the WAITERS bit, set under the
+ * stripe mutex by a waiter, tells it whether to look), then, for a group
+ * task, counts it out of the group: that is the last access to the group.
+ *
+ * Lifetime. A task is reference-counted: the queue's reference (until a
+ * pool thread ran or dropped it, or until it ended before being queued),
+ * the handle (cancel_task_run's *out), and the group's record. Its source
+ * is freed by the pool thread after the run, except for a group task whose
+ * token is cancelled: the group's source is then probably being dispatched,
+ * and unhooking from it would intrude on that dispatch once per task, so the
+ * source is kept until the task's memory goes (at cancel_group_free). The
+ * pool's memory is reference-counted too (its handle and its groups), so
+ * that group handles can reach its "closing" flag after cancel_pool_free.
+ * A worker's blocked-in word and CPU clock belong to its thread: reports
+ * read them under report_mu, and the thread clears its pointer under
+ * report_mu before it ends.
+ *
+ * Locks: qlock (a try-lock, never waited on), idle_mu, report_mu and the
+ * stripes (wake.c) are each held for a few instructions and a futex wake at
+ * most, never while user code runs, and never nested in one another. A
+ * task runs with no lock of the layer held.
+ */
+#include "task_internal.h"
+
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+enum { SUBMIT_CLOSING = 1u, SUBMIT_ONE = 2u };
+
+/* The pool thread this is, or NULL. */
+static _Thread_local struct cancel__worker *self;
+
+struct cancel_task *cancel__task_current(void)
+{
+    return self ? atomic_load_explicit(&self->current, memory_order_relaxed) : NULL;
+}
+
+static int64_t cpu_ns(const struct cancel__worker *w)
+{
+    struct timespec ts;
+    if (!w->has_cpu_clock || clock_gettime(w->cpu_clock, &ts) != 0)
+        return CANCEL__NO_TIME;
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* ------------------------------------------------------------------------
+ * The queue
+ * ------------------------------------------------------------------------ */
+
+static void q_link(struct cancel_pool *p, struct cancel__qnode *n, memory_order link_order)
+{
+    atomic_store_explicit(&n->next, NULL, memory_order_relaxed);
+    /* acq_rel: we write into prev, which its producer published. */
+    struct cancel__qnode *prev = atomic_exchange_explicit(&p->tail, n, memory_order_acq_rel);
+    /* release (at least): the consumer's acquire load of prev->next sees the
+     * task's fields and n->next. */
+    atomic_store_explicit(&prev->next, n, link_order);
+}
+
+/* Is there anything to pop? A hint, except in the Dekker pairs (seq_cst). */
+static bool q_peek(struct cancel_pool *p)
+{
+    struct cancel__qnode *head = atomic_load_explicit(&p->head, memory_order_seq_cst);
+    return head != &p->stub || atomic_load_explicit(&p->stub.next, memory_order_seq_cst) != NULL;
+}
+
+static void wake_one(struct cancel_pool *p);
+
+static void q_unlock(struct cancel_pool *p)
+{
+    /* seq_cst: the pair with a thread that failed to take qlock and parks
+     * (see the top): we look for idle threads after releasing. */
+    atomic_store_explicit(&p->qlock, 0, memory_order_seq_cst);
+    if (cancel__unlikely(atomic_load_explicit(&p->nidle, memory_order_seq_cst) != 0) && q_peek(p))
+        wake_one(p);
+}
+
+/* Pops the oldest task, or returns NULL if the queue is empty, half pushed,
+ * or being popped by another thread. */
+static struct cancel_task *q_pop(struct cancel_pool *p)
+{
+    /* seq_cst: acquire for the critical section, and the parking pair. */
+    if (atomic_exchange_explicit(&p->qlock, 1, memory_order_seq_cst) != 0)
+        return NULL;
+    struct cancel__qnode *head = atomic_load_explicit(&p->head, memory_order_relaxed);
+    /* acquire: pairs with the producer's store of the link (q_link). */
+    struct cancel__qnode *next = atomic_load_explicit(&head->next, memory_order_acquire);
+    if (head == &p->stub) {
+        if (!next)
+            goto empty;
+        atomic_store_explicit(&p->head, next, memory_order_relaxed);
+        head = next;
+        next = atomic_load_explicit(&next->next, memory_order_acquire);
+    }
+    if (!next) {
+        /* head is the last task, unless a producer is between its exchange
+         * and its link: then it will link and wake someone. */
+        if (atomic_load_explicit(&p->tail, memory_order_acquire) != head)
+            goto empty;
+        q_link(p, &p->stub, memory_order_release);
+        next = atomic_load_explicit(&head->next, memory_order_acquire);
+        if (!next)
+            goto empty;
+    }
+    atomic_store_explicit(&p->head, next, memory_order_relaxed);
+    q_unlock(p);
+    return (struct cancel_task *)(void *)head;
+empty:
+    q_unlock(p);
+    return NULL;
+}
+
+/* ------------------------------------------------------------------------
+ * Idle threads
+ * ------------------------------------------------------------------------ */
+
+static void idle_add(struct cancel__worker *w)
+{
+    struct cancel_pool *p = w->pool;
+    pthread_mutex_lock(&p->idle_mu);
+    w->idle_next = p->idle;
+    if (w->idle_next)
+        w->idle_next->idle_pprev = &w->idle_next;
+    w->idle_pprev = &p->idle;
+    p->idle = w;
+    /* seq_cst: the parking pair (see the top). */
+    atomic_fetch_add_explicit(&p->nidle, 1, memory_order_seq_cst);
+    pthread_mutex_unlock(&p->idle_mu);
+}
+
+static void idle_unlink(struct cancel_pool *p, struct cancel__worker *w)
+{
+    *w->idle_pprev = w->idle_next;
+    if (w->idle_next)
+        w->idle_next->idle_pprev = w->idle_pprev;
+    w->idle_pprev = NULL;
+    w->idle_next = NULL;
+    /* relaxed: a stale count costs a look or a lock, never a lost wake-up. */
+    atomic_fetch_sub_explicit(&p->nidle, 1, memory_order_relaxed);
+}
+
+/* Returns false if a producer unlisted us to wake us. */
+static bool idle_remove(struct cancel__worker *w)
+{
+    struct cancel_pool *p = w->pool;
+    pthread_mutex_lock(&p->idle_mu);
+    bool listed = w->idle_pprev != NULL;
+    if (listed)
+        idle_unlink(p, w);
+    pthread_mutex_unlock(&p->idle_mu);
+    return listed;
+}
+
+/* Wakes one idle thread, if any. The wake happens under idle_mu, so the
+ * thread cannot end (it unlists itself under idle_mu first) while its
+ * parker word is touched. */
+static void wake_one(struct cancel_pool *p)
+{
+    pthread_mutex_lock(&p->idle_mu);
+    struct cancel__worker *w = p->idle;
+    if (w) {
+        idle_unlink(p, w);
+        cancel__parker_wake(w->parker);
+    }
+    pthread_mutex_unlock(&p->idle_mu);
+}
+
+static void wake_all(struct cancel_pool *p)
+{
+    pthread_mutex_lock(&p->idle_mu);
+    struct cancel__worker *w;
+    while ((w = p->idle) != NULL) {
+        idle_unlink(p, w);
+        cancel__parker_wake(w->parker);
+    }
+    pthread_mutex_unlock(&p->idle_mu);
+}
+
+/* Lists the thread as idle and tells whether it may sleep: false if work
+ * (or the end of the pool) came meanwhile. */
+static bool idle_prepare(struct cancel__worker *w)
+{
+    idle_add(w);
+    /* seq_cst: our half of the parking pair: the increment of nidle above
+     * comes before the look at the queue below. */
+    atomic_thread_fence(memory_order_seq_cst);
+    return !q_peek(w->pool) && !atomic_load_explicit(&w->pool->exiting, memory_order_acquire);
+}
+
+/* ------------------------------------------------------------------------
+ * Tasks
+ * ------------------------------------------------------------------------ */
+
+/* Moves the task from `from` to `to` (keeping the WAITERS bit). Returns
+ * false if it was not in `from`; else *old is the word it replaced. */
+static bool task_move(struct cancel_task *t, cancel_task_state from, cancel_task_state to, uint32_t *old)
+{
+    uint32_t s = atomic_load_explicit(&t->state, memory_order_relaxed);
+    while (cancel__task_state(s) == from) {
+        /* acq_rel: release publishes what the task's owner wrote before
+         * (worker, result, the task's own writes) to whoever sees the new
+         * state with acquire; acquire orders us after a waiter's WAITERS. */
+        if (atomic_compare_exchange_weak_explicit(&t->state, &s, (s & ~CANCEL__TASK_STATE_MASK) | to,
+                                                  memory_order_acq_rel, memory_order_relaxed)) {
+            *old = s;
+            return true;
+        }
+    }
+    return false;
+}
+
+void cancel__group_note_cancel(struct cancel_group *g)
+{
+    /* The first to note it wins: the group's callback runs after its
+     * tasks' (newest first), so a canceller of ours notes it before. */
+    int64_t none = CANCEL__NO_TIME;
+    atomic_compare_exchange_strong_explicit(&g->cancelled, &none, cancel_now(), memory_order_relaxed,
+                                            memory_order_relaxed);
+}
+
+void cancel__group_task_ended(struct cancel_group *g)
+{
+    uint64_t v = atomic_load_explicit(&g->live, memory_order_relaxed);
+    for (;;) {
+        if ((v & CANCEL__LIVE_COUNT) == 1 && (v & CANCEL__LIVE_WAITERS)) {
+            /* The last task, and someone waits: count it out under the
+             * stripe, so that the waiter (who takes the stripe before it may
+             * free the group) cannot free the group under us. */
+            pthread_mutex_t *m = cancel__stripe(g);
+            pthread_mutex_lock(m);
+            /* release: pairs with the waiter's acquire load; the results
+             * recorded before (first_error, any_canceled) are visible. */
+            v = atomic_fetch_sub_explicit(&g->live, CANCEL__LIVE_ONE, memory_order_release);
+            if ((v & CANCEL__LIVE_COUNT) == 1)
+                cancel__waiters_wake_all(&g->waiters);
+            pthread_mutex_unlock(m);
+            return;
+        }
+        /* release: as above. After this the group may be freed. */
+        if (atomic_compare_exchange_weak_explicit(&g->live, &v, v - CANCEL__LIVE_ONE, memory_order_release,
+                                                  memory_order_relaxed))
+            return;
+    }
+}
+
+/* The task ended (the caller won the move to an ended state): wake its
+ * waiters, then count it out of its group. */
+static void task_ended(struct cancel_task *t, uint32_t old, cancel_task_state st)
+{
+    if (old & CANCEL__TASK_WAITERS) {
+        pthread_mutex_t *m = cancel__stripe(t);
+        pthread_mutex_lock(m);
+        cancel__waiters_wake_all(&t->waiters);
+        pthread_mutex_unlock(m);
+    }
+    struct cancel_group *g = t->group;
+    if (g) {
+        if (st == CANCEL_TASK_CANCELED)
+            atomic_store_explicit(&g->any_canceled, true, memory_order_relaxed);
+        cancel__group_task_ended(g); /* the last access to g */
+    }
+}
+
+/* What the task's thread is blocked in now (a static string), or NULL. */
+static const char *blocked_now(const struct cancel_task *t, const struct cancel__worker *w, int *fd)
+{
+    *fd = -1;
+    const char *nested = atomic_load_explicit(&t->nested_in, memory_order_relaxed);
+    if (nested)
+        return nested;
+    if (!w->blocked || atomic_load_explicit(&w->current, memory_order_relaxed) != t)
+        return NULL;
+    const char *what = atomic_load_explicit(&w->blocked->what, memory_order_relaxed);
+    if (what)
+        *fd = atomic_load_explicit(&w->blocked->fd, memory_order_relaxed);
+    return what;
+}
+
+/* The registration on the task's token: a queued task ends CANCELED at
+ * once; a running one has the moment of the request noted (group tasks,
+ * for reports). Runs on the canceller's thread (or inline in
+ * cancel_register when the token was already cancelled). */
+static void task_cancelled(void *arg)
+{
+    struct cancel_task *t = arg;
+    bool observed = t->group != NULL; /* only the pointer: the group may be gone */
+    int64_t now = observed ? cancel_now() : 0;
+    if (observed)
+        atomic_store_explicit(&t->cancelled, now, memory_order_relaxed);
+    uint32_t old;
+    if (task_move(t, CANCEL_TASK_PENDING, CANCEL_TASK_CANCELED, &old)) {
+        if (observed)
+            atomic_store_explicit(&t->ended, now, memory_order_relaxed);
+        task_ended(t, old, CANCEL_TASK_CANCELED);
+        return;
+    }
+    if (!observed)
+        return;
+    /* acquire: pairs with the claim (task_move to RUNNING): `worker` is set.
+     * The task cannot end while we run: its thread unregisters us first. */
+    if (cancel__task_state(atomic_load_explicit(&t->state, memory_order_acquire)) != CANCEL_TASK_RUNNING)
+        return;
+    struct cancel__worker *w = atomic_load_explicit(&t->worker, memory_order_relaxed);
+    atomic_store_explicit(&t->cpu_at_request, cpu_ns(w), memory_order_relaxed);
+    int fd;
+    const char *what = blocked_now(t, w, &fd);
+    atomic_store_explicit(&t->blocked_fd_at_request, fd, memory_order_relaxed);
+    atomic_store_explicit(&t->blocked_at_request, what, memory_order_relaxed);
+}
+
+void cancel__task_unref(struct cancel_task *t)
+{
+    /* acq_rel: release our writes to the last holder; acquire theirs. */
+    if (atomic_fetch_sub_explicit(&t->refs, 1, memory_order_acq_rel) != 1)
+        return;
+    cancel_source *src = atomic_exchange_explicit(&t->src, NULL, memory_order_relaxed);
+    cancel_source_free(src);
+    free(t);
+}
+
+static void task_free_source(struct cancel_task *t)
+{
+    cancel_source_free(atomic_exchange_explicit(&t->src, NULL, memory_order_relaxed));
+}
+
+/* A pool thread runs (or drops) a task it popped. */
+static void run_task(struct cancel__worker *w, struct cancel_task *t)
+{
+    struct cancel_pool *p = w->pool;
+    struct cancel_group *g = t->group;
+    cancel_token tok = cancel_source_token(atomic_load_explicit(&t->src, memory_order_relaxed));
+    uint32_t old;
+    bool claimed = false;
+    /* relaxed: a pool being freed also cancels every token; this only keeps
+     * threads from starting tasks that free is about to cancel. */
+    if (!atomic_load_explicit(&p->closing, memory_order_relaxed) && !cancel_token_is_requested(tok)) {
+        atomic_store_explicit(&t->worker, w, memory_order_relaxed);
+        claimed = task_move(t, CANCEL_TASK_PENDING, CANCEL_TASK_RUNNING, &old);
+    }
+    if (!claimed) {
+        /* Cancelled before it started: the callback ended it, or we do. */
+        if (task_move(t, CANCEL_TASK_PENDING, CANCEL_TASK_CANCELED, &old)) {
+            if (g) {
+                int64_t now = cancel_now();
+                int64_t none = CANCEL__NO_TIME;
+                atomic_compare_exchange_strong_explicit(&t->cancelled, &none, now, memory_order_relaxed,
+                                                        memory_order_relaxed);
+                atomic_store_explicit(&t->ended, now, memory_order_relaxed);
+            }
+            task_ended(t, old, CANCEL_TASK_CANCELED);
+        }
+        cancel_unregister(&t->reg); /* a callback that is ending it finishes first */
+        if (!g)
+            task_free_source(t);
+        cancel__task_unref(t);
+        return;
+    }
+
+    struct cancel_task *outer = atomic_load_explicit(&w->current, memory_order_relaxed);
+    atomic_store_explicit(&w->current, t, memory_order_relaxed);
+    if (g)
+        atomic_store_explicit(&t->started, cancel_now(), memory_order_relaxed);
+    int r = t->fn(t->arg, tok);
+    int64_t ended = g ? cancel_now() : 0;
+    atomic_store_explicit(&w->current, outer, memory_order_relaxed);
+
+    bool requested = cancel_token_is_requested(tok);
+    cancel_task_state st = r == 0                          ? CANCEL_TASK_COMPLETED
+                           : r == ECANCELED && requested ? CANCEL_TASK_CANCELED
+                                                         : CANCEL_TASK_FAILED;
+    /* After this no callback runs, and the one that ran is over. */
+    bool removed = cancel_unregister(&t->reg);
+    atomic_store_explicit(&t->result, r, memory_order_relaxed);
+    if (g) {
+        atomic_store_explicit(&t->ended, ended, memory_order_relaxed);
+        /* Its token was cancelled but the canceller had not reached our
+         * callback yet: the task answered within that dispatch, a few
+         * steps wide. Count the request as coming at its return. */
+        if (removed && requested)
+            atomic_store_explicit(&t->cancelled, ended, memory_order_relaxed);
+        int64_t at = atomic_load_explicit(&t->cpu_at_request, memory_order_relaxed);
+        int64_t now = at != CANCEL__NO_TIME ? cpu_ns(w) : CANCEL__NO_TIME;
+        if (now != CANCEL__NO_TIME && atomic_load_explicit(&t->cancelled, memory_order_relaxed) <= ended)
+            atomic_store_explicit(&t->cpu_after, now > at ? now - at : 0, memory_order_relaxed);
+        if (st == CANCEL_TASK_FAILED) {
+            /* Fail fast: the first failure in time cancels the group, with
+             * this task's error and name as the cause. */
+            int none = 0;
+            if (atomic_compare_exchange_strong_explicit(&g->first_error, &none, r, memory_order_relaxed,
+                                                        memory_order_relaxed)) {
+                atomic_store_explicit(&g->first_failed, t, memory_order_relaxed);
+                cancel__group_note_cancel(g);
+                cancel_source_fail(g->src, r, t->name);
+            }
+        }
+    }
+    bool moved = task_move(t, CANCEL_TASK_RUNNING, st, &old);
+    (void)moved; /* only this thread moves a RUNNING task */
+    task_ended(t, old, st);
+    if (!g || !requested)
+        task_free_source(t);
+    cancel__task_unref(t);
+}
+
+static void submit_leave(struct cancel_pool *p)
+{
+    /* release: orders our queue writes before cancel_pool_free's view. */
+    uint32_t s = atomic_fetch_sub_explicit(&p->submit, SUBMIT_ONE, memory_order_release);
+    if (cancel__unlikely(s == (SUBMIT_ONE | SUBMIT_CLOSING)))
+        cancel__futex_wake(&p->submit, INT_MAX);
+}
+
+int cancel__task_submit(struct cancel_pool *p, struct cancel_group *g, cancel_token tok, cancel_task_fn *fn,
+                        void *arg, const char *name, struct cancel_task **out)
+{
+    /* relaxed: the pool's memory is held by the caller (or its group), and
+     * cancel_pool_free's fetch_or orders itself against ours on this word. */
+    if (atomic_fetch_add_explicit(&p->submit, SUBMIT_ONE, memory_order_relaxed) & SUBMIT_CLOSING) {
+        submit_leave(p);
+        return ESHUTDOWN;
+    }
+    size_t len = name ? strlen(name) + 1 : 0;
+    struct cancel_task *t = malloc(sizeof *t + len);
+    if (!t) {
+        submit_leave(p);
+        return ENOMEM;
+    }
+    cancel_source *src;
+    if (g) {
+        src = cancel_source_new_linked(&tok, 1);
+    } else {
+        cancel_token parents[2] = {tok, cancel_source_token(p->src)};
+        src = cancel_source_new_linked(parents, 2);
+    }
+    if (!src) {
+        free(t);
+        submit_leave(p);
+        return ENOMEM;
+    }
+    atomic_init(&t->q.next, NULL);
+    atomic_init(&t->state, CANCEL_TASK_PENDING);
+    atomic_init(&t->refs, 1u + (out != NULL) + (g != NULL));
+    t->fn = fn;
+    t->arg = arg;
+    t->pool = p;
+    t->group = g;
+    atomic_init(&t->src, src);
+    t->waiters = NULL;
+    atomic_init(&t->result, ECANCELED); /* what a task that never runs returns */
+    atomic_init(&t->worker, NULL);
+    atomic_init(&t->nested_in, NULL);
+    t->gnext = NULL;
+    atomic_init(&t->queued, CANCEL__NO_TIME);
+    atomic_init(&t->started, CANCEL__NO_TIME);
+    atomic_init(&t->ended, CANCEL__NO_TIME);
+    atomic_init(&t->cancelled, CANCEL__NO_TIME);
+    atomic_init(&t->cpu_at_request, CANCEL__NO_TIME);
+    atomic_init(&t->cpu_after, CANCEL__NO_TIME);
+    atomic_init(&t->blocked_at_request, NULL);
+    atomic_init(&t->blocked_fd_at_request, -1);
+    t->children = NULL;
+    t->name = name ? memcpy((char *)(t + 1), name, len) : NULL;
+    if (g) {
+        atomic_store_explicit(&t->queued, cancel_now(), memory_order_relaxed);
+        struct cancel_task *head = atomic_load_explicit(&g->tasks, memory_order_relaxed);
+        do
+            t->gnext = head;
+        /* release: pairs with the acquire load of readers of the list. */
+        while (!atomic_compare_exchange_weak_explicit(&g->tasks, &head, t, memory_order_release,
+                                                      memory_order_relaxed));
+    }
+    if (out)
+        *out = t;
+    if (cancel_register(cancel_source_token(src), &t->reg, task_cancelled, t) == 0) {
+        q_link(p, &t->q, memory_order_seq_cst);
+        /* seq_cst: the producer's half of the parking pair (see the top). */
+        if (atomic_load_explicit(&p->nidle, memory_order_seq_cst) != 0)
+            wake_one(p);
+    } else {
+        /* Born cancelled: task_cancelled ended it inline; it is never queued. */
+        if (!g)
+            task_free_source(t);
+        cancel__task_unref(t);
+    }
+    submit_leave(p);
+    return 0;
+}
+
+int cancel_task_run(cancel_pool *pool, cancel_token tok, cancel_task_fn *fn, void *arg, const char *name,
+                    cancel_task **out)
+{
+    if (out)
+        *out = NULL;
+    if (!pool || !fn)
+        return EINVAL;
+    return cancel__task_submit(pool, NULL, tok, fn, arg, name, out);
+}
+
+cancel_task_state cancel_task_state_of(const cancel_task *task)
+{
+    if (!task)
+        return CANCEL_TASK_PENDING;
+    /* acquire: pairs with the move to the ended state (task_move). */
+    return cancel__task_state(atomic_load_explicit(&task->state, memory_order_acquire));
+}
+
+int cancel_task_result(const cancel_task *task)
+{
+    if (!task)
+        return EINVAL;
+    if (!cancel__task_ended(atomic_load_explicit(&task->state, memory_order_acquire)))
+        return EINPROGRESS;
+    return atomic_load_explicit(&task->result, memory_order_relaxed);
+}
+
+void cancel_task_free(cancel_task *task)
+{
+    if (task)
+        cancel__task_unref(task);
+}
+
+/* ------------------------------------------------------------------------
+ * Waiting, with help
+ * ------------------------------------------------------------------------ */
+
+static bool task_done(void *obj)
+{
+    struct cancel_task *t = obj;
+    return cancel__task_ended(atomic_load_explicit(&t->state, memory_order_acquire));
+}
+
+static bool task_subscribe(void *obj, struct cancel__waiter *w)
+{
+    struct cancel_task *t = obj;
+    pthread_mutex_t *m = cancel__stripe(t);
+    pthread_mutex_lock(m);
+    /* acq_rel: whichever of this and the ender's move comes second in the
+     * word's order sees the other: the ender sees WAITERS and wakes us
+     * (under the stripe, after we listed ourselves), or we see the end. */
+    uint32_t s = atomic_fetch_or_explicit(&t->state, CANCEL__TASK_WAITERS, memory_order_acq_rel);
+    bool listed = !cancel__task_ended(s);
+    if (listed)
+        cancel__waiters_add(&t->waiters, w);
+    pthread_mutex_unlock(m);
+    return listed;
+}
+
+int cancel__wait(const struct cancel__waitable *wb, cancel_token wait_tok, int64_t timeout_ns)
+{
+    if (timeout_ns < 0 && timeout_ns != CANCEL_INFINITE)
+        return EINVAL;
+    if (wb->done(wb->obj))
+        return 0; /* an ended task wins over a cancelled wait token */
+    struct cancel__until u;
+    int r = cancel__until_begin(&u, wait_tok, timeout_ns);
+    if (r)
+        return r;
+    struct cancel__worker *w = self;
+    _Atomic uint32_t *word = cancel__parker();
+    struct cancel__waiter node = {NULL, NULL, word};
+    cancel_registration reg = CANCEL_REGISTRATION_INIT;
+    bool owed = false; /* a producer woke us for work we did not take */
+    if (!wb->subscribe(wb->obj, &node))
+        goto out;
+    (void)cancel_register(cancel__until_token(&u), &reg, cancel__parker_wake_cb, word);
+    struct cancel_task *me = w ? atomic_load_explicit(&w->current, memory_order_relaxed) : NULL;
+    for (;;) {
+        /* acquire: pairs with the release of whoever woke us (wake.c). */
+        atomic_exchange_explicit(word, 0, memory_order_acquire);
+        if (wb->done(wb->obj)) {
+            r = 0;
+            break;
+        }
+        if ((r = cancel__until_check(&u)) != 0)
+            break;
+        if (w) {
+            /* A pool thread runs its pool's queued work meanwhile: waiting
+             * inside a task never starves the pool. */
+            struct cancel_task *t = q_pop(w->pool);
+            if (t) {
+                owed = false;
+                if (me)
+                    atomic_store_explicit(&me->nested_in, wb->what, memory_order_relaxed);
+                run_task(w, t);
+                if (me)
+                    atomic_store_explicit(&me->nested_in, NULL, memory_order_relaxed);
+                continue;
+            }
+            if (!idle_prepare(w)) {
+                owed = !idle_remove(w);
+                continue;
+            }
+        }
+        cancel__blocked_enter(wb->what, -1);
+        cancel__parker_sleep(word, u.kernel_deadline);
+        cancel__blocked_leave();
+        if (w)
+            owed = !idle_remove(w);
+    }
+    cancel_unregister(&reg);
+    pthread_mutex_t *m = cancel__stripe(wb->obj);
+    pthread_mutex_lock(m);
+    cancel__waiters_remove(&node);
+    pthread_mutex_unlock(m);
+out:
+    cancel__until_end(&u);
+    if (owed && q_peek(w->pool))
+        wake_one(w->pool); /* pass the wake-up on */
+    return r;
+}
+
+int cancel_task_wait(cancel_token wait_tok, cancel_task *task, int64_t timeout_ns)
+{
+    if (!task)
+        return EINVAL;
+    struct cancel__waitable wb = {task_done, task_subscribe, task, "cancel_task_wait"};
+    return cancel__wait(&wb, wait_tok, timeout_ns);
+}
+
+/* ------------------------------------------------------------------------
+ * Pools
+ * ------------------------------------------------------------------------ */
+
+/* How long an idle thread looks for work before it parks: a wake-up costs
+ * a system call on each side, so a short spin pays when tasks come in
+ * bursts. About 10-30 us. */
+static int SPIN_ROUNDS = 200; __attribute__((constructor)) static void spin_env(void) { const char *e = getenv("TASK_SPIN"); if (e) SPIN_ROUNDS = atoi(e); }
+#define SPIN_ROUNDS_UNUSED
+#define SPIN_PAUSES 8
+
+static void *worker_main(void *arg)
+{
+    struct cancel__worker *w = arg;
+    struct cancel_pool *p = w->pool;
+    self = w;
+    w->parker = cancel__parker();
+    clockid_t cid;
+    bool has_clock = pthread_getcpuclockid(pthread_self(), &cid) == 0;
+    pthread_mutex_lock(&p->report_mu);
+    w->cpu_clock = cid;
+    w->has_cpu_clock = has_clock;
+    w->blocked = cancel__blocked_here();
+    pthread_mutex_unlock(&p->report_mu);
+
+    int spins = 0;
+    for (;;) {
+        struct cancel_task *t = q_pop(p);
+        if (t) {
+            run_task(w, t);
+            spins = 0;
+            continue;
+        }
+        if (spins < SPIN_ROUNDS) {
+            spins++;
+            for (int i = 0; i < SPIN_PAUSES && !q_peek(p); i++)
+                cancel__cpu_relax();
+            continue;
+        }
+        /* acquire: pairs with cancel_pool_free's store; no submission is in
+         * flight by then, so an empty queue stays empty. */
+        if (atomic_load_explicit(&p->exiting, memory_order_acquire) && !q_peek(p))
+            break;
+        atomic_exchange_explicit(w->parker, 0, memory_order_acquire);
+        if (idle_prepare(w))
+            cancel__parker_sleep(w->parker, -1);
+        idle_remove(w);
+        spins = 0;
+    }
+
+    pthread_mutex_lock(&p->report_mu);
+    w->blocked = NULL;
+    pthread_mutex_unlock(&p->report_mu);
+    self = NULL;
+    return NULL;
+}
+
+static void pool_destroy(struct cancel_pool *p)
+{
+    cancel_source_free(p->src);
+    pthread_mutex_destroy(&p->idle_mu);
+    pthread_mutex_destroy(&p->report_mu);
+    free(p);
+}
+
+bool cancel__pool_ref(struct cancel_pool *p)
+{
+    /* relaxed: the caller already holds the pool (its handle or a group). */
+    atomic_fetch_add_explicit(&p->refs, 1, memory_order_relaxed);
+    if (atomic_load_explicit(&p->closing, memory_order_acquire)) {
+        cancel__pool_unref(p);
+        return false;
+    }
+    return true;
+}
+
+void cancel__pool_unref(struct cancel_pool *p)
+{
+    /* acq_rel: the last holder sees everyone's writes before it frees. */
+    if (atomic_fetch_sub_explicit(&p->refs, 1, memory_order_acq_rel) == 1)
+        pool_destroy(p);
+}
+
+/* Stops the threads started so far (cancel_pool_new's failure path and
+ * cancel_pool_free). */
+static void stop_threads(struct cancel_pool *p, size_t started)
+{
+    /* seq_cst: threads read it after listing themselves idle (idle_prepare),
+     * and we wake every listed one after storing it. */
+    atomic_store_explicit(&p->exiting, 1, memory_order_seq_cst);
+    wake_all(p);
+    for (size_t i = 0; i < started; i++)
+        (void)cancel__thread_join(p->workers[i].thread, -1);
+}
+
+static size_t round_up(size_t n, size_t to)
+{
+    return (n + to - 1) / to * to;
+}
+
+cancel_pool *cancel_pool_new(size_t threads, const char *name)
+{
+    if (threads == 0) {
+        long n = sysconf(_SC_NPROCESSORS_ONLN);
+        threads = n > 0 ? (size_t)n : 1;
+    }
+    if (threads > 65536) {
+        errno = EINVAL;
+        return NULL;
+    }
+    size_t len = name ? strlen(name) + 1 : 0;
+    size_t head = round_up(sizeof(struct cancel_pool), CANCEL__CACHELINE);
+    size_t size = round_up(head + threads * sizeof(struct cancel__worker) + len, CANCEL__CACHELINE);
+    struct cancel_pool *p = aligned_alloc(CANCEL__CACHELINE, size);
+    if (!p) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    memset(p, 0, size);
+    p->workers = (struct cancel__worker *)(void *)((char *)p + head);
+    p->name = name ? memcpy((char *)(p->workers + threads), name, len) : NULL;
+    p->nthreads = threads;
+    atomic_init(&p->submit, 0);
+    atomic_init(&p->stub.next, NULL);
+    atomic_init(&p->tail, &p->stub);
+    atomic_init(&p->qlock, 0);
+    atomic_init(&p->head, &p->stub);
+    atomic_init(&p->nidle, 0);
+    atomic_init(&p->exiting, 0);
+    atomic_init(&p->closing, 0);
+    atomic_init(&p->refs, 1);
+    p->idle = NULL;
+    pthread_mutex_init(&p->idle_mu, NULL);
+    pthread_mutex_init(&p->report_mu, NULL);
+    p->src = cancel_source_new();
+    if (!p->src || (name && cancel_source_set_name(p->src, name) != 0)) {
+        pool_destroy(p);
+        errno = ENOMEM;
+        return NULL;
+    }
+    char tname[16];
+    snprintf(tname, sizeof tname, "cancel-%s", name ? name : "pool");
+    for (size_t i = 0; i < threads; i++) {
+        struct cancel__worker *w = &p->workers[i];
+        w->pool = p;
+        atomic_init(&w->current, NULL);
+        int err = cancel__thread_start(&w->thread, worker_main, w, tname);
+        if (err) {
+            atomic_store_explicit(&p->closing, 1, memory_order_relaxed);
+            stop_threads(p, i);
+            pool_destroy(p);
+            errno = err;
+            return NULL;
+        }
+    }
+    return p;
+}
+
+void cancel_pool_free(cancel_pool *p)
+{
+    if (!p)
+        return;
+    /* No task starts from now on, and no submission either; wait for those
+     * in flight, so that the queue only shrinks from here. */
+    atomic_store_explicit(&p->closing, 1, memory_order_seq_cst);
+    /* acquire: pairs with submit_leave's release. */
+    uint32_t s = atomic_fetch_or_explicit(&p->submit, SUBMIT_CLOSING, memory_order_acquire) | SUBMIT_CLOSING;
+    while (s != SUBMIT_CLOSING) {
+        (void)cancel__futex_wait(&p->submit, s, -1);
+        s = atomic_load_explicit(&p->submit, memory_order_acquire);
+    }
+    /* Every task's token descends from the pool's source: queued tasks end
+     * CANCELED, running ones are asked to stop. */
+    cancel_source_cancel(p->src);
+    /* The threads drop what is queued, finish what runs, and leave. The
+     * joins make everything they did visible to us. */
+    stop_threads(p, p->nthreads);
+    cancel__pool_unref(p);
+}
+
+size_t cancel_pool_threads(const cancel_pool *pool)
+{
+    return pool ? pool->nthreads : 0;
+}

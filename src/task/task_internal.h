@@ -1,0 +1,221 @@
+/*
+ * The task layer's private structures, shared by its files:
+ *
+ *   wake.c    parking a thread and waking it (per-thread futex words, wait
+ *             lists under striped mutexes): the bottom of the layer
+ *   pool.c    pools, their queue and threads, tasks, waiting (with help)
+ *   group.c   groups: spawning, fail fast, waiting, nesting
+ *   report.c  stats and reports (text, JSON)
+ *
+ * Calls go one way: report.c -> group.c -> pool.c -> wake.c. The layer uses
+ * the core only through <cancel.h>, plus src/block/block.h (timeouts and the
+ * blocked-in word).
+ *
+ * Protection notes: "r/o" is written before the object is published and
+ * never again; "own" is written only by the thread that owns the object at
+ * that moment (the task's pool thread, the group's owner); atomics say what
+ * they pair with where they are used.
+ */
+#ifndef CANCEL_TASK_INTERNAL_H
+#define CANCEL_TASK_INTERNAL_H
+
+#include "cancel.h"
+#include "cancel/task.h"
+
+#include "block/block.h"
+#include "platform/platform.h"
+
+#include <pthread.h>
+#include <time.h>
+
+#define CANCEL__NO_TIME INT64_MIN /* a time not (yet) recorded */
+
+/* ---- wake.c: parking ---- */
+
+/* A thread waiting for something: a node on its stack, in the wait list of
+ * what it waits for, protected by that object's stripe mutex. */
+struct cancel__waiter {
+    struct cancel__waiter *next, **pprev; /* under the stripe; pprev NULL: not listed */
+    _Atomic uint32_t *word;              /* the waiting thread's parker word */
+};
+
+/* The mutex that protects the wait list of `obj` (one of a fixed table,
+ * chosen by address). */
+CANCEL_HIDDEN pthread_mutex_t *cancel__stripe(const void *obj);
+/* The calling thread's parker word: 1 once someone woke it. */
+CANCEL_HIDDEN _Atomic uint32_t *cancel__parker(void);
+/* Sets the word to 1 and wakes its thread. */
+CANCEL_HIDDEN void cancel__parker_wake(_Atomic uint32_t *word);
+/* The same, as a cancellation callback (arg: the word). */
+CANCEL_HIDDEN void cancel__parker_wake_cb(void *word);
+/* Sleeps while the word is 0, until woken or abs_deadline_ns
+ * (CLOCK_MONOTONIC, -1: none). */
+CANCEL_HIDDEN void cancel__parker_sleep(_Atomic uint32_t *word, int64_t abs_deadline_ns);
+
+/* Under the stripe of the list's owner. */
+CANCEL_HIDDEN void cancel__waiters_add(struct cancel__waiter **head, struct cancel__waiter *w);
+CANCEL_HIDDEN void cancel__waiters_remove(struct cancel__waiter *w);
+CANCEL_HIDDEN void cancel__waiters_wake_all(struct cancel__waiter **head);
+
+/* ---- the pool ---- */
+
+/* The queue is Vyukov's intrusive multi-producer queue: producers swap the
+ * tail (one atomic exchange) and then link; one consumer at a time pops,
+ * under a try-lock (pool.c). */
+struct cancel__qnode {
+    struct cancel__qnode *_Atomic next;
+};
+
+struct cancel__worker {
+    struct cancel_pool *pool;            /* r/o */
+    pthread_t thread;                    /* r/o once started */
+    _Atomic uint32_t *parker;            /* the thread's parker word; r/o once started */
+    struct cancel__worker *idle_next, **idle_pprev; /* under pool->idle_mu; pprev NULL: not idle */
+    struct cancel__blocked *blocked;     /* the thread's blocked-in word; under pool->report_mu
+                                            (NULL before the thread starts and after it ends) */
+    clockid_t cpu_clock;                 /* the thread's CPU clock; r/o once blocked is set */
+    bool has_cpu_clock;                  /* r/o once blocked is set */
+    struct cancel_task *_Atomic current; /* the task it runs (innermost when helping); own,
+                                            read by reports (relaxed: a snapshot) */
+};
+
+#define CANCEL__CACHELINE 64
+
+struct cancel_pool {
+    /* Producers' line. `submit` counts submissions in flight (by 2) with
+     * CLOSING as bit 0: cancel_pool_free waits for it to drain. */
+    _Alignas(CANCEL__CACHELINE) _Atomic uint32_t submit;
+    struct cancel__qnode *_Atomic tail;
+    /* Consumers' line. */
+    _Alignas(CANCEL__CACHELINE) _Atomic uint32_t qlock; /* the consumer try-lock */
+    struct cancel__qnode *_Atomic head;                 /* under qlock (atomic for peeks) */
+    struct cancel__qnode stub;
+    /* Idle threads: parked, in the list, counted in nidle. */
+    _Alignas(CANCEL__CACHELINE) _Atomic uint32_t nidle;
+    _Atomic uint32_t closing; /* cancel_pool_free started: start no task */
+    _Atomic uint32_t exiting; /* threads leave once the queue is empty */
+    pthread_mutex_t idle_mu;
+    struct cancel__worker *idle; /* under idle_mu */
+    /* The rest: read-mostly. */
+    _Alignas(CANCEL__CACHELINE) _Atomic uint32_t refs; /* the owner's handle, and one per group */
+    pthread_mutex_t report_mu;  /* reports read workers' blocked-in words under it */
+    cancel_source *src;         /* r/o; freed by cancel_pool_free */
+    const char *name;           /* r/o; in the allocation, or NULL */
+    size_t nthreads;            /* r/o */
+    struct cancel__worker *workers; /* r/o; in the allocation */
+};
+
+/* ---- tasks ---- */
+
+enum {
+    CANCEL__TASK_STATE_MASK = 0xffu,
+    CANCEL__TASK_WAITERS = 0x100u, /* someone listed itself in `waiters` (set under the stripe) */
+};
+
+struct cancel_task {
+    struct cancel__qnode q;          /* the queue's link; first member */
+    _Atomic uint32_t state;          /* cancel_task_state | WAITERS */
+    _Atomic uint32_t refs;           /* queue (until run or dropped), handle, group */
+    cancel_task_fn *fn;              /* r/o */
+    void *arg;                       /* r/o */
+    struct cancel_pool *pool;        /* r/o; valid while the task is queued or running */
+    struct cancel_group *group;      /* r/o; NULL for a plain task; valid until it ended */
+    cancel_source *_Atomic src;      /* the task's source; whoever swaps it to NULL frees it */
+    cancel_registration reg;         /* on src: ends the task if cancelled while queued */
+    struct cancel__waiter *waiters;  /* under cancel__stripe(task) */
+    _Atomic int result;              /* written before the state ends (release) */
+    struct cancel__worker *_Atomic worker; /* the thread that runs it; set before RUNNING */
+    const char *_Atomic nested_in;   /* while its thread runs another task inside a wait of
+                                        this one: that wait's name */
+    /* The group's record (group tasks only). Relaxed atomics: reports read
+     * them as a snapshot while the task runs. */
+    struct cancel_task *gnext;       /* older task of the group; r/o once listed */
+    _Atomic int64_t queued, started, ended; /* cancel_now() */
+    _Atomic int64_t cancelled;       /* when its token was cancelled */
+    _Atomic int64_t cpu_at_request;  /* its thread's CPU clock then (if it was running) */
+    _Atomic int64_t cpu_after;       /* CPU time from the request to its return */
+    const char *_Atomic blocked_at_request; /* what it was blocked in when asked */
+    _Atomic int blocked_fd_at_request;
+    struct cancel_group *children;   /* groups nested in it; under cancel__tree_mu */
+    const char *name;                /* r/o; in the allocation, or NULL */
+};
+
+static inline cancel_task_state cancel__task_state(uint32_t word)
+{
+    return (cancel_task_state)(word & CANCEL__TASK_STATE_MASK);
+}
+static inline bool cancel__task_ended(uint32_t word)
+{
+    return cancel__task_state(word) >= CANCEL_TASK_COMPLETED;
+}
+
+/* ---- groups ---- */
+
+/* group->live: tasks not ended yet, and flags. */
+#define CANCEL__LIVE_ONE ((uint64_t)1)
+#define CANCEL__LIVE_COUNT ((UINT64_C(1) << 60) - 1)
+#define CANCEL__LIVE_WAITERS (UINT64_C(1) << 61) /* set under cancel__stripe(group) */
+#define CANCEL__LIVE_CLOSED (UINT64_C(1) << 62)  /* wait returned: no more spawns */
+#define CANCEL__LIVE_FREEING (UINT64_C(1) << 63) /* free started: no more spawns */
+
+struct cancel_group {
+    struct cancel_pool *pool;        /* r/o; the group holds a reference on its memory */
+    cancel_source *src;              /* r/o */
+    cancel_registration reg;         /* on src: records when it was cancelled */
+    _Atomic uint64_t live;
+    struct cancel__waiter *waiters;  /* under cancel__stripe(group) */
+    _Atomic int first_error;         /* the first failure's result; 0: none */
+    struct cancel_task *_Atomic first_failed;
+    _Atomic bool any_canceled;
+    struct cancel_task *_Atomic tasks; /* every task ever spawned, newest first */
+    _Atomic int64_t created, cancelled, grace;
+    /* Nesting, under cancel__tree_mu. */
+    struct cancel_group *parent_group;
+    struct cancel_task *parent_task;
+    struct cancel_group *children;     /* groups nested in the group itself */
+    struct cancel_group *sib_next, **sib_pprev;
+    struct cancel_group *all_next, **all_pprev; /* every live group */
+    const char *name;                  /* r/o; in the allocation, or NULL */
+};
+
+/* ---- pool.c, for group.c ---- */
+
+/* The task the calling thread runs (innermost), or NULL. */
+CANCEL_HIDDEN struct cancel_task *cancel__task_current(void);
+/* Takes or drops a reference on the pool's memory. */
+CANCEL_HIDDEN bool cancel__pool_ref(struct cancel_pool *pool); /* false: it is being freed */
+CANCEL_HIDDEN void cancel__pool_unref(struct cancel_pool *pool);
+/* Creates, links and queues a task (group tasks: g not NULL, tok = the
+ * group's token). Returns 0, ENOMEM or ESHUTDOWN. */
+CANCEL_HIDDEN int cancel__task_submit(struct cancel_pool *pool, struct cancel_group *g, cancel_token tok,
+                                      cancel_task_fn *fn, void *arg, const char *name,
+                                      struct cancel_task **out);
+/* Drops one reference on a task. */
+CANCEL_HIDDEN void cancel__task_unref(struct cancel_task *t);
+
+/* What a wait waits for. */
+struct cancel__waitable {
+    bool (*done)(void *obj);                                  /* acquire */
+    bool (*subscribe)(void *obj, struct cancel__waiter *w);   /* false: done already */
+    void *obj;
+    const char *what;                                         /* for the blocked-in word */
+};
+/* Waits for w->done, helping the calling pool thread's pool meanwhile.
+ * Returns 0, ETIMEDOUT, ECANCELED, EINVAL or ENOMEM. */
+CANCEL_HIDDEN int cancel__wait(const struct cancel__waitable *w, cancel_token wait_tok, int64_t timeout_ns);
+
+/* Group accounting, done by the task's end (pool.c). */
+CANCEL_HIDDEN void cancel__group_task_ended(struct cancel_group *g);
+/* Records when the group was cancelled, unless already recorded. */
+CANCEL_HIDDEN void cancel__group_note_cancel(struct cancel_group *g);
+
+/* ---- group.c, for report.c ---- */
+
+/* Protects the nesting of groups (parent, children, siblings, the list of
+ * live groups) and tasks' `children`. Taken by group creation and free and
+ * by reports; never held while user code runs. */
+extern CANCEL_HIDDEN pthread_mutex_t cancel__tree_mu;
+/* The group's result if it has no task left, else -1. */
+CANCEL_HIDDEN int cancel__group_result(const struct cancel_group *g);
+
+#endif /* CANCEL_TASK_INTERNAL_H */
