@@ -1,23 +1,26 @@
 /*
  * Groups: structured concurrency on a pool (errgroup with fail fast).
  *
- * A group is a source (linked to its parent and to the pool's source), a
- * count of tasks not yet ended with flags beside it in one 64-bit word
- * (`live`), and the list of every task it spawned, kept for reports until
- * the group is freed.
+ * A group is a source (linked to its parent and to the pool's source), two
+ * counters, and the list of every task it spawned, kept for reports until
+ * the group is freed. `spawned` (with the CLOSED and FREEING flags) is
+ * written by spawners, `ended` (with WAITERS) by whoever ends a task, each
+ * on its own cache line; the group has no task left when they are equal.
  *
- * Spawning adds 1 to `live` unless CLOSED or FREEING is set (one CAS), so a
- * spawn either counts before the wait closes the group or is refused:
- * cancel_group_wait closes the group with a CAS from "0 tasks" to CLOSED,
- * so "every task ended" and "no more spawns" are one atomic step. Tasks
- * spawned by the group's own tasks are counted while their spawner is still
- * counted, so the count cannot touch 0 in between.
+ * Spawning adds 1 to `spawned` unless CLOSED or FREEING is set (one CAS).
+ * cancel_group_wait reads `spawned`, then `ended`; if they are equal, every
+ * task spawned by then has ended, and it closes the group with a CAS from
+ * that very `spawned` value to CLOSED, which fails if a spawn came in
+ * between: "every task ended" and "no more spawns" are one atomic step.
+ * Tasks spawned by the group's own tasks are counted while their spawner is
+ * still counted, so the counts cannot meet in between.
  *
- * The end of a task counts it out (pool.c, cancel__group_task_ended); when
- * that brings the count to 0 while a waiter is listed, it happens under the
- * group's stripe mutex, and the waker touches the group only inside that
- * critical section. cancel_group_free takes the stripe once after the group
- * is closed, before it frees anything: a waker still inside has finished.
+ * The end of a task counts it out (pool.c, cancel__group_count_out). When a
+ * waiter has set WAITERS, this happens under the group's stripe mutex, and
+ * the waker touches the group only inside that critical section: the
+ * waiter sets WAITERS under the stripe too, and cancel_group_free takes the
+ * stripe once after the group is closed, before it frees anything, so a
+ * waker still inside has finished.
  *
  * First failure: pool.c records the first failing task with a CAS on
  * first_error (first in time) and only that task fails the group's source,
@@ -39,11 +42,6 @@ pthread_mutex_t cancel__tree_mu = PTHREAD_MUTEX_INITIALIZER;
 static struct cancel_group *all_groups; /* under cancel__tree_mu */
 
 #define DEFAULT_GRACE (100 * 1000 * 1000)
-
-static void group_cancelled(void *arg)
-{
-    cancel__group_note_cancel(arg);
-}
 
 static void link_child(struct cancel_group **head, struct cancel_group *g)
 {
@@ -72,13 +70,11 @@ static void nest(struct cancel_group *g, cancel_token parent)
     if (!parent.cancel__impl)
         return;
     struct cancel_task *cur = cancel__task_current();
-    if (cur && cur->group) {
-        cancel_source *src = atomic_load_explicit(&cur->src, memory_order_relaxed);
-        if (src && cancel_source_token(src).cancel__impl == parent.cancel__impl) {
-            g->parent_task = cur;
-            link_child(&cur->children, g);
-            return;
-        }
+    if (cur && cur->group && cur->tok.cancel__impl == parent.cancel__impl) {
+        struct cancel__record *rec = cancel__record_of(cur);
+        g->parent_task = rec;
+        link_child(&rec->children, g);
+        return;
     }
     for (struct cancel_group *o = all_groups; o; o = o->all_next) {
         if (o != g && cancel_source_token(o->src).cancel__impl == parent.cancel__impl) {
@@ -100,7 +96,8 @@ cancel_group *cancel_group_new(cancel_pool *pool, cancel_token parent, const cha
         return NULL;
     }
     size_t len = name ? strlen(name) + 1 : 0;
-    struct cancel_group *g = malloc(sizeof *g + len);
+    size_t size = (sizeof(struct cancel_group) + len + CANCEL__CACHELINE - 1) / CANCEL__CACHELINE * CANCEL__CACHELINE;
+    struct cancel_group *g = aligned_alloc(CANCEL__CACHELINE, size);
     if (!g) {
         cancel__pool_unref(pool);
         errno = ENOMEM;
@@ -118,7 +115,8 @@ cancel_group *cancel_group_new(cancel_pool *pool, cancel_token parent, const cha
         return NULL;
     }
     g->name = name ? memcpy((char *)(g + 1), name, len) : NULL;
-    atomic_init(&g->live, 0);
+    atomic_init(&g->spawned, 0);
+    atomic_init(&g->ended, 0);
     atomic_init(&g->first_error, 0);
     atomic_init(&g->first_failed, NULL);
     atomic_init(&g->any_canceled, false);
@@ -126,7 +124,7 @@ cancel_group *cancel_group_new(cancel_pool *pool, cancel_token parent, const cha
     atomic_init(&g->created, cancel_now());
     atomic_init(&g->cancelled, CANCEL__NO_TIME);
     atomic_init(&g->grace, DEFAULT_GRACE);
-    (void)cancel_register(cancel_source_token(g->src), &g->reg, group_cancelled, g);
+    (void)cancel_register(cancel_source_token(g->src), &g->reg, cancel__group_cancelled, g);
 
     pthread_mutex_lock(&cancel__tree_mu);
     g->all_next = all_groups;
@@ -148,16 +146,16 @@ int cancel_group_spawn(cancel_group *g, cancel_task_fn *fn, void *arg, const cha
 {
     if (!g || !fn)
         return EINVAL;
-    uint64_t v = atomic_load_explicit(&g->live, memory_order_relaxed);
+    uint64_t v = atomic_load_explicit(&g->spawned, memory_order_relaxed);
     do {
-        if (v & (CANCEL__LIVE_CLOSED | CANCEL__LIVE_FREEING))
+        if (v & (CANCEL__SPAWNED_CLOSED | CANCEL__SPAWNED_FREEING))
             return ESHUTDOWN;
         /* relaxed: the word's own order decides against the wait's close. */
-    } while (!atomic_compare_exchange_weak_explicit(&g->live, &v, v + CANCEL__LIVE_ONE, memory_order_relaxed,
+    } while (!atomic_compare_exchange_weak_explicit(&g->spawned, &v, v + 1, memory_order_relaxed,
                                                     memory_order_relaxed));
     int err = cancel__task_submit(g->pool, g, cancel_source_token(g->src), fn, arg, name, NULL);
     if (err)
-        cancel__group_task_ended(g); /* undo the count; the last access to g */
+        cancel__group_count_out(g, 1); /* undo the count; the last access to g */
     return err;
 }
 
@@ -172,10 +170,20 @@ bool cancel_group_cancel(cancel_group *g)
     return cancel_source_cancel(g->src);
 }
 
+static bool group_done(void *obj)
+{
+    struct cancel_group *g = obj;
+    uint64_t s = atomic_load_explicit(&g->spawned, memory_order_relaxed);
+    /* acquire: pairs with the release of the count-outs: what the tasks
+     * did is visible. ended never passes spawned, so equal means every task
+     * spawned by our first load has ended. */
+    uint64_t e = atomic_load_explicit(&g->ended, memory_order_acquire);
+    return (e & CANCEL__COUNT) == (s & CANCEL__COUNT);
+}
+
 int cancel__group_result(const struct cancel_group *g)
 {
-    /* acquire: pairs with the release of the last task's count-out. */
-    if (atomic_load_explicit(&g->live, memory_order_acquire) & CANCEL__LIVE_COUNT)
+    if (!group_done((void *)g))
         return -1;
     int err = atomic_load_explicit(&g->first_error, memory_order_relaxed);
     if (err)
@@ -183,22 +191,18 @@ int cancel__group_result(const struct cancel_group *g)
     return atomic_load_explicit(&g->any_canceled, memory_order_relaxed) ? ECANCELED : 0;
 }
 
-static bool group_done(void *obj)
-{
-    struct cancel_group *g = obj;
-    /* acquire: pairs with the release of the last task's count-out. */
-    return (atomic_load_explicit(&g->live, memory_order_acquire) & CANCEL__LIVE_COUNT) == 0;
-}
 
 static bool group_subscribe(void *obj, struct cancel__waiter *w)
 {
     struct cancel_group *g = obj;
     pthread_mutex_t *m = cancel__stripe(g);
     pthread_mutex_lock(m);
-    /* acq_rel: whichever of this and the last count-out comes second sees
-     * the other (pool.c takes the stripe when it sees WAITERS). */
-    uint64_t v = atomic_fetch_or_explicit(&g->live, CANCEL__LIVE_WAITERS, memory_order_acq_rel);
-    bool listed = (v & CANCEL__LIVE_COUNT) != 0;
+    /* acq_rel: whichever of this and a count-out comes second in the
+     * word's order sees the other (pool.c takes the stripe when it sees
+     * WAITERS, and compares the counts there). */
+    uint64_t e = atomic_fetch_or_explicit(&g->ended, CANCEL__ENDED_WAITERS, memory_order_acq_rel);
+    uint64_t s = atomic_load_explicit(&g->spawned, memory_order_relaxed);
+    bool listed = (e & CANCEL__COUNT) != (s & CANCEL__COUNT);
     if (listed)
         cancel__waiters_add(&g->waiters, w);
     pthread_mutex_unlock(m);
@@ -210,13 +214,15 @@ int cancel_group_wait(cancel_group *g)
     if (!g)
         return EINVAL;
     for (;;) {
-        uint64_t v = atomic_load_explicit(&g->live, memory_order_acquire);
-        if (v & CANCEL__LIVE_CLOSED)
+        uint64_t s = atomic_load_explicit(&g->spawned, memory_order_acquire);
+        if (s & CANCEL__SPAWNED_CLOSED)
             return cancel__group_result(g);
-        if ((v & CANCEL__LIVE_COUNT) == 0) {
-            /* acq_rel: closing is ordered with every spawn's increment. */
-            if (atomic_compare_exchange_strong_explicit(&g->live, &v, v | CANCEL__LIVE_CLOSED,
-                                                        memory_order_acq_rel, memory_order_acquire))
+        /* acquire: pairs with the release of the count-outs. */
+        uint64_t e = atomic_load_explicit(&g->ended, memory_order_acquire);
+        if ((e & CANCEL__COUNT) == (s & CANCEL__COUNT)) {
+            /* Fails if a spawn came after our read of `spawned`. */
+            if (atomic_compare_exchange_strong_explicit(&g->spawned, &s, s | CANCEL__SPAWNED_CLOSED,
+                                                        memory_order_acq_rel, memory_order_relaxed))
                 return cancel__group_result(g);
             continue;
         }
@@ -229,8 +235,8 @@ void cancel_group_free(cancel_group *g)
 {
     if (!g)
         return;
-    uint64_t v = atomic_fetch_or_explicit(&g->live, CANCEL__LIVE_FREEING, memory_order_acq_rel);
-    if (!(v & CANCEL__LIVE_CLOSED)) {
+    uint64_t v = atomic_fetch_or_explicit(&g->spawned, CANCEL__SPAWNED_FREEING, memory_order_acq_rel);
+    if (!(v & CANCEL__SPAWNED_CLOSED)) {
         if (!cancel_token_is_requested(cancel_source_token(g->src)))
             cancel__group_note_cancel(g);
         cancel_source_cancel(g->src);
@@ -241,13 +247,13 @@ void cancel_group_free(cancel_group *g)
     pthread_mutex_lock(m);
     pthread_mutex_unlock(m);
 
-    struct cancel_task *tasks = atomic_load_explicit(&g->tasks, memory_order_acquire);
+    struct cancel__record *tasks = atomic_load_explicit(&g->tasks, memory_order_acquire);
     pthread_mutex_lock(&cancel__tree_mu);
     while (g->children)
         unlink_child(g->children);
-    for (struct cancel_task *t = tasks; t; t = t->gnext)
-        while (t->children)
-            unlink_child(t->children);
+    for (struct cancel__record *rec = tasks; rec; rec = rec->gnext)
+        while (rec->children)
+            unlink_child(rec->children);
     unlink_child(g);
     *g->all_pprev = g->all_next;
     if (g->all_next)
@@ -256,8 +262,8 @@ void cancel_group_free(cancel_group *g)
 
     cancel_unregister(&g->reg);
     while (tasks) {
-        struct cancel_task *next = tasks->gnext;
-        cancel__task_unref(tasks);
+        struct cancel__record *next = tasks->gnext;
+        cancel__task_unref(&tasks->t);
         tasks = next;
     }
     cancel_source_free(g->src);

@@ -243,42 +243,35 @@ static bool task_move(struct cancel_task *t, cancel_task_state from, cancel_task
     return false;
 }
 
-void cancel__group_note_cancel(struct cancel_group *g)
-{
-    /* The first to note it wins: the group's callback runs after its
-     * tasks' (newest first), so a canceller of ours notes it before. */
-    int64_t none = CANCEL__NO_TIME;
-    atomic_compare_exchange_strong_explicit(&g->cancelled, &none, cancel_now(), memory_order_relaxed,
-                                            memory_order_relaxed);
-}
 
-void cancel__group_task_ended(struct cancel_group *g)
+void cancel__group_count_out(struct cancel_group *g, uint64_t n)
 {
-    uint64_t v = atomic_load_explicit(&g->live, memory_order_relaxed);
+    uint64_t e = atomic_load_explicit(&g->ended, memory_order_relaxed);
     for (;;) {
-        if ((v & CANCEL__LIVE_COUNT) == 1 && (v & CANCEL__LIVE_WAITERS)) {
-            /* The last task, and someone waits: count it out under the
-             * stripe, so that the waiter (who takes the stripe before it may
-             * free the group) cannot free the group under us. */
+        if (e & CANCEL__ENDED_WAITERS) {
+            /* Someone waits: count out under the stripe, so that the
+             * waiter (who takes the stripe before it may free the group)
+             * cannot free the group while we look at it. */
             pthread_mutex_t *m = cancel__stripe(g);
             pthread_mutex_lock(m);
             /* release: pairs with the waiter's acquire load; the results
              * recorded before (first_error, any_canceled) are visible. */
-            v = atomic_fetch_sub_explicit(&g->live, CANCEL__LIVE_ONE, memory_order_release);
-            if ((v & CANCEL__LIVE_COUNT) == 1)
+            e = atomic_fetch_add_explicit(&g->ended, n, memory_order_release) + n;
+            if ((e & CANCEL__COUNT) == (atomic_load_explicit(&g->spawned, memory_order_relaxed) & CANCEL__COUNT))
                 cancel__waiters_wake_all(&g->waiters);
             pthread_mutex_unlock(m);
             return;
         }
-        /* release: as above. After this the group may be freed. */
-        if (atomic_compare_exchange_weak_explicit(&g->live, &v, v - CANCEL__LIVE_ONE, memory_order_release,
+        /* release: as above. Fails if a waiter came: then the branch above.
+         * After it succeeds the group may be freed. */
+        if (atomic_compare_exchange_weak_explicit(&g->ended, &e, e + n, memory_order_release,
                                                   memory_order_relaxed))
             return;
     }
 }
 
 /* The task ended (the caller won the move to an ended state): wake its
- * waiters, then count it out of its group. */
+ * waiters, then count it out of its group: the last access to the group. */
 static void task_ended(struct cancel_task *t, uint32_t old, cancel_task_state st)
 {
     if (old & CANCEL__TASK_WAITERS) {
@@ -291,55 +284,122 @@ static void task_ended(struct cancel_task *t, uint32_t old, cancel_task_state st
     if (g) {
         if (st == CANCEL_TASK_CANCELED)
             atomic_store_explicit(&g->any_canceled, true, memory_order_relaxed);
-        cancel__group_task_ended(g); /* the last access to g */
+        cancel__group_count_out(g, 1);
     }
 }
 
-/* What the task's thread is blocked in now (a static string), or NULL. */
-static const char *blocked_now(const struct cancel_task *t, const struct cancel__worker *w, int *fd)
+/* Ends a task that never ran, if it is still queued (the caller may lose
+ * that race to a cancellation callback). `at`: when it was cancelled;
+ * CANCEL__NO_TIME: when its group was (its registration had not reached
+ * the task yet, which in effect ended then), or now. */
+static void end_unrun(struct cancel_task *t, int64_t at)
 {
-    *fd = -1;
-    const char *nested = atomic_load_explicit(&t->nested_in, memory_order_relaxed);
-    if (nested)
-        return nested;
-    if (!w->blocked || atomic_load_explicit(&w->current, memory_order_relaxed) != t)
-        return NULL;
-    const char *what = atomic_load_explicit(&w->blocked->what, memory_order_relaxed);
-    if (what)
-        *fd = atomic_load_explicit(&w->blocked->fd, memory_order_relaxed);
-    return what;
+    uint32_t old;
+    if (!task_move(t, CANCEL_TASK_PENDING, CANCEL_TASK_CANCELED, &old))
+        return; /* ended by another: the group may be gone */
+    if (t->group) {
+        if (at == CANCEL__NO_TIME)
+            at = atomic_load_explicit(&t->group->cancelled, memory_order_relaxed);
+        if (at == CANCEL__NO_TIME)
+            at = cancel_now();
+        struct cancel__record *rec = cancel__record_of(t);
+        int64_t none = CANCEL__NO_TIME;
+        atomic_compare_exchange_strong_explicit(&rec->cancelled, &none, at, memory_order_relaxed,
+                                                memory_order_relaxed);
+        atomic_store_explicit(&rec->ended, at, memory_order_relaxed);
+    }
+    task_ended(t, old, CANCEL_TASK_CANCELED);
 }
 
-/* The registration on the task's token: a queued task ends CANCELED at
- * once; a running one has the moment of the request noted (group tasks,
- * for reports). Runs on the canceller's thread (or inline in
- * cancel_register when the token was already cancelled). */
+/* The registration of a task with a source of its own (a plain task with a
+ * token of the caller's): a queued task ends CANCELED at once. Runs on the
+ * canceller's thread, or inline in cancel_register when the token was
+ * already cancelled. */
 static void task_cancelled(void *arg)
 {
-    struct cancel_task *t = arg;
-    bool observed = t->group != NULL; /* only the pointer: the group may be gone */
-    int64_t now = observed ? cancel_now() : 0;
-    if (observed)
-        atomic_store_explicit(&t->cancelled, now, memory_order_relaxed);
-    uint32_t old;
-    if (task_move(t, CANCEL_TASK_PENDING, CANCEL_TASK_CANCELED, &old)) {
-        if (observed)
-            atomic_store_explicit(&t->ended, now, memory_order_relaxed);
-        task_ended(t, old, CANCEL_TASK_CANCELED);
-        return;
-    }
-    if (!observed)
-        return;
-    /* acquire: pairs with the claim (task_move to RUNNING): `worker` is set.
-     * The task cannot end while we run: its thread unregisters us first. */
-    if (cancel__task_state(atomic_load_explicit(&t->state, memory_order_acquire)) != CANCEL_TASK_RUNNING)
-        return;
+    end_unrun(arg, CANCEL__NO_TIME);
+}
+
+/* Notes a group's request in a running task: when, what its thread was
+ * blocked in, and its thread's CPU clock. Under the pool's report_mu: the
+ * thread cannot end meanwhile. */
+static void note_request(struct cancel__record *rec, int64_t at)
+{
+    struct cancel_task *t = &rec->t;
+    int64_t none = CANCEL__NO_TIME;
+    if (!atomic_compare_exchange_strong_explicit(&rec->cancelled, &none, at, memory_order_relaxed,
+                                                 memory_order_relaxed))
+        return; /* noted already, or it returned first */
     struct cancel__worker *w = atomic_load_explicit(&t->worker, memory_order_relaxed);
-    atomic_store_explicit(&t->cpu_at_request, cpu_ns(w), memory_order_relaxed);
-    int fd;
-    const char *what = blocked_now(t, w, &fd);
-    atomic_store_explicit(&t->blocked_fd_at_request, fd, memory_order_relaxed);
-    atomic_store_explicit(&t->blocked_at_request, what, memory_order_relaxed);
+    if (!w)
+        return;
+    struct cancel_pool *p = w->pool;
+    pthread_mutex_lock(&p->report_mu);
+    if (w->blocked) {
+        const char *what = atomic_load_explicit(&t->nested_in, memory_order_relaxed);
+        int fd = -1;
+        if (!what && atomic_load_explicit(&w->current, memory_order_relaxed) == t) {
+            what = atomic_load_explicit(&w->blocked->what, memory_order_relaxed);
+            fd = what ? atomic_load_explicit(&w->blocked->fd, memory_order_relaxed) : -1;
+        }
+        atomic_store_explicit(&rec->blocked_fd_at_request, fd, memory_order_relaxed);
+        atomic_store_explicit(&rec->blocked_at_request, what, memory_order_relaxed);
+        atomic_store_explicit(&rec->cpu_at_request, cpu_ns(w), memory_order_relaxed);
+    }
+    pthread_mutex_unlock(&p->report_mu);
+}
+
+void cancel__group_note_cancel(struct cancel_group *g)
+{
+    /* The first to note it wins. */
+    int64_t none = CANCEL__NO_TIME, now = cancel_now();
+    if (!atomic_compare_exchange_strong_explicit(&g->cancelled, &none, now, memory_order_relaxed,
+                                                 memory_order_relaxed))
+        return;
+    /* Our own cancellers call this before they cancel, so that a running
+     * task cannot return before its request was noted. (The group's
+     * registration runs only after the token reads cancelled.) */
+    for (struct cancel__record *rec = atomic_load_explicit(&g->tasks, memory_order_acquire); rec;
+         rec = rec->gnext)
+        /* acquire: pairs with the claim; `worker` is set. */
+        if (cancel__task_state(atomic_load_explicit(&rec->t.state, memory_order_acquire)) == CANCEL_TASK_RUNNING)
+            note_request(rec, now);
+}
+
+void cancel__group_cancelled(void *arg)
+{
+    struct cancel_group *g = arg;
+    cancel__group_note_cancel(g);
+    int64_t at = atomic_load_explicit(&g->cancelled, memory_order_relaxed);
+    uint64_t ended = 0;
+    /* seq_cst: pairs with the fence of a spawn (cancel__task_submit): a
+     * task listed after this load sees the token cancelled there. */
+    for (struct cancel__record *rec = atomic_load_explicit(&g->tasks, memory_order_seq_cst); rec;
+         rec = rec->gnext) {
+        struct cancel_task *t = &rec->t;
+        uint32_t old;
+        if (task_move(t, CANCEL_TASK_PENDING, CANCEL_TASK_CANCELED, &old)) {
+            atomic_store_explicit(&rec->cancelled, at, memory_order_relaxed);
+            atomic_store_explicit(&rec->ended, at, memory_order_relaxed);
+            if (old & CANCEL__TASK_WAITERS) {
+                pthread_mutex_t *m = cancel__stripe(t);
+                pthread_mutex_lock(m);
+                cancel__waiters_wake_all(&t->waiters);
+                pthread_mutex_unlock(m);
+            }
+            ended++;
+        } else if (cancel__task_state(atomic_load_explicit(&t->state, memory_order_acquire)) ==
+                   CANCEL_TASK_RUNNING) {
+            /* acquire: pairs with the claim; `worker` is set. */
+            note_request(rec, at);
+        }
+    }
+    if (ended) {
+        atomic_store_explicit(&g->any_canceled, true, memory_order_relaxed);
+        /* The group cannot go while its own registration runs
+         * (cancel_group_free unregisters it first). */
+        cancel__group_count_out(g, ended);
+    }
 }
 
 void cancel__task_unref(struct cancel_task *t)
@@ -347,14 +407,21 @@ void cancel__task_unref(struct cancel_task *t)
     /* acq_rel: release our writes to the last holder; acquire theirs. */
     if (atomic_fetch_sub_explicit(&t->refs, 1, memory_order_acq_rel) != 1)
         return;
-    cancel_source *src = atomic_exchange_explicit(&t->src, NULL, memory_order_relaxed);
-    cancel_source_free(src);
+    cancel_source_free(atomic_exchange_explicit(&t->src, NULL, memory_order_relaxed));
     free(t);
 }
 
-static void task_free_source(struct cancel_task *t)
+/* A popped task that will not run: end it (unless its cancellation did),
+ * settle its registration, drop the queue's reference. */
+static void drop_task(struct cancel_task *t)
 {
-    cancel_source_free(atomic_exchange_explicit(&t->src, NULL, memory_order_relaxed));
+    end_unrun(t, CANCEL__NO_TIME);
+    if (t->owned) {
+        /* A callback that is ending it finishes first. */
+        cancel_unregister(&((struct cancel__owned *)(void *)t)->reg);
+        cancel_source_free(atomic_exchange_explicit(&t->src, NULL, memory_order_relaxed));
+    }
+    cancel__task_unref(t);
 }
 
 /* A pool thread runs (or drops) a task it popped. */
@@ -362,77 +429,71 @@ static void run_task(struct cancel__worker *w, struct cancel_task *t)
 {
     struct cancel_pool *p = w->pool;
     struct cancel_group *g = t->group;
-    cancel_token tok = cancel_source_token(atomic_load_explicit(&t->src, memory_order_relaxed));
     uint32_t old;
-    bool claimed = false;
-    /* relaxed: a pool being freed also cancels every token; this only keeps
+    /* relaxed: a pool being freed cancels every token; this only keeps
      * threads from starting tasks that free is about to cancel. */
-    if (!atomic_load_explicit(&p->closing, memory_order_relaxed) && !cancel_token_is_requested(tok)) {
-        atomic_store_explicit(&t->worker, w, memory_order_relaxed);
-        claimed = task_move(t, CANCEL_TASK_PENDING, CANCEL_TASK_RUNNING, &old);
+    if (atomic_load_explicit(&p->closing, memory_order_relaxed) || cancel_token_is_requested(t->tok)) {
+        w->last_end = CANCEL__NO_TIME;
+        drop_task(t);
+        return;
     }
-    if (!claimed) {
-        /* Cancelled before it started: the callback ended it, or we do. */
-        if (task_move(t, CANCEL_TASK_PENDING, CANCEL_TASK_CANCELED, &old)) {
-            if (g) {
-                int64_t now = cancel_now();
-                int64_t none = CANCEL__NO_TIME;
-                atomic_compare_exchange_strong_explicit(&t->cancelled, &none, now, memory_order_relaxed,
-                                                        memory_order_relaxed);
-                atomic_store_explicit(&t->ended, now, memory_order_relaxed);
-            }
-            task_ended(t, old, CANCEL_TASK_CANCELED);
-        }
-        cancel_unregister(&t->reg); /* a callback that is ending it finishes first */
-        if (!g)
-            task_free_source(t);
-        cancel__task_unref(t);
+    atomic_store_explicit(&t->worker, w, memory_order_relaxed);
+    if (!task_move(t, CANCEL_TASK_PENDING, CANCEL_TASK_RUNNING, &old)) {
+        w->last_end = CANCEL__NO_TIME;
+        drop_task(t); /* its cancellation came first */
         return;
     }
 
     struct cancel_task *outer = atomic_load_explicit(&w->current, memory_order_relaxed);
     atomic_store_explicit(&w->current, t, memory_order_relaxed);
-    if (g)
-        atomic_store_explicit(&t->started, cancel_now(), memory_order_relaxed);
-    int r = t->fn(t->arg, tok);
-    int64_t ended = g ? cancel_now() : 0;
+    struct cancel__record *rec = g ? cancel__record_of(t) : NULL;
+    if (rec) {
+        /* Straight on from the previous group task: its end is our start. */
+        int64_t start = w->last_end != CANCEL__NO_TIME ? w->last_end : cancel_now();
+        atomic_store_explicit(&rec->started, start, memory_order_relaxed);
+    }
+    int r = t->fn(t->arg, t->tok);
     atomic_store_explicit(&w->current, outer, memory_order_relaxed);
 
-    bool requested = cancel_token_is_requested(tok);
+    bool requested = cancel_token_is_requested(t->tok);
     cancel_task_state st = r == 0                          ? CANCEL_TASK_COMPLETED
                            : r == ECANCELED && requested ? CANCEL_TASK_CANCELED
                                                          : CANCEL_TASK_FAILED;
-    /* After this no callback runs, and the one that ran is over. */
-    bool removed = cancel_unregister(&t->reg);
+    if (t->owned)
+        cancel_unregister(&((struct cancel__owned *)(void *)t)->reg); /* it never ran, or is over */
     atomic_store_explicit(&t->result, r, memory_order_relaxed);
-    if (g) {
-        atomic_store_explicit(&t->ended, ended, memory_order_relaxed);
-        /* Its token was cancelled but the canceller had not reached our
-         * callback yet: the task answered within that dispatch, a few
-         * steps wide. Count the request as coming at its return. */
-        if (removed && requested)
-            atomic_store_explicit(&t->cancelled, ended, memory_order_relaxed);
-        int64_t at = atomic_load_explicit(&t->cpu_at_request, memory_order_relaxed);
-        int64_t now = at != CANCEL__NO_TIME ? cpu_ns(w) : CANCEL__NO_TIME;
-        if (now != CANCEL__NO_TIME && atomic_load_explicit(&t->cancelled, memory_order_relaxed) <= ended)
-            atomic_store_explicit(&t->cpu_after, now > at ? now - at : 0, memory_order_relaxed);
+    if (rec) {
+        int64_t ended = cancel_now();
+        w->last_end = ended;
+        atomic_store_explicit(&rec->ended, ended, memory_order_relaxed);
+        if (requested) {
+            /* Asked while it ran. If the group's registration has not
+             * reached it yet, the request came when the group noted it. */
+            int64_t at = atomic_load_explicit(&g->cancelled, memory_order_relaxed);
+            int64_t none = CANCEL__NO_TIME;
+            atomic_compare_exchange_strong_explicit(&rec->cancelled, &none, at != CANCEL__NO_TIME ? at : ended,
+                                                    memory_order_relaxed, memory_order_relaxed);
+            atomic_store_explicit(&rec->cpu_at_end, cpu_ns(w), memory_order_relaxed);
+        }
         if (st == CANCEL_TASK_FAILED) {
             /* Fail fast: the first failure in time cancels the group, with
              * this task's error and name as the cause. */
             int none = 0;
             if (atomic_compare_exchange_strong_explicit(&g->first_error, &none, r, memory_order_relaxed,
                                                         memory_order_relaxed)) {
-                atomic_store_explicit(&g->first_failed, t, memory_order_relaxed);
+                atomic_store_explicit(&g->first_failed, rec, memory_order_relaxed);
                 cancel__group_note_cancel(g);
-                cancel_source_fail(g->src, r, t->name);
+                cancel_source_fail(g->src, r, rec->name);
             }
         }
+    } else {
+        w->last_end = CANCEL__NO_TIME;
     }
     bool moved = task_move(t, CANCEL_TASK_RUNNING, st, &old);
     (void)moved; /* only this thread moves a RUNNING task */
     task_ended(t, old, st);
-    if (!g || !requested)
-        task_free_source(t);
+    if (t->owned)
+        cancel_source_free(atomic_exchange_explicit(&t->src, NULL, memory_order_relaxed));
     cancel__task_unref(t);
 }
 
@@ -444,6 +505,16 @@ static void submit_leave(struct cancel_pool *p)
         cancel__futex_wake(&p->submit, INT_MAX);
 }
 
+/*
+ * Which token a task gets. A plain task given CANCEL_TOKEN_NONE gets the
+ * pool's token, and a group task the group's: nothing else can cancel
+ * them, and a task cannot cancel its token, so a source of its own would
+ * add nothing but its cost. Only a plain task given a token of the caller's
+ * gets its own source, linked to that token and to the pool's source, with
+ * a registration that ends it if cancelled while queued. Queued tasks of a
+ * group are ended by the group's one registration (cancel__group_cancelled);
+ * queued tasks on the pool's token end when cancel_pool_free drains them.
+ */
 int cancel__task_submit(struct cancel_pool *p, struct cancel_group *g, cancel_token tok, cancel_task_fn *fn,
                         void *arg, const char *name, struct cancel_task **out)
 {
@@ -453,23 +524,24 @@ int cancel__task_submit(struct cancel_pool *p, struct cancel_group *g, cancel_to
         submit_leave(p);
         return ESHUTDOWN;
     }
-    size_t len = name ? strlen(name) + 1 : 0;
-    struct cancel_task *t = malloc(sizeof *t + len);
+    /* A plain task's name is not kept: only reports (of groups) show names. */
+    size_t len = g && name ? strlen(name) + 1 : 0;
+    bool owned = !g && tok.cancel__impl;
+    size_t size = g ? sizeof(struct cancel__record) + len : owned ? sizeof(struct cancel__owned) : sizeof(struct cancel_task);
+    struct cancel_task *t = malloc(size);
     if (!t) {
         submit_leave(p);
         return ENOMEM;
     }
-    cancel_source *src;
-    if (g) {
-        src = cancel_source_new_linked(&tok, 1);
-    } else {
+    cancel_source *src = NULL;
+    if (owned) {
         cancel_token parents[2] = {tok, cancel_source_token(p->src)};
         src = cancel_source_new_linked(parents, 2);
-    }
-    if (!src) {
-        free(t);
-        submit_leave(p);
-        return ENOMEM;
+        if (!src) {
+            free(t);
+            submit_leave(p);
+            return ENOMEM;
+        }
     }
     atomic_init(&t->q.next, NULL);
     atomic_init(&t->state, CANCEL_TASK_PENDING);
@@ -478,43 +550,54 @@ int cancel__task_submit(struct cancel_pool *p, struct cancel_group *g, cancel_to
     t->arg = arg;
     t->pool = p;
     t->group = g;
+    t->tok = g ? tok : src ? cancel_source_token(src) : cancel_source_token(p->src);
     atomic_init(&t->src, src);
     t->waiters = NULL;
     atomic_init(&t->result, ECANCELED); /* what a task that never runs returns */
+    t->owned = owned;
     atomic_init(&t->worker, NULL);
     atomic_init(&t->nested_in, NULL);
-    t->gnext = NULL;
-    atomic_init(&t->queued, CANCEL__NO_TIME);
-    atomic_init(&t->started, CANCEL__NO_TIME);
-    atomic_init(&t->ended, CANCEL__NO_TIME);
-    atomic_init(&t->cancelled, CANCEL__NO_TIME);
-    atomic_init(&t->cpu_at_request, CANCEL__NO_TIME);
-    atomic_init(&t->cpu_after, CANCEL__NO_TIME);
-    atomic_init(&t->blocked_at_request, NULL);
-    atomic_init(&t->blocked_fd_at_request, -1);
-    t->children = NULL;
-    t->name = name ? memcpy((char *)(t + 1), name, len) : NULL;
-    if (g) {
-        atomic_store_explicit(&t->queued, cancel_now(), memory_order_relaxed);
-        struct cancel_task *head = atomic_load_explicit(&g->tasks, memory_order_relaxed);
-        do
-            t->gnext = head;
-        /* release: pairs with the acquire load of readers of the list. */
-        while (!atomic_compare_exchange_weak_explicit(&g->tasks, &head, t, memory_order_release,
-                                                      memory_order_relaxed));
-    }
     if (out)
         *out = t;
-    if (cancel_register(cancel_source_token(src), &t->reg, task_cancelled, t) == 0) {
+    bool queue = true;
+    if (g) {
+        struct cancel__record *rec = cancel__record_of(t);
+        int64_t now = cancel_now();
+        atomic_init(&rec->queued, now);
+        atomic_init(&rec->started, CANCEL__NO_TIME);
+        atomic_init(&rec->ended, CANCEL__NO_TIME);
+        atomic_init(&rec->cancelled, CANCEL__NO_TIME);
+        atomic_init(&rec->cpu_at_request, CANCEL__NO_TIME);
+        atomic_init(&rec->cpu_at_end, CANCEL__NO_TIME);
+        atomic_init(&rec->blocked_at_request, NULL);
+        atomic_init(&rec->blocked_fd_at_request, -1);
+        rec->children = NULL;
+        rec->name = name ? memcpy((char *)(rec + 1), name, len) : NULL;
+        struct cancel__record *head = atomic_load_explicit(&g->tasks, memory_order_relaxed);
+        do
+            rec->gnext = head;
+        /* seq_cst (release at least): readers of the list see the record. */
+        while (!atomic_compare_exchange_weak_explicit(&g->tasks, &head, rec, memory_order_seq_cst,
+                                                      memory_order_relaxed));
+        /* seq_cst: a Dekker pair with cancel__group_cancelled: either its
+         * walk of the list (seq_cst load, after the cancel's seq_cst mark)
+         * finds this task, or we see the token cancelled here. */
+        atomic_thread_fence(memory_order_seq_cst);
+        if (cancel_token_is_requested(tok)) {
+            end_unrun(t, now);
+            queue = false;
+        }
+    } else if (owned && cancel_register(t->tok, &((struct cancel__owned *)(void *)t)->reg, task_cancelled, t) != 0) {
+        queue = false; /* born cancelled: task_cancelled ended it inline */
+        cancel_source_free(atomic_exchange_explicit(&t->src, NULL, memory_order_relaxed));
+    }
+    if (queue) {
         q_link(p, &t->q, memory_order_seq_cst);
         /* seq_cst: the producer's half of the parking pair (see the top). */
         if (atomic_load_explicit(&p->nidle, memory_order_seq_cst) != 0)
             wake_one(p);
     } else {
-        /* Born cancelled: task_cancelled ended it inline; it is never queued. */
-        if (!g)
-            task_free_source(t);
-        cancel__task_unref(t);
+        cancel__task_unref(t); /* the queue's reference */
     }
     submit_leave(p);
     return 0;
@@ -613,6 +696,7 @@ int cancel__wait(const struct cancel__waitable *wb, cancel_token wait_tok, int64
             struct cancel_task *t = q_pop(w->pool);
             if (t) {
                 owed = false;
+                w->last_end = CANCEL__NO_TIME;
                 if (me)
                     atomic_store_explicit(&me->nested_in, wb->what, memory_order_relaxed);
                 run_task(w, t);
@@ -658,8 +742,7 @@ int cancel_task_wait(cancel_token wait_tok, cancel_task *task, int64_t timeout_n
 /* How long an idle thread looks for work before it parks: a wake-up costs
  * a system call on each side, so a short spin pays when tasks come in
  * bursts. About 10-30 us. */
-static int SPIN_ROUNDS = 200; __attribute__((constructor)) static void spin_env(void) { const char *e = getenv("TASK_SPIN"); if (e) SPIN_ROUNDS = atoi(e); }
-#define SPIN_ROUNDS_UNUSED
+#define SPIN_ROUNDS 200
 #define SPIN_PAUSES 8
 
 static void *worker_main(void *arg)
@@ -684,6 +767,7 @@ static void *worker_main(void *arg)
             spins = 0;
             continue;
         }
+        w->last_end = CANCEL__NO_TIME;
         if (spins < SPIN_ROUNDS) {
             spins++;
             for (int i = 0; i < SPIN_PAUSES && !q_peek(p); i++)
@@ -797,6 +881,7 @@ cancel_pool *cancel_pool_new(size_t threads, const char *name)
         struct cancel__worker *w = &p->workers[i];
         w->pool = p;
         atomic_init(&w->current, NULL);
+        w->last_end = CANCEL__NO_TIME;
         int err = cancel__thread_start(&w->thread, worker_main, w, tname);
         if (err) {
             atomic_store_explicit(&p->closing, 1, memory_order_relaxed);
@@ -822,9 +907,21 @@ void cancel_pool_free(cancel_pool *p)
         (void)cancel__futex_wait(&p->submit, s, -1);
         s = atomic_load_explicit(&p->submit, memory_order_acquire);
     }
-    /* Every task's token descends from the pool's source: queued tasks end
-     * CANCELED, running ones are asked to stop. */
+    /* Every task's token descends from the pool's source: running tasks
+     * are asked to stop, queued tasks of groups and those with tokens of
+     * their own end CANCELED through their registrations. */
     cancel_source_cancel(p->src);
+    /* The rest of the queue (tasks on the pool's token) ends here and now,
+     * beside the threads, which drop what they pop from now on. A thread
+     * holding the consumer lock makes us give up early: the threads finish
+     * the job. */
+    for (int busy = 0; busy < 64 && q_peek(p);) {
+        struct cancel_task *t = q_pop(p);
+        if (t)
+            drop_task(t);
+        else
+            busy++, cancel__cpu_relax();
+    }
     /* The threads drop what is queued, finish what runs, and leave. The
      * joins make everything they did visible to us. */
     stop_threads(p, p->nthreads);

@@ -23,7 +23,7 @@
 /* ---- snapshots ---- */
 
 struct snap {
-    const struct cancel_task *t;
+    const struct cancel__record *rec;
     cancel_task_state state;
     int result;
     int64_t queued, started, ended, cancelled;
@@ -45,32 +45,36 @@ static int64_t cpu_now(const struct cancel__worker *w)
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
-static void take_snap(struct snap *s, const struct cancel_task *t, const struct cancel_group *g, int64_t now,
-                      int64_t grace)
+static void take_snap(struct snap *s, const struct cancel__record *rec, const struct cancel_group *g,
+                      int64_t now, int64_t grace)
 {
+    const struct cancel_task *t = &rec->t;
     memset(s, 0, sizeof *s);
-    s->t = t;
+    s->rec = rec;
     /* acquire: pairs with the state moves (pool.c); the fields written
      * before them are visible. */
     s->state = cancel__task_state(atomic_load_explicit(&t->state, memory_order_acquire));
     s->result = atomic_load_explicit(&t->result, memory_order_relaxed);
-    s->queued = atomic_load_explicit(&t->queued, memory_order_relaxed);
-    s->started = atomic_load_explicit(&t->started, memory_order_relaxed);
-    s->ended = atomic_load_explicit(&t->ended, memory_order_relaxed);
-    s->cancelled = atomic_load_explicit(&t->cancelled, memory_order_relaxed);
+    s->queued = atomic_load_explicit(&rec->queued, memory_order_relaxed);
+    s->started = atomic_load_explicit(&rec->started, memory_order_relaxed);
+    s->ended = atomic_load_explicit(&rec->ended, memory_order_relaxed);
+    s->cancelled = atomic_load_explicit(&rec->cancelled, memory_order_relaxed);
     s->response = CANCEL__NO_TIME;
     s->cpu_after = CANCEL__NO_TIME;
     s->ignored = CANCEL__NO_TIME;
     s->blocked_fd = -1;
-    s->blocked_req = atomic_load_explicit(&t->blocked_at_request, memory_order_relaxed);
-    s->blocked_req_fd = atomic_load_explicit(&t->blocked_fd_at_request, memory_order_relaxed);
+    s->blocked_req = atomic_load_explicit(&rec->blocked_at_request, memory_order_relaxed);
+    s->blocked_req_fd = atomic_load_explicit(&rec->blocked_fd_at_request, memory_order_relaxed);
     bool ended = s->state >= CANCEL_TASK_COMPLETED;
     if (!ended)
         s->ended = CANCEL__NO_TIME; /* not written yet, or a stale read */
     bool asked = s->cancelled != CANCEL__NO_TIME;
     if (ended && asked && s->ended != CANCEL__NO_TIME && s->cancelled <= s->ended) {
         s->response = s->ended - s->cancelled;
-        s->cpu_after = atomic_load_explicit(&t->cpu_after, memory_order_relaxed);
+        int64_t at = atomic_load_explicit(&rec->cpu_at_request, memory_order_relaxed);
+        int64_t end = atomic_load_explicit(&rec->cpu_at_end, memory_order_relaxed);
+        if (at != CANCEL__NO_TIME && end != CANCEL__NO_TIME)
+            s->cpu_after = end > at ? end - at : 0;
     }
     if (s->state == CANCEL_TASK_RUNNING) {
         struct cancel_pool *p = g->pool;
@@ -87,7 +91,7 @@ static void take_snap(struct snap *s, const struct cancel_task *t, const struct 
                 if (s->blocked)
                     s->blocked_fd = atomic_load_explicit(&w->blocked->fd, memory_order_relaxed);
             }
-            int64_t at = atomic_load_explicit(&t->cpu_at_request, memory_order_relaxed);
+            int64_t at = atomic_load_explicit(&rec->cpu_at_request, memory_order_relaxed);
             int64_t cpu = at != CANCEL__NO_TIME ? cpu_now(w) : CANCEL__NO_TIME;
             if (cpu != CANCEL__NO_TIME)
                 s->cpu_after = cpu > at ? cpu - at : 0;
@@ -109,9 +113,9 @@ static struct snap *snap_group(const struct cancel_group *g, int64_t now, size_t
 {
     int64_t grace = atomic_load_explicit(&g->grace, memory_order_relaxed);
     /* acquire: pairs with the release of the spawn that listed the task. */
-    struct cancel_task *head = atomic_load_explicit(&g->tasks, memory_order_acquire);
+    struct cancel__record *head = atomic_load_explicit(&g->tasks, memory_order_acquire);
     size_t count = 0;
-    for (struct cancel_task *t = head; t; t = t->gnext)
+    for (struct cancel__record *rec = head; rec; rec = rec->gnext)
         count++;
     *n = count;
     if (count == 0)
@@ -120,8 +124,8 @@ static struct snap *snap_group(const struct cancel_group *g, int64_t now, size_t
     if (!s)
         return NULL;
     size_t i = count;
-    for (struct cancel_task *t = head; t; t = t->gnext)
-        take_snap(&s[--i], t, g, now, grace);
+    for (struct cancel__record *rec = head; rec; rec = rec->gnext)
+        take_snap(&s[--i], rec, g, now, grace);
     return s;
 }
 
@@ -132,14 +136,15 @@ int cancel_group_stats_get(const cancel_group *g, cancel_group_stats *out)
     memset(out, 0, sizeof *out);
     int64_t now = cancel_now();
     int64_t grace = atomic_load_explicit(&g->grace, memory_order_relaxed);
-    for (struct cancel_task *t = atomic_load_explicit(&g->tasks, memory_order_acquire); t; t = t->gnext) {
-        switch (cancel__task_state(atomic_load_explicit(&t->state, memory_order_acquire))) {
+    for (struct cancel__record *rec = atomic_load_explicit(&g->tasks, memory_order_acquire); rec;
+         rec = rec->gnext) {
+        switch (cancel__task_state(atomic_load_explicit(&rec->t.state, memory_order_acquire))) {
         case CANCEL_TASK_PENDING:
             out->pending++;
             break;
         case CANCEL_TASK_RUNNING: {
             out->running++;
-            int64_t c = atomic_load_explicit(&t->cancelled, memory_order_relaxed);
+            int64_t c = atomic_load_explicit(&rec->cancelled, memory_order_relaxed);
             if (grace >= 0 && c != CANCEL__NO_TIME && now - c >= grace)
                 out->stragglers++;
             break;
@@ -294,7 +299,7 @@ static const char *const col_title[NCOL] = {"TASK",  "STATE",    "RESULT",    "Q
 
 static void task_cells(char cells[NCOL][CELL], const struct snap *s, int64_t epoch, bool first_failure)
 {
-    snprintf(cells[COL_TASK], CELL, "%s", s->t->name ? s->t->name : "(unnamed)");
+    snprintf(cells[COL_TASK], CELL, "%s", s->rec->name ? s->rec->name : "(unnamed)");
     snprintf(cells[COL_STATE], CELL, "%s", state_name(s->state));
     if (s->state >= CANCEL_TASK_COMPLETED) {
         const char *e = errno_name(s->result);
@@ -397,9 +402,9 @@ static int text_group(FILE *f, const struct cancel_group *g, int64_t epoch, int6
         size_t width[NCOL];
         for (int k = 0; k < NCOL; k++)
             width[k] = strlen(col_title[k]);
-        const struct cancel_task *first = atomic_load_explicit(&g->first_failed, memory_order_relaxed);
+        const struct cancel__record *first = atomic_load_explicit(&g->first_failed, memory_order_relaxed);
         for (size_t i = 0; i < n; i++) {
-            task_cells(cells[i], &s[i], epoch, s[i].t == first);
+            task_cells(cells[i], &s[i], epoch, s[i].rec == first);
             for (int k = 0; k < NCOL; k++) {
                 size_t w = strlen(cells[i][k]);
                 if (w > width[k])
@@ -417,7 +422,7 @@ static int text_group(FILE *f, const struct cancel_group *g, int64_t epoch, int6
             for (int k = 0; k < NCOL; k++)
                 row[k] = cells[i][k];
             text_row(f, indent, row, width);
-            int err = text_nested(f, s[i].t->children, epoch, now, indent + 6);
+            int err = text_nested(f, s[i].rec->children, epoch, now, indent + 6);
             if (err) {
                 free(cells);
                 free(s);
@@ -540,7 +545,7 @@ static int json_task(FILE *f, const struct snap *s, int64_t epoch, int64_t now, 
 {
     bool ended = s->state >= CANCEL_TASK_COMPLETED;
     fputs("{\"name\":", f);
-    json_str(f, s->t->name);
+    json_str(f, s->rec->name);
     fprintf(f, ",\"state\":\"%s\",\"result\":", state_name(s->state));
     if (ended)
         fprintf(f, "%d", s->result);
@@ -567,7 +572,7 @@ static int json_task(FILE *f, const struct snap *s, int64_t epoch, int64_t now, 
     fputs(",\"blocked_at_request\":", f);
     json_blocked(f, s->blocked_req, s->blocked_req_fd);
     fprintf(f, ",\"first_failure\":%s,\"groups\":", first_failure ? "true" : "false");
-    int err = json_nested(f, s->t->children, epoch, now);
+    int err = json_nested(f, s->rec->children, epoch, now);
     fputc('}', f);
     return err;
 }
@@ -610,12 +615,12 @@ static int json_group(FILE *f, const struct cancel_group *g, int64_t epoch, int6
             ",\"stats\":{\"pending\":%zu,\"running\":%zu,\"completed\":%zu,\"canceled\":%zu,\"failed\":%zu,"
             "\"stragglers\":%zu},\"tasks\":[",
             c.pending, c.running, c.completed, c.canceled, c.failed, c.stragglers);
-    const struct cancel_task *first = atomic_load_explicit(&g->first_failed, memory_order_relaxed);
+    const struct cancel__record *first = atomic_load_explicit(&g->first_failed, memory_order_relaxed);
     int err = 0;
     for (size_t i = 0; i < n && !err; i++) {
         if (i)
             fputc(',', f);
-        err = json_task(f, &s[i], epoch, now, s[i].t == first);
+        err = json_task(f, &s[i], epoch, now, s[i].rec == first);
     }
     free(s);
     if (err)

@@ -77,6 +77,8 @@ struct cancel__worker {
     bool has_cpu_clock;                  /* r/o once blocked is set */
     struct cancel_task *_Atomic current; /* the task it runs (innermost when helping); own,
                                             read by reports (relaxed: a snapshot) */
+    int64_t last_end;                    /* own: when its last group task returned, if it went
+                                            straight on to the next one; else CANCEL__NO_TIME */
 };
 
 #define CANCEL__CACHELINE 64
@@ -112,6 +114,9 @@ enum {
     CANCEL__TASK_WAITERS = 0x100u, /* someone listed itself in `waiters` (set under the stripe) */
 };
 
+/* Every task. Kept small: it is allocated by the submitter and freed by a
+ * pool thread, and small blocks are what allocators pass between threads
+ * cheaply. What only some tasks need lives in a larger block around it. */
 struct cancel_task {
     struct cancel__qnode q;          /* the queue's link; first member */
     _Atomic uint32_t state;          /* cancel_task_state | WAITERS */
@@ -120,25 +125,42 @@ struct cancel_task {
     void *arg;                       /* r/o */
     struct cancel_pool *pool;        /* r/o; valid while the task is queued or running */
     struct cancel_group *group;      /* r/o; NULL for a plain task; valid until it ended */
-    cancel_source *_Atomic src;      /* the task's source; whoever swaps it to NULL frees it */
-    cancel_registration reg;         /* on src: ends the task if cancelled while queued */
+    cancel_token tok;                /* r/o: what fn gets (see pool.c: shared or its own) */
+    cancel_source *_Atomic src;      /* its own source, if any; whoever swaps it to NULL frees it */
     struct cancel__waiter *waiters;  /* under cancel__stripe(task) */
     _Atomic int result;              /* written before the state ends (release) */
+    bool owned;                      /* r/o: a struct cancel__owned (a source of its own) */
     struct cancel__worker *_Atomic worker; /* the thread that runs it; set before RUNNING */
     const char *_Atomic nested_in;   /* while its thread runs another task inside a wait of
                                         this one: that wait's name */
-    /* The group's record (group tasks only). Relaxed atomics: reports read
-     * them as a snapshot while the task runs. */
-    struct cancel_task *gnext;       /* older task of the group; r/o once listed */
+};
+
+/* A plain task given a token of the caller's: its own source, and a
+ * registration that ends it if cancelled while queued. */
+struct cancel__owned {
+    struct cancel_task t;
+    cancel_registration reg; /* on t.src */
+};
+
+/* A group task: the task and the group's record of it, kept until the
+ * group is freed. Relaxed atomics: reports read them while it runs. */
+struct cancel__record {
+    struct cancel_task t;
+    struct cancel__record *gnext;    /* older task of the group; r/o once listed */
     _Atomic int64_t queued, started, ended; /* cancel_now() */
-    _Atomic int64_t cancelled;       /* when its token was cancelled */
-    _Atomic int64_t cpu_at_request;  /* its thread's CPU clock then (if it was running) */
-    _Atomic int64_t cpu_after;       /* CPU time from the request to its return */
+    _Atomic int64_t cancelled;       /* when its token was cancelled (first writer wins) */
+    _Atomic int64_t cpu_at_request;  /* its thread's CPU clock then, if it was running */
+    _Atomic int64_t cpu_at_end;      /* its thread's CPU clock at its return, if asked before */
     const char *_Atomic blocked_at_request; /* what it was blocked in when asked */
     _Atomic int blocked_fd_at_request;
     struct cancel_group *children;   /* groups nested in it; under cancel__tree_mu */
     const char *name;                /* r/o; in the allocation, or NULL */
 };
+
+static inline struct cancel__record *cancel__record_of(const struct cancel_task *t)
+{
+    return (struct cancel__record *)(void *)t; /* group tasks only */
+}
 
 static inline cancel_task_state cancel__task_state(uint32_t word)
 {
@@ -151,30 +173,35 @@ static inline bool cancel__task_ended(uint32_t word)
 
 /* ---- groups ---- */
 
-/* group->live: tasks not ended yet, and flags. */
-#define CANCEL__LIVE_ONE ((uint64_t)1)
-#define CANCEL__LIVE_COUNT ((UINT64_C(1) << 60) - 1)
-#define CANCEL__LIVE_WAITERS (UINT64_C(1) << 61) /* set under cancel__stripe(group) */
-#define CANCEL__LIVE_CLOSED (UINT64_C(1) << 62)  /* wait returned: no more spawns */
-#define CANCEL__LIVE_FREEING (UINT64_C(1) << 63) /* free started: no more spawns */
+/* Two counters, each on its own cache line so that the spawner and the pool
+ * threads do not pass one line back and forth per task: the group has no
+ * task left when ended == spawned (ended never passes spawned). */
+#define CANCEL__COUNT ((UINT64_C(1) << 60) - 1)
+#define CANCEL__SPAWNED_CLOSED (UINT64_C(1) << 62)  /* wait returned: no more spawns */
+#define CANCEL__SPAWNED_FREEING (UINT64_C(1) << 63) /* free started: no more spawns */
+#define CANCEL__ENDED_WAITERS (UINT64_C(1) << 63)   /* set under cancel__stripe(group) */
 
 struct cancel_group {
-    struct cancel_pool *pool;        /* r/o; the group holds a reference on its memory */
-    cancel_source *src;              /* r/o */
-    cancel_registration reg;         /* on src: records when it was cancelled */
-    _Atomic uint64_t live;
-    struct cancel__waiter *waiters;  /* under cancel__stripe(group) */
+    /* The spawners' line. */
+    _Alignas(CANCEL__CACHELINE) _Atomic uint64_t spawned; /* tasks spawned | CLOSED | FREEING */
+    struct cancel__record *_Atomic tasks; /* every task ever spawned, newest first */
+    /* The line of the threads that end tasks. */
+    _Alignas(CANCEL__CACHELINE) _Atomic uint64_t ended; /* tasks ended | WAITERS */
     _Atomic int first_error;         /* the first failure's result; 0: none */
-    struct cancel_task *_Atomic first_failed;
     _Atomic bool any_canceled;
-    struct cancel_task *_Atomic tasks; /* every task ever spawned, newest first */
+    struct cancel__record *_Atomic first_failed;
+    /* The rest. */
+    _Alignas(CANCEL__CACHELINE) struct cancel_pool *pool; /* r/o; the group holds a reference */
+    cancel_source *src;              /* r/o */
+    cancel_registration reg;         /* on src: cancel__group_cancelled */
+    struct cancel__waiter *waiters;  /* under cancel__stripe(group) */
     _Atomic int64_t created, cancelled, grace;
     /* Nesting, under cancel__tree_mu. */
     struct cancel_group *parent_group;
-    struct cancel_task *parent_task;
+    struct cancel__record *parent_task;
     struct cancel_group *children;     /* groups nested in the group itself */
     struct cancel_group *sib_next, **sib_pprev;
-    struct cancel_group *all_next, **all_pprev; /* every live group */
+    struct cancel_group *all_next, **all_pprev; /* every group alive */
     const char *name;                  /* r/o; in the allocation, or NULL */
 };
 
@@ -204,8 +231,13 @@ struct cancel__waitable {
  * Returns 0, ETIMEDOUT, ECANCELED, EINVAL or ENOMEM. */
 CANCEL_HIDDEN int cancel__wait(const struct cancel__waitable *w, cancel_token wait_tok, int64_t timeout_ns);
 
-/* Group accounting, done by the task's end (pool.c). */
-CANCEL_HIDDEN void cancel__group_task_ended(struct cancel_group *g);
+/* Counts n tasks out of the group (pool.c): wakes its waiter at 0. After
+ * it returns the group may be gone, unless the caller is the group's own
+ * registration. */
+CANCEL_HIDDEN void cancel__group_count_out(struct cancel_group *g, uint64_t n);
+/* The group's registration on its own token: ends its queued tasks and
+ * notes the request in its running ones (pool.c). */
+CANCEL_HIDDEN void cancel__group_cancelled(void *group);
 /* Records when the group was cancelled, unless already recorded. */
 CANCEL_HIDDEN void cancel__group_note_cancel(struct cancel_group *g);
 

@@ -308,9 +308,12 @@ static void nested_groups(void)
     cancel_pool *p = cancel_pool_new(3, "nest");
     cancel_group *outer = cancel_group_new(p, CANCEL_TOKEN_NONE, "outer");
     struct nest n = {p, LISTENER_INIT(2), TEST_GATE_INIT, NULL, -1};
+    struct listener sibling = LISTENER_INIT(1);
     CHECK_EQ(cancel_group_spawn(outer, make_inner, &n, "parent task"), 0);
     test_gate_wait(&n.ready);
     test_gate_wait(&n.inner.all_started);
+    CHECK_EQ(cancel_group_spawn(outer, listener_task, &sibling, "sibling task"), 0);
+    test_gate_wait(&sibling.all_started);
     char *text = NULL;
     size_t len = 0;
     FILE *f = open_memstream(&text, &len);
@@ -318,9 +321,11 @@ static void nested_groups(void)
     fclose(f);
     fputs(text, stderr);
     char *task_line = strstr(text, "parent task");
-    CHECK(task_line);
-    CHECK(strstr(task_line, "group \"inner\"")); /* under its task */
-    CHECK(strstr(task_line, "inner task"));
+    char *inner = strstr(text, "group \"inner\"");
+    char *sibling_line = strstr(text, "sibling task");
+    /* under its task, before the next task of the outer group */
+    CHECK(task_line && inner && sibling_line && task_line < inner && inner < sibling_line);
+    CHECK(strstr(inner, "inner task") < sibling_line);
     free(text);
     CHECK(cancel_group_cancel(outer));
     CHECK_EQ(cancel_group_wait(outer), ECANCELED);
