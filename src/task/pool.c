@@ -432,7 +432,7 @@ static void run_task(struct cancel__worker *w, struct cancel_task *t)
     uint32_t old;
     /* relaxed: a pool being freed cancels every token; this only keeps
      * threads from starting tasks that free is about to cancel. */
-    if (atomic_load_explicit(&p->closing, memory_order_relaxed) || cancel_token_is_requested(t->tok)) {
+    if (atomic_load_explicit(&p->closing, memory_order_relaxed)) {
         w->last_end = CANCEL__NO_TIME;
         drop_task(t);
         return;
@@ -440,7 +440,26 @@ static void run_task(struct cancel__worker *w, struct cancel_task *t)
     atomic_store_explicit(&t->worker, w, memory_order_relaxed);
     if (!task_move(t, CANCEL_TASK_PENDING, CANCEL_TASK_RUNNING, &old)) {
         w->last_end = CANCEL__NO_TIME;
-        drop_task(t); /* its cancellation came first */
+        drop_task(t); /* its cancellation came first; its group may be gone */
+        return;
+    }
+    /* Ours now, and still counted in its group, so its token is valid. A
+     * token cancelled before we got here: it never runs. */
+    if (cancel_token_is_requested(t->tok)) {
+        if (g) {
+            int64_t at = atomic_load_explicit(&g->cancelled, memory_order_relaxed);
+            struct cancel__record *rec = cancel__record_of(t);
+            if (at == CANCEL__NO_TIME)
+                at = cancel_now();
+            int64_t none = CANCEL__NO_TIME;
+            atomic_compare_exchange_strong_explicit(&rec->cancelled, &none, at, memory_order_relaxed,
+                                                    memory_order_relaxed);
+            atomic_store_explicit(&rec->ended, at, memory_order_relaxed);
+        }
+        w->last_end = CANCEL__NO_TIME;
+        (void)task_move(t, CANCEL_TASK_RUNNING, CANCEL_TASK_CANCELED, &old);
+        task_ended(t, old, CANCEL_TASK_CANCELED);
+        drop_task(t); /* settles its registration, drops the queue's reference */
         return;
     }
 

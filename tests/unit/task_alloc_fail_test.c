@@ -1,0 +1,233 @@
+/*
+ * Allocation and thread-start failures in the task layer. Linked with
+ * -Wl,--wrap for malloc, calloc, realloc, strdup, aligned_alloc and
+ * pthread_create, so the library's own calls go through the wrappers
+ * below. Each scenario runs with the N-th allocation made on the test's
+ * thread failing, for every N until the scenario no longer makes that
+ * many: every call must report its documented error, fn must not run for a
+ * refused task, the objects must stay usable, and nothing may leak
+ * (LeakSanitizer, in the ASan build; pool threads are counted in
+ * /proc/self/task).
+ */
+#include "../check.h"
+
+#include <cancel.h>
+#include <cancel/task.h>
+#include <dirent.h>
+#include <errno.h>
+
+void *__real_malloc(size_t);
+void *__real_calloc(size_t, size_t);
+void *__real_realloc(void *, size_t);
+char *__real_strdup(const char *);
+void *__real_aligned_alloc(size_t, size_t);
+int __real_pthread_create(pthread_t *, const pthread_attr_t *, void *(*)(void *), void *);
+void *__wrap_malloc(size_t);
+void *__wrap_calloc(size_t, size_t);
+void *__wrap_realloc(void *, size_t);
+char *__wrap_strdup(const char *);
+void *__wrap_aligned_alloc(size_t, size_t);
+int __wrap_pthread_create(pthread_t *, const pthread_attr_t *, void *(*)(void *), void *);
+
+static _Thread_local long fail_at; /* 0: never; counts on the test's thread only */
+static _Thread_local long seen;
+static _Thread_local long threads_fail_at; /* the N-th pthread_create fails with EAGAIN */
+static _Thread_local long threads_seen;
+static long points;
+
+static bool inject(void)
+{
+    return fail_at != 0 && ++seen == fail_at;
+}
+void *__wrap_malloc(size_t n)
+{
+    return inject() ? (errno = ENOMEM, NULL) : __real_malloc(n);
+}
+void *__wrap_calloc(size_t a, size_t b)
+{
+    return inject() ? (errno = ENOMEM, NULL) : __real_calloc(a, b);
+}
+void *__wrap_realloc(void *p, size_t n)
+{
+    return inject() ? (errno = ENOMEM, NULL) : __real_realloc(p, n);
+}
+char *__wrap_strdup(const char *s)
+{
+    return inject() ? (errno = ENOMEM, NULL) : __real_strdup(s);
+}
+void *__wrap_aligned_alloc(size_t a, size_t n)
+{
+    return inject() ? (errno = ENOMEM, NULL) : __real_aligned_alloc(a, n);
+}
+int __wrap_pthread_create(pthread_t *t, const pthread_attr_t *a, void *(*fn)(void *), void *arg)
+{
+    if (threads_fail_at != 0 && ++threads_seen == threads_fail_at)
+        return EAGAIN;
+    return __real_pthread_create(t, a, fn, arg);
+}
+
+static void each_failure(const char *name, void (*scenario)(long n))
+{
+    long n;
+    for (n = 1;; n++) {
+        seen = 0;
+        fail_at = n;
+        scenario(n);
+        long made = seen;
+        fail_at = 0;
+        if (made < n)
+            break;
+    }
+    points += n - 1;
+    fprintf(stderr, "   %s: %ld allocation points\n", name, n - 1);
+}
+
+static int threads_now(void)
+{
+    int n = 0;
+    DIR *d = opendir("/proc/self/task");
+    CHECK(d);
+    struct dirent *e;
+    while ((e = readdir(d)))
+        n += e->d_name[0] != '.';
+    closedir(d);
+    return n;
+}
+
+static int count_run(void *arg, cancel_token tok)
+{
+    (void)tok;
+    atomic_fetch_add((_Atomic int *)arg, 1);
+    return 0;
+}
+
+static void pool_new(long n)
+{
+    (void)n;
+    errno = 0;
+    cancel_pool *p = cancel_pool_new(2, "pool");
+    if (!p) {
+        CHECK_EQ(errno, ENOMEM);
+        return;
+    }
+    cancel_pool_free(p);
+}
+
+static cancel_pool *shared; /* for the scenarios below, made without failures */
+
+static void task_run(long n)
+{
+    fail_at = 0; /* the caller's token is the caller's business */
+    cancel_source *s = cancel_source_new();
+    fail_at = n;
+    _Atomic int runs = 0;
+    cancel_task *t = (cancel_task *)1;
+    int r = cancel_task_run(shared, cancel_source_token(s), count_run, &runs, "t", &t);
+    long made = seen;
+    fail_at = 0;
+    if (r == 0) {
+        CHECK_EQ(cancel_task_wait(CANCEL_TOKEN_NONE, t, CANCEL_INFINITE), 0);
+        CHECK_EQ(atomic_load(&runs), 1);
+        cancel_task_free(t);
+    } else {
+        CHECK_EQ(r, ENOMEM);
+        CHECK(t == NULL);
+        CHECK_EQ(atomic_load(&runs), 0);
+    }
+    cancel_source_free(s);
+    seen = made;
+}
+
+static void task_run_plain(long n)
+{
+    (void)n;
+    _Atomic int runs = 0;
+    cancel_task *t = (cancel_task *)1;
+    int r = cancel_task_run(shared, CANCEL_TOKEN_NONE, count_run, &runs, NULL, &t);
+    long made = seen;
+    fail_at = 0;
+    if (r == 0) {
+        CHECK_EQ(cancel_task_wait(CANCEL_TOKEN_NONE, t, CANCEL_INFINITE), 0);
+        CHECK_EQ(atomic_load(&runs), 1);
+        cancel_task_free(t);
+    } else {
+        CHECK_EQ(r, ENOMEM);
+        CHECK(t == NULL);
+    }
+    seen = made;
+}
+
+static void group_new_spawn_report(long n)
+{
+    (void)n;
+    long made;
+    errno = 0;
+    cancel_group *g = cancel_group_new(shared, CANCEL_TOKEN_NONE, "group");
+    if (!g) {
+        CHECK_EQ(errno, ENOMEM);
+        return;
+    }
+    _Atomic int runs = 0;
+    int r = cancel_group_spawn(g, count_run, &runs, "task");
+    CHECK(r == 0 || r == ENOMEM);
+    FILE *devnull = fopen("/dev/null", "w");
+    int rr = cancel_group_report(g, devnull, CANCEL_REPORT_JSON);
+    CHECK(rr == 0 || rr == ENOMEM);
+    rr = cancel_group_report(g, devnull, CANCEL_REPORT_TEXT);
+    CHECK(rr == 0 || rr == ENOMEM);
+    made = seen;
+    fail_at = 0;
+    fclose(devnull);
+    CHECK_EQ(cancel_group_wait(g), 0); /* a refused spawn leaves nothing to wait for */
+    CHECK_EQ(atomic_load(&runs), r == 0 ? 1 : 0);
+    cancel_group_stats st;
+    CHECK_EQ(cancel_group_stats_get(g, &st), 0);
+    CHECK_EQ(st.completed, r == 0 ? 1 : 0);
+    cancel_group_free(g);
+    seen = made;
+}
+
+/* A pool of more threads than can be started: the error of pthread_create,
+ * every thread started so far joined, nothing leaked. */
+static void thread_start_failure(void)
+{
+    int before = threads_now();
+    for (long k = 1; k <= 4; k++) {
+        threads_seen = 0;
+        threads_fail_at = k;
+        errno = 0;
+        CHECK(cancel_pool_new(4, "refused") == NULL);
+        CHECK_EQ(errno, EAGAIN);
+        threads_fail_at = 0;
+        CHECK_EQ(threads_now(), before);
+    }
+    cancel_pool *p = cancel_pool_new(4, "fine");
+    CHECK(p);
+    CHECK_EQ(threads_now(), before + 4);
+    cancel_pool_free(p);
+    CHECK_EQ(threads_now(), before);
+}
+
+int main(void)
+{
+    /* Start the library thread first, so that its start is not one of the
+     * allocations counted. */
+    cancel_source *warm = cancel_source_new();
+    cancel_registration r;
+    cancel_register(cancel_source_token(warm), &r, test_never, NULL);
+    cancel_unregister(&r);
+    cancel_source_free(warm);
+
+    RUN(thread_start_failure);
+    each_failure("cancel_pool_new", pool_new);
+    shared = cancel_pool_new(2, "shared");
+    CHECK(shared);
+    each_failure("cancel_task_run with a token", task_run);
+    each_failure("cancel_task_run", task_run_plain);
+    each_failure("cancel_group_new, spawn, report", group_new_spawn_report);
+    cancel_pool_free(shared);
+    fprintf(stderr, "%ld allocation points in all\n", points);
+    CHECK(points >= 8);
+    CHECK_EQ(cancel_quiesce(CANCEL_INFINITE), 0);
+    return 0;
+}
