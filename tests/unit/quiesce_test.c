@@ -57,13 +57,13 @@ static void runs_what_is_owed_then_stops(void)
         CHECK_EQ(cancel_register(cancel_source_token(s[i]), &r[i], test_count, &ran), 0);
     }
     CHECK(thread_running());
-    CHECK_EQ(threads(), 2);
+    int with = threads(); /* sanitizers may run threads of their own */
     for (int i = 0; i < N; i++)
         CHECK(cancel_source_cancel_async(s[i]));
     CHECK_EQ(cancel_quiesce(CANCEL_INFINITE), 0);
     CHECK_EQ(atomic_load(&ran), N); /* every queued callback ran before it returned */
     CHECK(!thread_running());
-    CHECK_EQ(threads(), 1); /* joined: really gone */
+    CHECK_EQ(threads(), with - 1); /* joined: really gone */
     for (int i = 0; i < N; i++)
         cancel_source_free(s[i]);
 }
