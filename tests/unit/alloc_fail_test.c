@@ -5,6 +5,15 @@
  * failing, for every N until the scenario no longer allocates that many:
  * every call must report its documented error, the objects must stay usable,
  * and nothing may leak (LeakSanitizer, in the ASan build).
+ *
+ * What is covered, exactly: the N-th-allocation scenarios count the calling
+ * thread's allocations only (create, linked create, descriptor, names, fail
+ * messages, arming and re-arming deadlines, thread start). The library
+ * thread's allocations (cascading deadlines down the wheel, keeping fired
+ * deadlines for cancel_token_deadline, the list of deadlines due at once)
+ * are covered by refusing every allocation of every thread while they
+ * happen: cascade_without_memory (real clock) and fire_without_memory
+ * (manual clock, where firing happens in cancel_clock_advance).
  */
 #include "../check.h"
 
@@ -283,6 +292,34 @@ static void cascade_without_memory(void)
     }
 }
 
+/* Deadlines fire with no memory at all: none is lost or late, and what
+ * could not be kept is only the report of the deadline. More than 64 fire at
+ * once, so the list of those due must grow, and cannot. */
+static void fire_without_memory(void)
+{
+    enum { N = 200 };
+    cancel_clock_use_manual(true);
+    cancel_source *s[N];
+    for (int i = 0; i < N; i++) {
+        s[i] = cancel_source_new();
+        CHECK_EQ(cancel_source_cancel_after(s[i], 1000 + i), 0);
+    }
+    atomic_store(&fail_everywhere, 1);
+    cancel_clock_advance(1000 + N);
+    atomic_store(&fail_everywhere, 0);
+    for (int i = 0; i < N; i++) {
+        CHECK(cancel_token_is_requested(cancel_source_token(s[i]))); /* none lost */
+        int64_t d = cancel_token_deadline(cancel_source_token(s[i]));
+        CHECK(d == CANCEL_INFINITE || d == cancel_now() - N + i); /* kept, or forgotten */
+    }
+    cancel_stats st;
+    cancel_get_stats(&st);
+    CHECK_EQ(st.deadlines_pending, 0);
+    for (int i = 0; i < N; i++)
+        cancel_source_free(s[i]);
+    cancel_clock_use_manual(false);
+}
+
 int main(void)
 {
     RUN(thread_start_fails);
@@ -295,6 +332,7 @@ int main(void)
     each_failure("fail messages", fail_message);
     each_failure("deadlines", deadlines);
     RUN(cascade_without_memory);
+    RUN(fire_without_memory);
     cancel_source_free(parent1);
     cancel_source_free(parent2);
     fprintf(stderr, "   %ld allocation points exercised\n", points);
