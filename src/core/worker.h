@@ -49,7 +49,11 @@ struct cancel__watch {
 /* Starts watching. 0, or EMFILE/ENFILE/ENOMEM (the poller could not be made),
  * or the error of starting the thread. */
 CANCEL_HIDDEN int cancel__watch_add(struct cancel__watch *w);
-/* Stops watching; only from a `ready` handler, on the library thread. */
+/* Descriptors watched now. */
+CANCEL_HIDDEN size_t cancel__watch_count(void);
+/* Stops watching: from a `ready` handler on the library thread, or from any
+ * thread when the watch's descriptor cannot have become ready yet (then no
+ * handler of it can be running). */
 CANCEL_HIDDEN void cancel__watch_remove(struct cancel__watch *w);
 
 #endif

@@ -20,6 +20,7 @@
 #include <cancel.h>
 #include <errno.h>
 #include <poll.h>
+#include <cancel/process.h>
 
 void *__real_malloc(size_t);
 void *__real_calloc(size_t, size_t);
@@ -159,6 +160,49 @@ static void linked_create(long n)
     CHECK_EQ(cancel_source_get_info(parent1, &info), 0);
     CHECK_EQ(info.children, 1);
     cancel_source_free(c);
+}
+
+/* new_child: one call, one error path, nothing left behind. */
+static void new_child(long n)
+{
+    (void)n;
+    cancel_stats st;
+    cancel_get_stats(&st);
+    size_t pending_before = st.deadlines_pending;
+    errno = 0;
+    cancel_source *c = cancel_source_new_child(cancel_source_token(parent1), 3600LL * 1000000000, "named");
+    cancel_source_info info;
+    if (!c) {
+        CHECK_EQ(errno, ENOMEM);
+        CHECK_EQ(cancel_source_get_info(parent1, &info), 0);
+        CHECK_EQ(info.children, 0);
+        cancel_get_stats(&st);
+        CHECK_EQ(st.deadlines_pending, pending_before); /* nothing armed */
+        return;
+    }
+    CHECK_STR(cancel_source_name(c), "named");
+    CHECK_EQ(cancel_source_get_info(c, &info), 0);
+    CHECK(info.deadline_ns > 0);
+    cancel_source_free(c);
+}
+
+/* Exporting and receiving a token: -1/NULL with ENOMEM, or working. */
+static void export_import(long n)
+{
+    (void)n;
+    errno = 0;
+    int fd = cancel_token_export_fd(cancel_source_token(parent2));
+    if (fd < 0) {
+        CHECK(errno == ENOMEM || errno == EAGAIN);
+        return;
+    }
+    errno = 0;
+    cancel_source *r = cancel_source_new_from_fd(fd);
+    if (!r) {
+        CHECK_EQ(errno, ENOMEM);
+        return;
+    }
+    cancel_source_free(r);
 }
 
 static void descriptor(long n)
@@ -327,6 +371,8 @@ int main(void)
     parent2 = cancel_source_new();
     each_failure("create", create);
     each_failure("linked create", linked_create);
+    each_failure("new child", new_child);
+    each_failure("export and receive", export_import);
     each_failure("descriptor", descriptor);
     each_failure("names", names);
     each_failure("fail messages", fail_message);
