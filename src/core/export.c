@@ -24,6 +24,7 @@
  * first that settles the matter tears the pair of watches down; so nothing
  * here needs a lock of its own.
  */
+#include "clock.h"
 #include "cancel/process.h"
 #include "ref.h"
 #include "request.h"
@@ -100,11 +101,11 @@ static int send_record(int sock, const struct record *r)
  * side converts through the time remaining. */
 static int64_t to_monotonic(int64_t local)
 {
-    return cancel_clock_is_manual() ? cancel__add_sat(cancel__clock_ns(), local - cancel_now()) : local;
+    return cancel_clock_is_manual() ? cancel__add_sat(cancel__clock_ns(), local - cancel__now()) : local;
 }
 static int64_t from_monotonic(int64_t mono)
 {
-    return cancel_clock_is_manual() ? cancel__add_sat(cancel_now(), mono - cancel__clock_ns()) : mono;
+    return cancel_clock_is_manual() ? cancel__add_sat(cancel__now(), mono - cancel__clock_ns()) : mono;
 }
 
 static void cause_record(struct record *r, cancel_token tok)

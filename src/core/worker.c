@@ -256,16 +256,6 @@ int cancel__worker_ensure(void)
     return err;
 }
 
-void cancel__worker_filed(bool wake)
-{
-    if (cancel__unlikely(!cancel__worker_running())) {
-        (void)cancel__worker_ensure(); /* on failure, the next filer tries again */
-        wake = true;
-    }
-    if (wake)
-        cancel__worker_kick();
-}
-
 int cancel__watch_add(struct cancel__watch *w)
 {
     int err = cancel__worker_ensure();

@@ -27,7 +27,7 @@ CANCEL_HIDDEN int cancel__worker_ensure(void);
 /* After filing something the thread must serve (a deadline, a watch): makes
  * sure a thread that was just stopped by cancel_quiesce is started again,
  * and wakes it. */
-CANCEL_HIDDEN void cancel__worker_filed(bool wake);
+static inline void cancel__worker_filed(bool wake);
 /* Queues a retained, marked source for dispatch on the library thread. AS-safe. */
 CANCEL_HIDDEN void cancel__worker_post(struct cancel_source *s);
 /* Returns once every source queued before the call was dispatched: waits
@@ -55,5 +55,15 @@ CANCEL_HIDDEN size_t cancel__watch_count(void);
  * thread when the watch's descriptor cannot have become ready yet (then no
  * handler of it can be running). */
 CANCEL_HIDDEN void cancel__watch_remove(struct cancel__watch *w);
+
+static inline void cancel__worker_filed(bool wake)
+{
+    if (cancel__unlikely(!cancel__worker_running())) {
+        (void)cancel__worker_ensure(); /* on failure, the next filer tries again */
+        wake = true;
+    }
+    if (wake)
+        cancel__worker_kick();
+}
 
 #endif
