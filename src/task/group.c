@@ -105,10 +105,16 @@ cancel_group *cancel_group_new(cancel_pool *pool, cancel_token parent, const cha
     }
     memset(g, 0, sizeof *g);
     g->pool = pool;
+    /* The outer source takes the parent's and the pool's cancellations;
+     * the group's token hangs from it alone. Its registration is the
+     * newest on it, so it runs before the group's token is cancelled. */
     cancel_token parents[2] = {parent, cancel_source_token(pool->src)};
-    g->src = cancel_source_new_linked(parents, 2);
+    g->outer = cancel_source_new_linked(parents, 2);
+    cancel_token outer = cancel_source_token(g->outer);
+    g->src = g->outer ? cancel_source_new_linked(&outer, 1) : NULL;
     if (!g->src || (name && cancel_source_set_name(g->src, name) != 0)) {
         cancel_source_free(g->src);
+        cancel_source_free(g->outer);
         free(g);
         cancel__pool_unref(pool);
         errno = ENOMEM;
@@ -124,7 +130,7 @@ cancel_group *cancel_group_new(cancel_pool *pool, cancel_token parent, const cha
     atomic_init(&g->created, cancel_now());
     atomic_init(&g->cancelled, CANCEL__NO_TIME);
     atomic_init(&g->grace, DEFAULT_GRACE);
-    (void)cancel_register(cancel_source_token(g->src), &g->reg, cancel__group_cancelled, g);
+    (void)cancel_register(outer, &g->reg, cancel__group_cancelled, g); /* inline if born cancelled */
 
     pthread_mutex_lock(&cancel__tree_mu);
     g->all_next = all_groups;
@@ -167,7 +173,9 @@ bool cancel_group_cancel(cancel_group *g)
     }
     if (!cancel_token_is_requested(cancel_source_token(g->src)))
         cancel__group_note_cancel(g);
-    return cancel_source_cancel(g->src);
+    bool won = cancel_source_cancel(g->src);
+    cancel__group_end_queued(g);
+    return won;
 }
 
 static bool group_done(void *obj)
@@ -240,6 +248,7 @@ void cancel_group_free(cancel_group *g)
         if (!cancel_token_is_requested(cancel_source_token(g->src)))
             cancel__group_note_cancel(g);
         cancel_source_cancel(g->src);
+        cancel__group_end_queued(g);
         (void)cancel_group_wait(g);
     }
     /* A task that counted itself out under the stripe has left it. */
@@ -267,6 +276,7 @@ void cancel_group_free(cancel_group *g)
         tasks = next;
     }
     cancel_source_free(g->src);
+    cancel_source_free(g->outer);
     cancel__pool_unref(g->pool);
     free(g);
 }

@@ -356,9 +356,6 @@ void cancel__group_note_cancel(struct cancel_group *g)
     if (!atomic_compare_exchange_strong_explicit(&g->cancelled, &none, now, memory_order_relaxed,
                                                  memory_order_relaxed))
         return;
-    /* Our own cancellers call this before they cancel, so that a running
-     * task cannot return before its request was noted. (The group's
-     * registration runs only after the token reads cancelled.) */
     for (struct cancel__record *rec = atomic_load_explicit(&g->tasks, memory_order_acquire); rec;
          rec = rec->gnext)
         /* acquire: pairs with the claim; `worker` is set. */
@@ -366,14 +363,14 @@ void cancel__group_note_cancel(struct cancel_group *g)
             note_request(rec, now);
 }
 
-void cancel__group_cancelled(void *arg)
+void cancel__group_end_queued(struct cancel_group *g)
 {
-    struct cancel_group *g = arg;
-    cancel__group_note_cancel(g);
     int64_t at = atomic_load_explicit(&g->cancelled, memory_order_relaxed);
     uint64_t ended = 0;
-    /* seq_cst: pairs with the fence of a spawn (cancel__task_submit): a
-     * task listed after this load sees the token cancelled there. */
+    /* seq_cst: pairs with the fence of a spawn (cancel__task_submit). We
+     * run after a seq_cst mark of the group's token or of its outer
+     * source: a task listed after this load sees one of them cancelled
+     * there, and ends itself. */
     for (struct cancel__record *rec = atomic_load_explicit(&g->tasks, memory_order_seq_cst); rec;
          rec = rec->gnext) {
         struct cancel_task *t = &rec->t;
@@ -388,18 +385,21 @@ void cancel__group_cancelled(void *arg)
                 pthread_mutex_unlock(m);
             }
             ended++;
-        } else if (cancel__task_state(atomic_load_explicit(&t->state, memory_order_acquire)) ==
-                   CANCEL_TASK_RUNNING) {
-            /* acquire: pairs with the claim; `worker` is set. */
-            note_request(rec, at);
         }
     }
     if (ended) {
         atomic_store_explicit(&g->any_canceled, true, memory_order_relaxed);
-        /* The group cannot go while its own registration runs
-         * (cancel_group_free unregisters it first). */
+        /* The group stays: the callers hold it (see the header). */
         cancel__group_count_out(g, ended);
     }
+}
+
+void cancel__group_cancelled(void *arg)
+{
+    /* On the outer source: this runs before the group's token reads
+     * cancelled, so no task can return before its request is noted. */
+    cancel__group_note_cancel(arg);
+    cancel__group_end_queued(arg);
 }
 
 void cancel__task_unref(struct cancel_task *t)
@@ -503,6 +503,7 @@ static void run_task(struct cancel__worker *w, struct cancel_task *t)
                 atomic_store_explicit(&g->first_failed, rec, memory_order_relaxed);
                 cancel__group_note_cancel(g);
                 cancel_source_fail(g->src, r, rec->name);
+                cancel__group_end_queued(g); /* we are still counted: g stays */
             }
         }
     } else {
@@ -598,11 +599,12 @@ int cancel__task_submit(struct cancel_pool *p, struct cancel_group *g, cancel_to
         /* seq_cst (release at least): readers of the list see the record. */
         while (!atomic_compare_exchange_weak_explicit(&g->tasks, &head, rec, memory_order_seq_cst,
                                                       memory_order_relaxed));
-        /* seq_cst: a Dekker pair with cancel__group_cancelled: either its
-         * walk of the list (seq_cst load, after the cancel's seq_cst mark)
-         * finds this task, or we see the token cancelled here. */
+        /* seq_cst: a Dekker pair with cancel__group_end_queued: either its
+         * walk of the list (a seq_cst load, after the seq_cst mark of the
+         * group's token or of its outer source) finds this task, or we see
+         * one of them cancelled here. */
         atomic_thread_fence(memory_order_seq_cst);
-        if (cancel_token_is_requested(tok)) {
+        if (cancel_token_is_requested(cancel_source_token(g->outer)) || cancel_token_is_requested(tok)) {
             end_unrun(t, now);
             queue = false;
         }

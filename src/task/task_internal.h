@@ -192,8 +192,9 @@ struct cancel_group {
     struct cancel__record *_Atomic first_failed;
     /* The rest. */
     _Alignas(CANCEL__CACHELINE) struct cancel_pool *pool; /* r/o; the group holds a reference */
-    cancel_source *src;              /* r/o */
-    cancel_registration reg;         /* on src: cancel__group_cancelled */
+    cancel_source *src;              /* r/o: the group's token */
+    cancel_source *outer;            /* r/o: src's one parent, linked to the parent and the pool */
+    cancel_registration reg;         /* on outer: cancel__group_cancelled */
     struct cancel__waiter *waiters;  /* under cancel__stripe(group) */
     _Atomic int64_t created, cancelled, grace;
     /* Nesting, under cancel__tree_mu. */
@@ -235,9 +236,16 @@ CANCEL_HIDDEN int cancel__wait(const struct cancel__waitable *w, cancel_token wa
  * it returns the group may be gone, unless the caller is the group's own
  * registration. */
 CANCEL_HIDDEN void cancel__group_count_out(struct cancel_group *g, uint64_t n);
-/* The group's registration on its own token: ends its queued tasks and
- * notes the request in its running ones (pool.c). */
+/* How a group is cancelled (pool.c). A cancel through the group's own
+ * calls (cancel_group_cancel, the first failure, cancel_group_free) notes
+ * the moment and what each running task is doing, cancels the group's
+ * source, then ends the queued tasks; the caller must hold the group (its
+ * owner, or a task of it still counted). A cancel from outside (the parent
+ * token, the pool) cancels the outer source first, whose registration,
+ * cancel__group_cancelled, does both before the group's token reads
+ * cancelled. */
 CANCEL_HIDDEN void cancel__group_cancelled(void *group);
+CANCEL_HIDDEN void cancel__group_end_queued(struct cancel_group *g);
 /* Records when the group was cancelled, unless already recorded. */
 CANCEL_HIDDEN void cancel__group_note_cancel(struct cancel_group *g);
 
