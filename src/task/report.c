@@ -323,9 +323,14 @@ static void task_cells(char cells[NCOL][CELL], const struct snap *s, int64_t epo
         fmt_dur(b, sizeof b, s->ignored);
         n += (size_t)snprintf(note + n, CELL - n, "STRAGGLER: %s the request for %s",
                               s->state == CANCEL_TASK_RUNNING ? "ignoring" : "ignored", b);
-        bool burning = s->cpu_after != CANCEL__NO_TIME && s->cpu_after * 2 >= s->ignored;
-        if (burning && n < CELL)
-            n += (size_t)snprintf(note + n, CELL - n, ", burning CPU");
+        /* What it did meanwhile: its CPU time over that time. */
+        int share = s->cpu_after != CANCEL__NO_TIME && s->ignored > 0
+                        ? (int)((double)s->cpu_after * 100 / (double)s->ignored + 0.5)
+                        : -1;
+        bool burning = share >= 50;
+        if (share >= 0 && n < CELL)
+            n += (size_t)snprintf(note + n, CELL - n, burning ? ", burning CPU (%d%%)" : ", on CPU %d%% of it",
+                                  share);
         if (s->state != CANCEL_TASK_RUNNING && s->blocked_req && n < CELL) {
             fmt_blocked(b, sizeof b, s->blocked_req, s->blocked_req_fd);
             n += (size_t)snprintf(note + n, CELL - n, ", was in %s when asked", b);
