@@ -115,6 +115,16 @@ const void *cancel__self(void)
     return &self_tag;
 }
 
+/* glibc's hook for C++ thread_local destructors: it keeps the object that
+ * registered (`__dso_handle`) loaded until the destructor has run. */
+extern int __cxa_thread_atexit_impl(void (*fn)(void *), void *arg, void *dso);
+extern void *__dso_handle;
+
+void cancel__thread_atexit(void (*fn)(void *), void *arg)
+{
+    (void)__cxa_thread_atexit_impl(fn, arg, &__dso_handle);
+}
+
 int cancel__poller_open(void)
 {
     int saved = errno;

@@ -49,6 +49,10 @@ CANCEL_HIDDEN int cancel__thread_join(pthread_t t, int64_t abs_deadline_ns);
 /* A per-thread identity: the address of a thread-local object. */
 CANCEL_HIDDEN const void *cancel__self(void);
 
+/* Runs fn(arg) when the calling thread exits (not at process exit). While
+ * such a call is pending, the library cannot be unmapped by dlclose. */
+CANCEL_HIDDEN void cancel__thread_atexit(void (*fn)(void *), void *arg);
+
 /* The library thread's descriptor multiplexer (epoll on Linux): made on
  * first use by whoever watches a descriptor. */
 CANCEL_HIDDEN int cancel__poller_open(void);                       /* fd or -errno */
