@@ -127,6 +127,7 @@ cancel_group *cancel_group_new(cancel_pool *pool, cancel_token parent, const cha
     atomic_init(&g->first_failed, NULL);
     atomic_init(&g->any_canceled, false);
     atomic_init(&g->tasks, NULL);
+    atomic_init(&g->slab, NULL);
     atomic_init(&g->created, cancel_now());
     atomic_init(&g->cancelled, CANCEL__NO_TIME);
     atomic_init(&g->grace, DEFAULT_GRACE);
@@ -270,6 +271,14 @@ void cancel_group_free(cancel_group *g)
     pthread_mutex_unlock(&cancel__tree_mu);
 
     cancel_unregister(&g->reg);
+    /* The slots never handed out (the newest slab's rest) first: each
+     * record still holds its slab, so none goes during this walk. */
+    for (struct cancel__slab *s = atomic_load_explicit(&g->slab, memory_order_relaxed), *next; s; s = next) {
+        next = s->next;
+        uint32_t used = atomic_load_explicit(&s->used, memory_order_relaxed);
+        if (used < CANCEL__SLAB_RECORDS)
+            cancel__slab_release(s, CANCEL__SLAB_RECORDS - used);
+    }
     while (tasks) {
         struct cancel__record *next = tasks->gnext;
         cancel__task_unref(&tasks->t);

@@ -402,13 +402,161 @@ void cancel__group_cancelled(void *arg)
     cancel__group_end_queued(arg);
 }
 
+void cancel__slab_release(struct cancel__slab *slab, uint32_t n)
+{
+    /* acq_rel: the last releaser sees every record's last writes. */
+    if (atomic_fetch_sub_explicit(&slab->live, n, memory_order_acq_rel) == n)
+        free(slab);
+}
+
+/*
+ * Plain task blocks are recycled: a task is allocated by its submitter and
+ * freed by a pool thread, and a general allocator pays for every block that
+ * crosses threads. A pool thread collects freed blocks in a batch of its
+ * own and publishes each full batch on its pool's stack with one CAS; a
+ * submitter takes every published batch with one exchange (no ABA: nobody
+ * pops a single batch) into a thread-local cache, bounded, which its
+ * thread frees when it exits.
+ */
+#define SPARE_BATCH 32
+#define CACHE_MAX 256
+
+static _Thread_local struct cancel__spare *cache;
+static _Thread_local uint32_t cache_count;
+static _Thread_local bool cache_hooked;
+
+static void free_list(struct cancel__spare *b)
+{
+    while (b) {
+        struct cancel__spare *next = b->next;
+        free(b);
+        b = next;
+    }
+}
+
+static void cache_free(void *arg)
+{
+    (void)arg;
+    free_list(cache);
+    cache = NULL;
+    cache_count = 0;
+}
+
+static void *task_block_new(struct cancel_pool *p)
+{
+    if (!cache && atomic_load_explicit(&p->spare, memory_order_relaxed)) {
+        /* acquire: pairs with the publishing CAS: the blocks' links. */
+        struct cancel__spare *b = atomic_exchange_explicit(&p->spare, NULL, memory_order_acquire);
+        while (b) {
+            struct cancel__spare *next_batch = b->next_batch;
+            if (cache_count + b->count > CACHE_MAX) {
+                free_list(b);
+            } else {
+                struct cancel__spare *last = b;
+                while (last->next)
+                    last = last->next;
+                last->next = cache;
+                cache = b;
+                cache_count += b->count;
+            }
+            b = next_batch;
+        }
+        if (cache && !cache_hooked) {
+            cancel__thread_atexit(cache_free, NULL);
+            cache_hooked = true;
+        }
+    }
+    struct cancel__spare *b = cache;
+    if (!b)
+        return malloc(sizeof(struct cancel_task));
+    cache = b->next;
+    cache_count--;
+    return b;
+}
+
+/* A pool thread keeps it; anyone else frees it. */
+static void task_block_free(struct cancel_task *t)
+{
+    struct cancel__worker *w = self;
+    if (!w) {
+        free(t);
+        return;
+    }
+    struct cancel__spare *b = (struct cancel__spare *)(void *)t, *batch = w->spare;
+    b->next = batch;
+    b->count = batch ? batch->count + 1 : 1;
+    w->spare = b;
+    if (b->count < SPARE_BATCH)
+        return;
+    struct cancel_pool *p = w->pool;
+    struct cancel__spare *head = atomic_load_explicit(&p->spare, memory_order_relaxed);
+    do
+        b->next_batch = head;
+    /* release: the batch's links are visible to the taker. */
+    while (!atomic_compare_exchange_weak_explicit(&p->spare, &head, b, memory_order_release,
+                                                  memory_order_relaxed));
+    w->spare = NULL;
+}
+
 void cancel__task_unref(struct cancel_task *t)
 {
     /* acq_rel: release our writes to the last holder; acquire theirs. */
     if (atomic_fetch_sub_explicit(&t->refs, 1, memory_order_acq_rel) != 1)
         return;
     cancel_source_free(atomic_exchange_explicit(&t->src, NULL, memory_order_relaxed));
-    free(t);
+    if (!t->group) {
+        if (t->owned)
+            free(t);
+        else
+            task_block_free(t);
+        return;
+    }
+    struct cancel__record *rec = cancel__record_of(t);
+    if (rec->name_owned)
+        free((char *)rec->name);
+    cancel__slab_release(rec->slab, 1);
+}
+
+/* A record of group g, with its name copied; NULL for ENOMEM. */
+static struct cancel__record *record_new(struct cancel_group *g, const char *name)
+{
+    size_t len = name ? strlen(name) + 1 : 0;
+    for (;;) {
+        /* acquire: pairs with the install below: the slab is initialised. */
+        struct cancel__slab *s = atomic_load_explicit(&g->slab, memory_order_acquire);
+        uint32_t i = s ? atomic_fetch_add_explicit(&s->used, 1, memory_order_relaxed) : CANCEL__SLAB_RECORDS;
+        if (i < CANCEL__SLAB_RECORDS) {
+            struct cancel__record *rec = &s->records[i];
+            rec->slab = s;
+            rec->name = NULL;
+            rec->name_owned = false;
+            if (len) {
+                uint32_t at = len <= CANCEL__SLAB_NAMES
+                                  ? atomic_fetch_add_explicit(&s->names_used, (uint32_t)len, memory_order_relaxed)
+                                  : CANCEL__SLAB_NAMES;
+                char *copy = at + len <= CANCEL__SLAB_NAMES ? s->names + at : malloc(len);
+                if (!copy) {
+                    cancel__slab_release(s, 1); /* the slot goes unused */
+                    return NULL;
+                }
+                rec->name = memcpy(copy, name, len);
+                rec->name_owned = copy != s->names + at;
+            }
+            return rec;
+        }
+        struct cancel__slab *fresh = malloc(sizeof *fresh);
+        if (!fresh)
+            return NULL;
+        fresh->next = s;
+        atomic_init(&fresh->used, 0);
+        atomic_init(&fresh->names_used, 0);
+        atomic_init(&fresh->live, CANCEL__SLAB_RECORDS);
+        /* release: the slab's fields before it is seen. Fails if another
+         * spawner installed one first: use theirs. */
+        if (!atomic_compare_exchange_strong_explicit(&g->slab, &s, fresh, memory_order_release,
+                                                     memory_order_relaxed))
+            free(fresh);
+    }
 }
 
 /* A popped task that will not run: end it (unless its cancellation did),
@@ -545,10 +693,11 @@ int cancel__task_submit(struct cancel_pool *p, struct cancel_group *g, cancel_to
         return ESHUTDOWN;
     }
     /* A plain task's name is not kept: only reports (of groups) show names. */
-    size_t len = g && name ? strlen(name) + 1 : 0;
     bool owned = !g && tok.cancel__impl;
-    size_t size = g ? sizeof(struct cancel__record) + len : owned ? sizeof(struct cancel__owned) : sizeof(struct cancel_task);
-    struct cancel_task *t = malloc(size);
+    struct cancel__record *rec = g ? record_new(g, name) : NULL;
+    struct cancel_task *t = g ? (rec ? &rec->t : NULL)
+                              : owned ? malloc(sizeof(struct cancel__owned))
+                                      : task_block_new(p);
     if (!t) {
         submit_leave(p);
         return ENOMEM;
@@ -581,7 +730,6 @@ int cancel__task_submit(struct cancel_pool *p, struct cancel_group *g, cancel_to
         *out = t;
     bool queue = true;
     if (g) {
-        struct cancel__record *rec = cancel__record_of(t);
         int64_t now = cancel_now();
         atomic_init(&rec->queued, now);
         atomic_init(&rec->started, CANCEL__NO_TIME);
@@ -592,7 +740,6 @@ int cancel__task_submit(struct cancel_pool *p, struct cancel_group *g, cancel_to
         atomic_init(&rec->blocked_at_request, NULL);
         atomic_init(&rec->blocked_fd_at_request, -1);
         rec->children = NULL;
-        rec->name = name ? memcpy((char *)(rec + 1), name, len) : NULL;
         struct cancel__record *head = atomic_load_explicit(&g->tasks, memory_order_relaxed);
         do
             rec->gnext = head;
@@ -809,12 +956,18 @@ static void *worker_main(void *arg)
     pthread_mutex_lock(&p->report_mu);
     w->blocked = NULL;
     pthread_mutex_unlock(&p->report_mu);
+    free_list(w->spare);
+    w->spare = NULL;
     self = NULL;
     return NULL;
 }
 
 static void pool_destroy(struct cancel_pool *p)
 {
+    for (struct cancel__spare *b = atomic_load_explicit(&p->spare, memory_order_acquire), *next; b; b = next) {
+        next = b->next_batch;
+        free_list(b);
+    }
     cancel_source_free(p->src);
     pthread_mutex_destroy(&p->idle_mu);
     pthread_mutex_destroy(&p->report_mu);
@@ -887,6 +1040,7 @@ cancel_pool *cancel_pool_new(size_t threads, const char *name)
     atomic_init(&p->exiting, 0);
     atomic_init(&p->closing, 0);
     atomic_init(&p->refs, 1);
+    atomic_init(&p->spare, NULL);
     p->idle = NULL;
     pthread_mutex_init(&p->idle_mu, NULL);
     pthread_mutex_init(&p->report_mu, NULL);

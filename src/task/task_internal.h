@@ -79,6 +79,16 @@ struct cancel__worker {
                                             read by reports (relaxed: a snapshot) */
     int64_t last_end;                    /* own: when its last group task returned, if it went
                                             straight on to the next one; else CANCEL__NO_TIME */
+    struct cancel__spare *spare;         /* own: freed task blocks, a batch being filled */
+};
+
+/* A freed plain task's block, waiting to be reused (pool.c): in a batch of
+ * a pool thread, in its pool's stack of batches, or in a submitter's
+ * thread-local cache. */
+struct cancel__spare {
+    struct cancel__spare *next;       /* in the batch, or the cache */
+    struct cancel__spare *next_batch; /* in the pool's stack (first block of a batch) */
+    uint32_t count;                   /* blocks in the batch (first block) */
 };
 
 #define CANCEL__CACHELINE 64
@@ -100,6 +110,7 @@ struct cancel_pool {
     struct cancel__worker *idle; /* under idle_mu */
     /* The rest: read-mostly. */
     _Alignas(CANCEL__CACHELINE) _Atomic uint32_t refs; /* the owner's handle, and one per group */
+    struct cancel__spare *_Atomic spare; /* batches of freed task blocks (pool.c) */
     pthread_mutex_t report_mu;  /* reports read workers' blocked-in words under it */
     cancel_source *src;         /* r/o; freed by cancel_pool_free */
     const char *name;           /* r/o; in the allocation, or NULL */
@@ -154,7 +165,24 @@ struct cancel__record {
     const char *_Atomic blocked_at_request; /* what it was blocked in when asked */
     _Atomic int blocked_fd_at_request;
     struct cancel_group *children;   /* groups nested in it; under cancel__tree_mu */
-    const char *name;                /* r/o; in the allocation, or NULL */
+    const char *name;                /* r/o; in its slab, or malloc'd (name_owned), or NULL */
+    bool name_owned;                 /* r/o */
+    struct cancel__slab *slab;       /* r/o: where it lives */
+};
+
+/* Records are carved out of slabs that belong to their group: a spawn
+ * takes the next slot with one atomic add instead of a malloc, and a slab
+ * goes when the last reference to its last record goes (usually at
+ * cancel_group_free; a record still in a pool's queue then keeps it). */
+#define CANCEL__SLAB_RECORDS 64
+#define CANCEL__SLAB_NAMES (CANCEL__SLAB_RECORDS * 24)
+struct cancel__slab {
+    struct cancel__slab *next;       /* the group's older slab; r/o once installed */
+    _Atomic uint32_t used;           /* slots handed out (goes past the end once full) */
+    _Atomic uint32_t names_used;     /* bytes of `names` handed out (likewise) */
+    _Atomic uint32_t live;           /* slots not yet released */
+    struct cancel__record records[CANCEL__SLAB_RECORDS];
+    char names[CANCEL__SLAB_NAMES];
 };
 
 static inline struct cancel__record *cancel__record_of(const struct cancel_task *t)
@@ -185,6 +213,7 @@ struct cancel_group {
     /* The spawners' line. */
     _Alignas(CANCEL__CACHELINE) _Atomic uint64_t spawned; /* tasks spawned | CLOSED | FREEING */
     struct cancel__record *_Atomic tasks; /* every task ever spawned, newest first */
+    struct cancel__slab *_Atomic slab;    /* where records come from: the newest slab */
     /* The line of the threads that end tasks. */
     _Alignas(CANCEL__CACHELINE) _Atomic uint64_t ended; /* tasks ended | WAITERS */
     _Atomic int first_error;         /* the first failure's result; 0: none */
@@ -220,6 +249,8 @@ CANCEL_HIDDEN int cancel__task_submit(struct cancel_pool *pool, struct cancel_gr
                                       struct cancel_task **out);
 /* Drops one reference on a task. */
 CANCEL_HIDDEN void cancel__task_unref(struct cancel_task *t);
+/* Releases `n` slots of a slab; the last release frees it. */
+CANCEL_HIDDEN void cancel__slab_release(struct cancel__slab *slab, uint32_t n);
 
 /* What a wait waits for. */
 struct cancel__waitable {
