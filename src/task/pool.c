@@ -59,8 +59,6 @@
 #include <string.h>
 #include <unistd.h>
 
-enum { SUBMIT_CLOSING = 1u, SUBMIT_ONE = 2u };
-
 /* The pool thread this is, or NULL. */
 static _Thread_local struct cancel__worker *self;
 
@@ -91,30 +89,30 @@ static void q_link(struct cancel_pool *p, struct cancel__qnode *n, memory_order 
     atomic_store_explicit(&prev->next, n, link_order);
 }
 
-/* Is there anything to pop? A hint, except in the Dekker pairs (seq_cst). */
+/* Is there anything to pop? It may say yes to a task being popped; it
+ * says no only when the queue is empty or a push is half done (whose
+ * producer then wakes an idle thread). Relaxed: the parking pair orders it
+ * with a fence (idle_prepare). */
 static bool q_peek(struct cancel_pool *p)
 {
-    struct cancel__qnode *head = atomic_load_explicit(&p->head, memory_order_seq_cst);
-    return head != &p->stub || atomic_load_explicit(&p->stub.next, memory_order_seq_cst) != NULL;
+    struct cancel__qnode *head = atomic_load_explicit(&p->head, memory_order_relaxed);
+    return head != &p->stub || atomic_load_explicit(&p->stub.next, memory_order_relaxed) != NULL;
 }
 
 static void wake_one(struct cancel_pool *p);
 
 static void q_unlock(struct cancel_pool *p)
 {
-    /* seq_cst: the pair with a thread that failed to take qlock and parks
-     * (see the top): we look for idle threads after releasing. */
-    atomic_store_explicit(&p->qlock, 0, memory_order_seq_cst);
-    if (cancel__unlikely(atomic_load_explicit(&p->nidle, memory_order_seq_cst) != 0) && q_peek(p))
-        wake_one(p);
+    /* release: pairs with the acquire exchange of the next holder. */
+    atomic_store_explicit(&p->qlock, 0, memory_order_release);
 }
 
 /* Pops the oldest task, or returns NULL if the queue is empty, half pushed,
  * or being popped by another thread. */
 static struct cancel_task *q_pop(struct cancel_pool *p)
 {
-    /* seq_cst: acquire for the critical section, and the parking pair. */
-    if (atomic_exchange_explicit(&p->qlock, 1, memory_order_seq_cst) != 0)
+    /* acquire: pairs with q_unlock's release. */
+    if (atomic_exchange_explicit(&p->qlock, 1, memory_order_acquire) != 0)
         return NULL;
     struct cancel__qnode *head = atomic_load_explicit(&p->head, memory_order_relaxed);
     /* acquire: pairs with the producer's store of the link (q_link). */
@@ -157,8 +155,9 @@ static void idle_add(struct cancel__worker *w)
         w->idle_next->idle_pprev = &w->idle_next;
     w->idle_pprev = &p->idle;
     p->idle = w;
-    /* seq_cst: the parking pair (see the top). */
-    atomic_fetch_add_explicit(&p->nidle, 1, memory_order_seq_cst);
+    /* relaxed: idle_prepare's heavy fence orders it with the look at the
+     * queue that follows. */
+    atomic_fetch_add_explicit(&p->nidle, 1, memory_order_relaxed);
     pthread_mutex_unlock(&p->idle_mu);
 }
 
@@ -185,18 +184,18 @@ static bool idle_remove(struct cancel__worker *w)
     return listed;
 }
 
-/* Wakes one idle thread, if any. The wake happens under idle_mu, so the
- * thread cannot end (it unlists itself under idle_mu first) while its
- * parker word is touched. */
+/* Wakes one idle thread, if any. The wake comes after idle_mu is let go,
+ * which the woken thread takes at once: its parker word lives in the pool,
+ * which every waker holds. */
 static void wake_one(struct cancel_pool *p)
 {
     pthread_mutex_lock(&p->idle_mu);
     struct cancel__worker *w = p->idle;
-    if (w) {
+    if (w)
         idle_unlink(p, w);
-        cancel__parker_wake(w->parker);
-    }
     pthread_mutex_unlock(&p->idle_mu);
+    if (w)
+        cancel__parker_wake(w->parker);
 }
 
 static void wake_all(struct cancel_pool *p)
@@ -211,14 +210,27 @@ static void wake_all(struct cancel_pool *p)
 }
 
 /* Lists the thread as idle and tells whether it may sleep: false if work
- * (or the end of the pool) came meanwhile. */
-static bool idle_prepare(struct cancel__worker *w)
+ * (or the end of the pool) came meanwhile. *bounded is set when the sleep
+ * must not be trusted to last (the heavy fence failed). */
+static bool idle_prepare(struct cancel__worker *w, bool *bounded)
 {
     idle_add(w);
-    /* seq_cst: our half of the parking pair: the increment of nidle above
-     * comes before the look at the queue below. */
-    atomic_thread_fence(memory_order_seq_cst);
+    /* Our half of the parking pair, the rare side: the increment of nidle
+     * above comes before the look at the queue below, and every producer's
+     * link comes before its light fence (see the top). */
+    *bounded = !cancel__fence_heavy();
     return !q_peek(w->pool) && !atomic_load_explicit(&w->pool->exiting, memory_order_acquire);
+}
+
+/* Sleeps on the parker, for 1 ms at most when the pair cannot be trusted. */
+static void idle_sleep(struct cancel__worker *w, bool bounded, int64_t abs_deadline_ns)
+{
+    if (bounded) {
+        int64_t soon = cancel__clock_ns() + 1000 * 1000;
+        if (abs_deadline_ns < 0 || soon < abs_deadline_ns)
+            abs_deadline_ns = soon;
+    }
+    cancel__parker_sleep(w->parker, abs_deadline_ns);
 }
 
 /* ------------------------------------------------------------------------
@@ -367,11 +379,14 @@ void cancel__group_end_queued(struct cancel_group *g)
 {
     int64_t at = atomic_load_explicit(&g->cancelled, memory_order_relaxed);
     uint64_t ended = 0;
-    /* seq_cst: pairs with the fence of a spawn (cancel__task_submit). We
-     * run after a seq_cst mark of the group's token or of its outer
-     * source: a task listed after this load sees one of them cancelled
-     * there, and ends itself. */
-    for (struct cancel__record *rec = atomic_load_explicit(&g->tasks, memory_order_seq_cst); rec;
+    /* The rare side of the pair with a spawn (cancel__task_submit): after
+     * the mark of the group's token or of its outer source (the core's
+     * seq_cst CAS), before our look at the list. A spawn we miss sees the
+     * mark and ends its task itself. (Should the heavy fence fail, which
+     * cannot happen once it worked, such a task would still end CANCELED,
+     * unrun, when a thread pops it.) */
+    (void)cancel__fence_heavy();
+    for (struct cancel__record *rec = atomic_load_explicit(&g->tasks, memory_order_acquire); rec;
          rec = rec->gnext) {
         struct cancel_task *t = &rec->t;
         uint32_t old;
@@ -402,11 +417,52 @@ void cancel__group_cancelled(void *arg)
     cancel__group_end_queued(arg);
 }
 
+/* Free slabs a pool keeps for its next groups: a group of 10,000 tasks
+ * takes 157 slabs (2.3 MB) that would otherwise come back as fresh pages
+ * from the system each time. */
+#define SLABS_KEPT 256
+
 void cancel__slab_release(struct cancel__slab *slab, uint32_t n)
 {
     /* acq_rel: the last releaser sees every record's last writes. */
-    if (atomic_fetch_sub_explicit(&slab->live, n, memory_order_acq_rel) == n)
+    if (atomic_fetch_sub_explicit(&slab->live, n, memory_order_acq_rel) != n)
+        return;
+    struct cancel_pool *p = slab->pool; /* alive: a group or a pool thread holds it */
+    if (atomic_load_explicit(&p->nslabs, memory_order_relaxed) >= SLABS_KEPT) {
         free(slab);
+        return;
+    }
+    atomic_fetch_add_explicit(&p->nslabs, 1, memory_order_relaxed);
+    struct cancel__slab *head = atomic_load_explicit(&p->slabs, memory_order_relaxed);
+    do
+        slab->next = head;
+    /* release: the slab's link is visible to the popper. */
+    while (!atomic_compare_exchange_weak_explicit(&p->slabs, &head, slab, memory_order_release,
+                                                  memory_order_relaxed));
+}
+
+/* A free slab from the pool's cache (poppers serialised by spare_lock: no
+ * ABA), or a new one; NULL for ENOMEM. */
+static struct cancel__slab *slab_get(struct cancel_pool *p)
+{
+    struct cancel__slab *s = NULL;
+    if (atomic_load_explicit(&p->slabs, memory_order_relaxed) &&
+        !atomic_exchange_explicit(&p->spare_lock, 1, memory_order_acquire)) {
+        /* acquire: pairs with the pushing CAS. */
+        s = atomic_load_explicit(&p->slabs, memory_order_acquire);
+        while (s && !atomic_compare_exchange_weak_explicit(&p->slabs, &s, s->next, memory_order_acquire,
+                                                           memory_order_acquire)) {
+        }
+        atomic_store_explicit(&p->spare_lock, 0, memory_order_release);
+        if (s)
+            atomic_fetch_sub_explicit(&p->nslabs, 1, memory_order_relaxed);
+    }
+    if (!s) {
+        s = malloc(sizeof *s);
+        if (s)
+            s->pool = p;
+    }
+    return s;
 }
 
 /*
@@ -414,15 +470,13 @@ void cancel__slab_release(struct cancel__slab *slab, uint32_t n)
  * freed by a pool thread, and a general allocator pays for every block that
  * crosses threads. A pool thread collects freed blocks in a batch of its
  * own and publishes each full batch on its pool's stack with one CAS; a
- * submitter takes every published batch with one exchange (no ABA: nobody
- * pops a single batch) into a thread-local cache, bounded, which its
- * thread frees when it exits.
+ * submitter whose thread-local cache is empty pops one batch (under a
+ * try-lock that serialises poppers, so a pop cannot suffer ABA; pushes need
+ * no lock), and its thread frees the cache when it exits.
  */
 #define SPARE_BATCH 32
-#define CACHE_MAX 256
 
 static _Thread_local struct cancel__spare *cache;
-static _Thread_local uint32_t cache_count;
 static _Thread_local bool cache_hooked;
 
 static void free_list(struct cancel__spare *b)
@@ -439,29 +493,23 @@ static void cache_free(void *arg)
     (void)arg;
     free_list(cache);
     cache = NULL;
-    cache_count = 0;
 }
 
 static void *task_block_new(struct cancel_pool *p)
 {
-    if (!cache && atomic_load_explicit(&p->spare, memory_order_relaxed)) {
-        /* acquire: pairs with the publishing CAS: the blocks' links. */
-        struct cancel__spare *b = atomic_exchange_explicit(&p->spare, NULL, memory_order_acquire);
-        while (b) {
-            struct cancel__spare *next_batch = b->next_batch;
-            if (cache_count + b->count > CACHE_MAX) {
-                free_list(b);
-            } else {
-                struct cancel__spare *last = b;
-                while (last->next)
-                    last = last->next;
-                last->next = cache;
-                cache = b;
-                cache_count += b->count;
-            }
-            b = next_batch;
+    if (!cache && atomic_load_explicit(&p->spare, memory_order_relaxed) &&
+        !atomic_exchange_explicit(&p->spare_lock, 1, memory_order_acquire)) {
+        /* acquire: pairs with the publishing CAS: the batch's links. */
+        struct cancel__spare *b = atomic_load_explicit(&p->spare, memory_order_acquire);
+        /* Only one popper at a time: b cannot be popped and pushed again
+         * between our load and our CAS. */
+        while (b && !atomic_compare_exchange_weak_explicit(&p->spare, &b, b->next_batch, memory_order_acquire,
+                                                           memory_order_acquire)) {
         }
-        if (cache && !cache_hooked) {
+        /* release: pairs with the next popper's acquire exchange. */
+        atomic_store_explicit(&p->spare_lock, 0, memory_order_release);
+        cache = b;
+        if (b && !cache_hooked) {
             cancel__thread_atexit(cache_free, NULL);
             cache_hooked = true;
         }
@@ -470,7 +518,6 @@ static void *task_block_new(struct cancel_pool *p)
     if (!b)
         return malloc(sizeof(struct cancel_task));
     cache = b->next;
-    cache_count--;
     return b;
 }
 
@@ -544,7 +591,7 @@ static struct cancel__record *record_new(struct cancel_group *g, const char *nam
             }
             return rec;
         }
-        struct cancel__slab *fresh = malloc(sizeof *fresh);
+        struct cancel__slab *fresh = slab_get(g->pool);
         if (!fresh)
             return NULL;
         fresh->next = s;
@@ -554,8 +601,10 @@ static struct cancel__record *record_new(struct cancel_group *g, const char *nam
         /* release: the slab's fields before it is seen. Fails if another
          * spawner installed one first: use theirs. */
         if (!atomic_compare_exchange_strong_explicit(&g->slab, &s, fresh, memory_order_release,
-                                                     memory_order_relaxed))
-            free(fresh);
+                                                     memory_order_relaxed)) {
+            atomic_store_explicit(&fresh->live, 1, memory_order_relaxed);
+            cancel__slab_release(fresh, 1); /* back to the cache */
+        }
     }
 }
 
@@ -665,14 +714,6 @@ static void run_task(struct cancel__worker *w, struct cancel_task *t)
     cancel__task_unref(t);
 }
 
-static void submit_leave(struct cancel_pool *p)
-{
-    /* release: orders our queue writes before cancel_pool_free's view. */
-    uint32_t s = atomic_fetch_sub_explicit(&p->submit, SUBMIT_ONE, memory_order_release);
-    if (cancel__unlikely(s == (SUBMIT_ONE | SUBMIT_CLOSING)))
-        cancel__futex_wake(&p->submit, INT_MAX);
-}
-
 /*
  * Which token a task gets. A plain task given CANCEL_TOKEN_NONE gets the
  * pool's token, and a group task the group's: nothing else can cancel
@@ -680,35 +721,40 @@ static void submit_leave(struct cancel_pool *p)
  * add nothing but its cost. Only a plain task given a token of the caller's
  * gets its own source, linked to that token and to the pool's source, with
  * a registration that ends it if cancelled while queued. Queued tasks of a
- * group are ended by the group's one registration (cancel__group_cancelled);
- * queued tasks on the pool's token end when cancel_pool_free drains them.
+ * group are ended by the group (cancel__group_end_queued); queued tasks on
+ * the pool's token end when cancel_pool_free drains them.
+ *
+ * Submitting while the pool is being freed. The pool's own tasks may
+ * submit then: `closing` refuses them, and their thread drains the queue
+ * after they return, before the join. Other threads may not use a pool
+ * being freed, with one exception: a group spawn, since the group keeps the
+ * pool's memory. A spawn looks at `closing` again after its push, behind a
+ * seq_cst fence, against cancel_pool_free's seq_cst store of `closing` and
+ * the fence its threads pass before their last look at the queue: either a
+ * thread sees the task, or the spawner sees `closing` and ends the task
+ * itself; a node left in the queue then is dropped when the pool's memory
+ * goes.
  */
 int cancel__task_submit(struct cancel_pool *p, struct cancel_group *g, cancel_token tok, cancel_task_fn *fn,
                         void *arg, const char *name, struct cancel_task **out)
 {
-    /* relaxed: the pool's memory is held by the caller (or its group), and
-     * cancel_pool_free's fetch_or orders itself against ours on this word. */
-    if (atomic_fetch_add_explicit(&p->submit, SUBMIT_ONE, memory_order_relaxed) & SUBMIT_CLOSING) {
-        submit_leave(p);
+    /* relaxed: see above; a read-mostly line. */
+    if (atomic_load_explicit(&p->closing, memory_order_relaxed))
         return ESHUTDOWN;
-    }
     /* A plain task's name is not kept: only reports (of groups) show names. */
     bool owned = !g && tok.cancel__impl;
     struct cancel__record *rec = g ? record_new(g, name) : NULL;
     struct cancel_task *t = g ? (rec ? &rec->t : NULL)
                               : owned ? malloc(sizeof(struct cancel__owned))
                                       : task_block_new(p);
-    if (!t) {
-        submit_leave(p);
+    if (!t)
         return ENOMEM;
-    }
     cancel_source *src = NULL;
     if (owned) {
         cancel_token parents[2] = {tok, cancel_source_token(p->src)};
         src = cancel_source_new_linked(parents, 2);
         if (!src) {
             free(t);
-            submit_leave(p);
             return ENOMEM;
         }
     }
@@ -728,7 +774,6 @@ int cancel__task_submit(struct cancel_pool *p, struct cancel_group *g, cancel_to
     atomic_init(&t->nested_in, NULL);
     if (out)
         *out = t;
-    bool queue = true;
     if (g) {
         int64_t now = cancel_now();
         atomic_init(&rec->queued, now);
@@ -743,31 +788,41 @@ int cancel__task_submit(struct cancel_pool *p, struct cancel_group *g, cancel_to
         struct cancel__record *head = atomic_load_explicit(&g->tasks, memory_order_relaxed);
         do
             rec->gnext = head;
-        /* seq_cst (release at least): readers of the list see the record. */
-        while (!atomic_compare_exchange_weak_explicit(&g->tasks, &head, rec, memory_order_seq_cst,
+        /* release: readers of the list see the record. */
+        while (!atomic_compare_exchange_weak_explicit(&g->tasks, &head, rec, memory_order_release,
                                                       memory_order_relaxed));
-        /* seq_cst: a Dekker pair with cancel__group_end_queued: either its
-         * walk of the list (a seq_cst load, after the seq_cst mark of the
-         * group's token or of its outer source) finds this task, or we see
-         * one of them cancelled here. */
-        atomic_thread_fence(memory_order_seq_cst);
-        if (cancel_token_is_requested(cancel_source_token(g->outer)) || cancel_token_is_requested(tok)) {
-            end_unrun(t, now);
-            queue = false;
+        cancel_token outer = cancel_source_token(g->outer);
+        if (cancel_token_is_requested(outer) || cancel_token_is_requested(tok)) {
+            end_unrun(t, now); /* into a cancelled group: accepted, never run */
+            cancel__task_unref(t);
+            return 0;
         }
-    } else if (owned && cancel_register(t->tok, &((struct cancel__owned *)(void *)t)->reg, task_cancelled, t) != 0) {
-        queue = false; /* born cancelled: task_cancelled ended it inline */
-        cancel_source_free(atomic_exchange_explicit(&t->src, NULL, memory_order_relaxed));
-    }
-    if (queue) {
-        q_link(p, &t->q, memory_order_seq_cst);
-        /* seq_cst: the producer's half of the parking pair (see the top). */
-        if (atomic_load_explicit(&p->nidle, memory_order_seq_cst) != 0)
-            wake_one(p);
+        q_link(p, &t->q, memory_order_release);
+        /* Three Dekker pairs at once, each with a rare other side that
+         * issues the heavy fence: cancel__group_end_queued (after the mark
+         * of the group's token or of its outer source, before its walk of
+         * the list): it finds this task, or we see the mark below;
+         * cancel_pool_free (see above): we see `closing`, or its threads see
+         * the task; and the parking pair: an idle thread sees the task, or
+         * we see it idle. */
+        cancel__fence_light();
+        if (cancel_token_is_requested(outer) || cancel_token_is_requested(tok) ||
+            atomic_load_explicit(&p->closing, memory_order_relaxed))
+            end_unrun(t, CANCEL__NO_TIME); /* the node stays; a thread, or the pool's end, drops it */
     } else {
-        cancel__task_unref(t); /* the queue's reference */
+        if (owned && cancel_register(t->tok, &((struct cancel__owned *)(void *)t)->reg, task_cancelled, t) != 0) {
+            /* Born cancelled: task_cancelled ended it inline; never queued. */
+            cancel_source_free(atomic_exchange_explicit(&t->src, NULL, memory_order_relaxed));
+            cancel__task_unref(t);
+            return 0;
+        }
+        q_link(p, &t->q, memory_order_release);
+        /* The producer's half of the parking pair, the frequent side: a
+         * compiler barrier while the process-wide barrier is available. */
+        cancel__fence_light();
     }
-    submit_leave(p);
+    if (atomic_load_explicit(&p->nidle, memory_order_relaxed) != 0)
+        wake_one(p);
     return 0;
 }
 
@@ -841,10 +896,11 @@ int cancel__wait(const struct cancel__waitable *wb, cancel_token wait_tok, int64
     if (r)
         return r;
     struct cancel__worker *w = self;
-    _Atomic uint32_t *word = cancel__parker();
+    _Atomic uint32_t *word = w ? w->parker : cancel__parker();
     struct cancel__waiter node = {NULL, NULL, word};
     cancel_registration reg = CANCEL_REGISTRATION_INIT;
     bool owed = false; /* a producer woke us for work we did not take */
+    bool bounded = false;
     if (!wb->subscribe(wb->obj, &node))
         goto out;
     (void)cancel_register(cancel__until_token(&u), &reg, cancel__parker_wake_cb, word);
@@ -872,13 +928,16 @@ int cancel__wait(const struct cancel__waitable *wb, cancel_token wait_tok, int64
                     atomic_store_explicit(&me->nested_in, NULL, memory_order_relaxed);
                 continue;
             }
-            if (!idle_prepare(w)) {
+            if (!idle_prepare(w, &bounded)) {
                 owed = !idle_remove(w);
                 continue;
             }
         }
         cancel__blocked_enter(wb->what, -1);
-        cancel__parker_sleep(word, u.kernel_deadline);
+        if (w)
+            idle_sleep(w, bounded, u.kernel_deadline);
+        else
+            cancel__parker_sleep(word, u.kernel_deadline);
         cancel__blocked_leave();
         if (w)
             owed = !idle_remove(w);
@@ -918,7 +977,6 @@ static void *worker_main(void *arg)
     struct cancel__worker *w = arg;
     struct cancel_pool *p = w->pool;
     self = w;
-    w->parker = cancel__parker();
     clockid_t cid;
     bool has_clock = pthread_getcpuclockid(pthread_self(), &cid) == 0;
     pthread_mutex_lock(&p->report_mu);
@@ -942,13 +1000,15 @@ static void *worker_main(void *arg)
                 cancel__cpu_relax();
             continue;
         }
-        /* acquire: pairs with cancel_pool_free's store; no submission is in
-         * flight by then, so an empty queue stays empty. */
+        /* acquire: pairs with cancel_pool_free's store, which comes after
+         * its heavy fence: a late group spawn's task is in the queue for
+         * us, or the spawn saw `closing` and ended the task itself. */
         if (atomic_load_explicit(&p->exiting, memory_order_acquire) && !q_peek(p))
             break;
         atomic_exchange_explicit(w->parker, 0, memory_order_acquire);
-        if (idle_prepare(w))
-            cancel__parker_sleep(w->parker, -1);
+        bool bounded;
+        if (idle_prepare(w, &bounded))
+            idle_sleep(w, bounded, -1);
         idle_remove(w);
         spins = 0;
     }
@@ -964,9 +1024,16 @@ static void *worker_main(void *arg)
 
 static void pool_destroy(struct cancel_pool *p)
 {
+    /* Nodes a late group spawn left behind (it ended their tasks). */
+    for (struct cancel_task *t; (t = q_pop(p)) != NULL;)
+        drop_task(t);
     for (struct cancel__spare *b = atomic_load_explicit(&p->spare, memory_order_acquire), *next; b; b = next) {
         next = b->next_batch;
         free_list(b);
+    }
+    for (struct cancel__slab *s = atomic_load_explicit(&p->slabs, memory_order_acquire), *next; s; s = next) {
+        next = s->next;
+        free(s);
     }
     cancel_source_free(p->src);
     pthread_mutex_destroy(&p->idle_mu);
@@ -1031,7 +1098,6 @@ cancel_pool *cancel_pool_new(size_t threads, const char *name)
     p->workers = (struct cancel__worker *)(void *)((char *)p + head);
     p->name = name ? memcpy((char *)(p->workers + threads), name, len) : NULL;
     p->nthreads = threads;
-    atomic_init(&p->submit, 0);
     atomic_init(&p->stub.next, NULL);
     atomic_init(&p->tail, &p->stub);
     atomic_init(&p->qlock, 0);
@@ -1041,6 +1107,9 @@ cancel_pool *cancel_pool_new(size_t threads, const char *name)
     atomic_init(&p->closing, 0);
     atomic_init(&p->refs, 1);
     atomic_init(&p->spare, NULL);
+    atomic_init(&p->spare_lock, 0);
+    atomic_init(&p->slabs, NULL);
+    atomic_init(&p->nslabs, 0);
     p->idle = NULL;
     pthread_mutex_init(&p->idle_mu, NULL);
     pthread_mutex_init(&p->report_mu, NULL);
@@ -1055,6 +1124,8 @@ cancel_pool *cancel_pool_new(size_t threads, const char *name)
     for (size_t i = 0; i < threads; i++) {
         struct cancel__worker *w = &p->workers[i];
         w->pool = p;
+        atomic_init(&w->parker_word, 0);
+        w->parker = &w->parker_word;
         atomic_init(&w->current, NULL);
         w->last_end = CANCEL__NO_TIME;
         int err = cancel__thread_start(&w->thread, worker_main, w, tname);
@@ -1073,15 +1144,12 @@ void cancel_pool_free(cancel_pool *p)
 {
     if (!p)
         return;
-    /* No task starts from now on, and no submission either; wait for those
-     * in flight, so that the queue only shrinks from here. */
+    /* No task starts from now on, and no submission is accepted. The heavy
+     * fence is the rare side of the pair with a group spawn (see
+     * cancel__task_submit); its threads' last look at the queue comes
+     * after it (they see `exiting`, stored below, first). */
     atomic_store_explicit(&p->closing, 1, memory_order_seq_cst);
-    /* acquire: pairs with submit_leave's release. */
-    uint32_t s = atomic_fetch_or_explicit(&p->submit, SUBMIT_CLOSING, memory_order_acquire) | SUBMIT_CLOSING;
-    while (s != SUBMIT_CLOSING) {
-        (void)cancel__futex_wait(&p->submit, s, -1);
-        s = atomic_load_explicit(&p->submit, memory_order_acquire);
-    }
+    (void)cancel__fence_heavy();
     /* Every task's token descends from the pool's source: running tasks
      * are asked to stop, queued tasks of groups and those with tokens of
      * their own end CANCELED through their registrations. */

@@ -69,7 +69,9 @@ struct cancel__qnode {
 struct cancel__worker {
     struct cancel_pool *pool;            /* r/o */
     pthread_t thread;                    /* r/o once started */
-    _Atomic uint32_t *parker;            /* the thread's parker word; r/o once started */
+    _Atomic uint32_t *parker;            /* r/o: the thread's parker word, parker_word below */
+    _Atomic uint32_t parker_word;        /* in pool memory, so that a waker holding the pool
+                                            may touch it after letting go of idle_mu */
     struct cancel__worker *idle_next, **idle_pprev; /* under pool->idle_mu; pprev NULL: not idle */
     struct cancel__blocked *blocked;     /* the thread's blocked-in word; under pool->report_mu
                                             (NULL before the thread starts and after it ends) */
@@ -94,28 +96,30 @@ struct cancel__spare {
 #define CANCEL__CACHELINE 64
 
 struct cancel_pool {
-    /* Producers' line. `submit` counts submissions in flight (by 2) with
-     * CLOSING as bit 0: cancel_pool_free waits for it to drain. */
-    _Alignas(CANCEL__CACHELINE) _Atomic uint32_t submit;
-    struct cancel__qnode *_Atomic tail;
+    /* Producers' line. */
+    _Alignas(CANCEL__CACHELINE) struct cancel__qnode *_Atomic tail;
     /* Consumers' line. */
     _Alignas(CANCEL__CACHELINE) _Atomic uint32_t qlock; /* the consumer try-lock */
     struct cancel__qnode *_Atomic head;                 /* under qlock (atomic for peeks) */
     struct cancel__qnode stub;
     /* Idle threads: parked, in the list, counted in nidle. */
     _Alignas(CANCEL__CACHELINE) _Atomic uint32_t nidle;
-    _Atomic uint32_t closing; /* cancel_pool_free started: start no task */
     _Atomic uint32_t exiting; /* threads leave once the queue is empty */
     pthread_mutex_t idle_mu;
     struct cancel__worker *idle; /* under idle_mu */
-    /* The rest: read-mostly. */
-    _Alignas(CANCEL__CACHELINE) _Atomic uint32_t refs; /* the owner's handle, and one per group */
-    struct cancel__spare *_Atomic spare; /* batches of freed task blocks (pool.c) */
-    pthread_mutex_t report_mu;  /* reports read workers' blocked-in words under it */
-    cancel_source *src;         /* r/o; freed by cancel_pool_free */
+    /* Freed task blocks, a batch per 32 tasks. */
+    _Alignas(CANCEL__CACHELINE) struct cancel__spare *_Atomic spare; /* batches of blocks (pool.c) */
+    _Atomic uint32_t spare_lock; /* serialises poppers of `spare` and `slabs` */
+    struct cancel__slab *_Atomic slabs; /* free record slabs, for the next groups */
+    _Atomic uint32_t nslabs;     /* how many (roughly: a cap, not an account) */
+    /* Read-mostly. */
+    _Alignas(CANCEL__CACHELINE) _Atomic uint32_t closing; /* cancel_pool_free started: start no task */
+    _Atomic uint32_t refs;      /* the owner's handle, and one per group */
+    cancel_source *src;         /* r/o; freed with the pool's memory */
     const char *name;           /* r/o; in the allocation, or NULL */
     size_t nthreads;            /* r/o */
     struct cancel__worker *workers; /* r/o; in the allocation */
+    pthread_mutex_t report_mu;  /* reports read workers' blocked-in words under it */
 };
 
 /* ---- tasks ---- */
@@ -177,7 +181,8 @@ struct cancel__record {
 #define CANCEL__SLAB_RECORDS 64
 #define CANCEL__SLAB_NAMES (CANCEL__SLAB_RECORDS * 24)
 struct cancel__slab {
-    struct cancel__slab *next;       /* the group's older slab; r/o once installed */
+    struct cancel__slab *next;       /* the group's older slab (or the next free one in the pool) */
+    struct cancel_pool *pool;        /* r/o: whose cache it returns to */
     _Atomic uint32_t used;           /* slots handed out (goes past the end once full) */
     _Atomic uint32_t names_used;     /* bytes of `names` handed out (likewise) */
     _Atomic uint32_t live;           /* slots not yet released */
