@@ -150,8 +150,10 @@ static void scenario_beta(void)
     test_gate_wait(&h.nested_ready);
     test_gate_wait(&h.inner.started);
     /* The hog enters its wait on its own schedule: look until it is there. */
-    while (!report_has(g, "in cancel_group_wait"))
+    for (int tries = 0; !report_has(g, "in cancel_group_wait"); tries++) {
+        CHECK(tries < 10000); /* 10 s: it never showed */
         test_sleep_ns(1 * MS);
+    }
     struct failer f = {TEST_GATE_INIT, TEST_GATE_INIT};
     CHECK_EQ(cancel_group_spawn(g, fail_task, &f, "failer"), 0);
     test_gate_wait(&f.started);

@@ -12,45 +12,40 @@
  * Idle threads. A pool thread that finds no work spins a little, then
  * parks (wake.c) after listing itself in the pool's idle list and counting
  * itself in `nidle`. A producer, after linking, reads `nidle`; if a thread is
- * idle it unlists one and wakes it. The two form a Dekker pair: the
- * producer's link (seq_cst store) then its load of nidle (seq_cst), against
- * the thread's increment of nidle (seq_cst) then a seq_cst fence then its
- * look at the queue: either the producer sees the idle thread, or the thread
- * sees the task. A thread that fails to pop because another holds qlock
- * parks as well: the holder, after releasing qlock, looks for remaining work
- * and idle threads (the same pair, with qlock's exchange and release store
- * as the thread's and holder's halves).
+ * idle it unlists one and wakes it. The two form a Dekker pair with
+ * asymmetric fences (platform.h): the producer, the frequent side, links,
+ * issues the light fence (a compiler barrier once the process-wide barrier
+ * is registered) and reads nidle; the thread, the rare side, increments
+ * nidle, issues the heavy fence (membarrier) and looks at the queue: either
+ * the producer sees the idle thread, or the thread sees the task. A thread
+ * that sleeps only after looking (q_peek), so one that lost the try-lock to
+ * another consumer finds the task still there and does not sleep.
  *
- * A task's life. cancel_task_run allocates the task, makes its source (a
- * linked child of the caller's token and the pool's source, or of the
- * group's source) and registers `task_cancelled` on it, then queues it. The
- * state word moves PENDING -> RUNNING -> COMPLETED/CANCELED/FAILED, or
- * PENDING -> CANCELED, by CAS: the pool thread that pops a task claims it
- * (PENDING -> RUNNING) while the cancellation callback may at the same
- * moment end it (PENDING -> CANCELED); exactly one wins. The loser of a
- * claim still owns the queue's reference: it unregisters the callback
- * (cancel_unregister waits for a callback that is running) and drops it.
+ * A task's life. The state word moves PENDING -> RUNNING ->
+ * COMPLETED/CANCELED/FAILED, or PENDING -> CANCELED, by CAS: the pool
+ * thread that pops a task claims it (PENDING -> RUNNING) while a
+ * cancellation may at the same moment end it (PENDING -> CANCELED);
+ * exactly one wins, and the loser of a claim only drops its reference.
  * Whoever ends a task wakes its waiters (the WAITERS bit, set under the
  * stripe mutex by a waiter, tells it whether to look), then, for a group
- * task, counts it out of the group: that is the last access to the group.
+ * task, counts it out of the group: that is its last access to the group.
+ * Which token a task gets, and who ends it when its token is cancelled
+ * while it is queued, is described above cancel__task_submit.
  *
  * Lifetime. A task is reference-counted: the queue's reference (until a
  * pool thread ran or dropped it, or until it ended before being queued),
- * the handle (cancel_task_run's *out), and the group's record. Its source
- * is freed by the pool thread after the run, except for a group task whose
- * token is cancelled: the group's source is then probably being dispatched,
- * and unhooking from it would intrude on that dispatch once per task, so the
- * source is kept until the task's memory goes (at cancel_group_free). The
- * pool's memory is reference-counted too (its handle and its groups), so
- * that group handles can reach its "closing" flag after cancel_pool_free.
- * A worker's blocked-in word and CPU clock belong to its thread: reports
- * read them under report_mu, and the thread clears its pointer under
- * report_mu before it ends.
+ * the handle (cancel_task_run's *out), and the group's record. Plain task
+ * blocks are recycled (task_block_new), group records live in their group's
+ * slabs (record_new). The pool's memory is reference-counted too (its handle
+ * and its groups), so that group handles can reach its `closing` flag after
+ * cancel_pool_free. A worker's blocked-in word and CPU clock belong to its
+ * thread: reports read them under report_mu, and the thread clears its
+ * pointer under report_mu before it ends.
  *
- * Locks: qlock (a try-lock, never waited on), idle_mu, report_mu and the
- * stripes (wake.c) are each held for a few instructions and a futex wake at
- * most, never while user code runs, and never nested in one another. A
- * task runs with no lock of the layer held.
+ * Locks: qlock and spare_lock (try-locks, never waited on), idle_mu,
+ * report_mu and the stripes (wake.c) are each held for a few instructions
+ * and a futex wake at most, never while user code runs, and never nested in
+ * one another. A task runs with no lock of the layer held.
  */
 #include "task_internal.h"
 
@@ -728,9 +723,9 @@ static void run_task(struct cancel__worker *w, struct cancel_task *t)
  * submit then: `closing` refuses them, and their thread drains the queue
  * after they return, before the join. Other threads may not use a pool
  * being freed, with one exception: a group spawn, since the group keeps the
- * pool's memory. A spawn looks at `closing` again after its push, behind a
- * seq_cst fence, against cancel_pool_free's seq_cst store of `closing` and
- * the fence its threads pass before their last look at the queue: either a
+ * pool's memory. A spawn looks at `closing` again after its push, behind
+ * the light fence, against cancel_pool_free's store of `closing` followed
+ * by the heavy fence, before its threads' last look at the queue: either a
  * thread sees the task, or the spawner sees `closing` and ends the task
  * itself; a node left in the queue then is dropped when the pool's memory
  * goes.
@@ -1063,9 +1058,10 @@ void cancel__pool_unref(struct cancel_pool *p)
  * cancel_pool_free). */
 static void stop_threads(struct cancel_pool *p, size_t started)
 {
-    /* seq_cst: threads read it after listing themselves idle (idle_prepare),
-     * and we wake every listed one after storing it. */
-    atomic_store_explicit(&p->exiting, 1, memory_order_seq_cst);
+    /* release: pairs with the threads' acquire loads. A thread lists itself
+     * idle under idle_mu before it reads the flag: wake_all below, under
+     * idle_mu too, either finds it listed or came first (then it reads 1). */
+    atomic_store_explicit(&p->exiting, 1, memory_order_release);
     wake_all(p);
     for (size_t i = 0; i < started; i++)
         (void)cancel__thread_join(p->workers[i].thread, -1);
@@ -1148,7 +1144,8 @@ void cancel_pool_free(cancel_pool *p)
      * fence is the rare side of the pair with a group spawn (see
      * cancel__task_submit); its threads' last look at the queue comes
      * after it (they see `exiting`, stored below, first). */
-    atomic_store_explicit(&p->closing, 1, memory_order_seq_cst);
+    /* release: pairs with cancel__pool_ref's acquire load. */
+    atomic_store_explicit(&p->closing, 1, memory_order_release);
     (void)cancel__fence_heavy();
     /* Every task's token descends from the pool's source: running tasks
      * are asked to stop, queued tasks of groups and those with tokens of

@@ -507,7 +507,8 @@ static void blocked_in_is_reported(void)
     /* The waiter enters its wait on its own schedule: look until it shows
      * (bounded by the test's timeout). */
     bool seen = false;
-    while (!seen) {
+    for (int tries = 0; !seen; tries++) {
+        CHECK(tries < 10000); /* 10 s: it never showed */
         char *text = NULL;
         size_t len = 0;
         FILE *f = open_memstream(&text, &len);
