@@ -220,6 +220,40 @@ static void cancel_and_spawn_into_cancelled(void)
     cancel_pool_free(p);
 }
 
+/* A queued task of a cancelled group ends CANCELED at once, even while
+ * every pool thread is busy with a task that ignores its token: through
+ * cancel_group_cancel, and through the parent's token. */
+static void queued_tasks_end_promptly(void)
+{
+    for (int by_parent = 0; by_parent < 2; by_parent++) {
+        cancel_pool *p = cancel_pool_new(1, "busy");
+        cancel_source *parent = cancel_source_new();
+        cancel_group *g = cancel_group_new(p, cancel_source_token(parent), "prompt");
+        test_gate go = TEST_GATE_INIT;
+        struct failer deaf = {&go, 0, TEST_GATE_INIT};
+        CHECK_EQ(cancel_group_spawn(g, fail_when_told, &deaf, "deaf"), 0);
+        test_gate_wait(&deaf.started);
+        for (int i = 0; i < 10; i++)
+            CHECK_EQ(cancel_group_spawn(g, must_not_run, NULL, "queued"), 0);
+        cancel_group_stats st;
+        CHECK_EQ(cancel_group_stats_get(g, &st), 0);
+        CHECK_EQ(st.pending, 10);
+        if (by_parent)
+            cancel_source_cancel(parent);
+        else
+            cancel_group_cancel(g);
+        CHECK_EQ(cancel_group_stats_get(g, &st), 0);
+        CHECK_EQ(st.canceled, 10); /* the only thread is still busy */
+        CHECK_EQ(st.running, 1);
+        CHECK(!test_gate_is_open(&go));
+        test_gate_open(&go);
+        CHECK_EQ(cancel_group_wait(g), ECANCELED);
+        cancel_group_free(g);
+        cancel_source_free(parent);
+        cancel_pool_free(p);
+    }
+}
+
 /* Tasks spawn siblings while the group is waited. */
 struct chain {
     cancel_group *g;
@@ -567,6 +601,7 @@ int main(void)
     RUN(fail_fast);
     RUN(first_failure_in_time);
     RUN(cancel_and_spawn_into_cancelled);
+    RUN(queued_tasks_end_promptly);
     RUN(siblings_spawned_while_waited);
     RUN(group_wait_inside_a_task);
     RUN(nested_groups);

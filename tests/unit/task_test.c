@@ -239,6 +239,44 @@ static void pool_free_cancels_everything(void)
     }
 }
 
+/* Freeing a pool whose only thread is busy with a task that ignores its
+ * token: the queued tasks end CANCELED at once, and their waiters wake
+ * then, while free still waits for the running one. */
+struct freer {
+    cancel_pool *pool;
+    test_gate done;
+};
+static void *free_pool(void *arg)
+{
+    struct freer *f = arg;
+    cancel_pool_free(f->pool);
+    test_gate_open(&f->done);
+    return NULL;
+}
+static void pool_free_ends_queued_tasks_promptly(void)
+{
+    cancel_pool *p = cancel_pool_new(1, "slow");
+    struct blocker b = {TEST_GATE_INIT, TEST_GATE_INIT};
+    CHECK_EQ(cancel_task_run(p, CANCEL_TOKEN_NONE, block_until_released, &b, "deaf", NULL), 0);
+    test_gate_wait(&b.started);
+    cancel_source *s = cancel_source_new();
+    cancel_task *queued[2];
+    CHECK_EQ(cancel_task_run(p, CANCEL_TOKEN_NONE, must_not_run, NULL, "on the pool's token", &queued[0]), 0);
+    CHECK_EQ(cancel_task_run(p, cancel_source_token(s), must_not_run, NULL, "on a token", &queued[1]), 0);
+    struct freer f = {p, TEST_GATE_INIT};
+    pthread_t th = test_spawn(free_pool, &f);
+    for (int i = 0; i < 2; i++) {
+        CHECK_EQ(cancel_task_wait(CANCEL_TOKEN_NONE, queued[i], CANCEL_INFINITE), 0);
+        CHECK_EQ(cancel_task_state_of(queued[i]), CANCEL_TASK_CANCELED);
+    }
+    CHECK(!test_gate_is_open(&f.done)); /* free waits for the deaf task */
+    test_gate_open(&b.release);
+    test_join(th);
+    for (int i = 0; i < 2; i++)
+        cancel_task_free(queued[i]);
+    cancel_source_free(s);
+}
+
 static void wait_timeouts_and_wait_token(void)
 {
     cancel_pool *p = cancel_pool_new(1, "waits");
@@ -481,6 +519,7 @@ int main(void)
     RUN(queued_task_cancelled_promptly);
     RUN(cause_comes_from_the_callers_token);
     RUN(pool_free_cancels_everything);
+    RUN(pool_free_ends_queued_tasks_promptly);
     RUN(wait_timeouts_and_wait_token);
     RUN(wait_token_wakes_sleeping_waiter);
     RUN(manual_clock_governs_waits);
