@@ -16,6 +16,8 @@
 #include <dirent.h>
 #include <errno.h>
 
+#include "task/task_internal.h" /* to count the slabs a group gives back */
+
 void *__real_malloc(size_t);
 void *__real_calloc(size_t, size_t);
 void *__real_realloc(void *, size_t);
@@ -188,7 +190,13 @@ static void group_new_spawn_report(long n)
     cancel_group_stats st;
     CHECK_EQ(cancel_group_stats_get(g, &st), 0);
     CHECK_EQ(st.completed, (size_t)((r == 0) + (r2 == 0)));
+    /* Every slab of the group comes back to the pool's cache: no slot of a
+     * refused spawn is forgotten. */
+    uint32_t kept = atomic_load(&shared->nslabs), slabs = 0;
+    for (struct cancel__slab *sl = atomic_load(&g->slab); sl; sl = sl->next)
+        slabs++;
     cancel_group_free(g);
+    CHECK_EQ(atomic_load(&shared->nslabs), kept + slabs);
     seen = made;
 }
 
