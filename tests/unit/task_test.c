@@ -337,15 +337,16 @@ static void wait_token_wakes_sleeping_waiter(void)
     cancel_pool_free(p);
 }
 
-/* The manual clock governs task waits. */
+/* The manual clock governs task waits: a one-hour timeout passes in no
+ * time once the clock is moved by an hour, and not before. */
 struct timed_waiter {
     cancel_task *t;
     _Atomic int result;
 };
-static void *wait_one_second(void *arg)
+static void *wait_one_hour(void *arg)
 {
     struct timed_waiter *w = arg;
-    atomic_store(&w->result, cancel_task_wait(CANCEL_TOKEN_NONE, w->t, 1000 * MS));
+    atomic_store(&w->result, cancel_task_wait(CANCEL_TOKEN_NONE, w->t, 3600 * 1000 * MS));
     return NULL;
 }
 static void manual_clock_governs_waits(void)
@@ -356,17 +357,19 @@ static void manual_clock_governs_waits(void)
     CHECK_EQ(cancel_task_run(p, CANCEL_TOKEN_NONE, block_until_released, &b, "blocked", &w.t), 0);
     test_gate_wait(&b.started);
     cancel_clock_use_manual(true);
-    int64_t start = cancel_now();
-    pthread_t th = test_spawn(wait_one_second, &w);
-    /* Only the manual clock moves the deadline: it returns once we moved
-     * it by at least the timeout, however long real time takes. */
-    while (atomic_load(&w.result) == -1) {
-        cancel_clock_advance(100 * MS);
-        test_sleep_ns(1 * MS);
-    }
+    cancel_stats st;
+    CHECK_EQ(cancel_get_stats(&st), 0);
+    size_t armed = st.deadlines_pending;
+    pthread_t th = test_spawn(wait_one_hour, &w);
+    do { /* the wait has begun once its timeout is an armed deadline */
+        test_sleep_ns(100 * 1000);
+        CHECK_EQ(cancel_get_stats(&st), 0);
+    } while (st.deadlines_pending == armed);
+    cancel_clock_advance(3599 * 1000 * MS);
+    CHECK_EQ(atomic_load(&w.result), -1); /* not a second early */
+    cancel_clock_advance(1000 * MS);
     test_join(th);
     CHECK_EQ(w.result, ETIMEDOUT);
-    CHECK(cancel_now() - start >= 1000 * MS);
     cancel_clock_use_manual(false);
     test_gate_open(&b.release);
     cancel_task_free(w.t);
