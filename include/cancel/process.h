@@ -25,7 +25,8 @@
  *
  * Signals. Cancellation (and cancel_process_free of a running child, and
  * cancel_process_signal) signals the child's process group while the child
- * is not reaped: its id, hence its group's id, cannot be reused by another
+ * is not reaped (cancellation and free send SIGCONT after term_signal, so
+ * that a stopped child acts on it at once): its id, hence its group's id, cannot be reused by another
  * process until then. Once it is reaped nothing is signalled any more, so
  * grandchildren that outlive the child are the caller's. Without own_group
  * only the child itself is signalled, through a pidfd. The signals are sent
@@ -152,7 +153,9 @@ CANCEL_API pid_t cancel_process_pid(const cancel_process *p);
  *
  * `wait_tok` is the waiter's token, not the process's: its cancellation
  * ends the wait with ECANCELED and leaves the child running (cancel the
- * process's token to stop the child). A timeout of 0 tries once;
+ * process's token to stop the child). Waiting under the process's own token
+ * therefore returns ECANCELED as soon as it is cancelled, before the child
+ * has ended: wait again (CANCEL_TOKEN_NONE) for its status. A timeout of 0 tries once;
  * CANCEL_INFINITE waits without limit. A wait_tok whose source is freed
  * uncancelled mid-wait is simply no longer listened to.
  *

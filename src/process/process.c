@@ -172,8 +172,8 @@ static void terminate(struct cancel_process *p)
     pthread_mutex_lock(&p->mu);
     bool first = !p->terminating && !p->reaped;
     p->terminating = true;
-    if (first)
-        send_locked(p, p->term_signal);
+    if (first && send_locked(p, p->term_signal) == 0 && p->term_signal != SIGKILL)
+        send_locked(p, SIGCONT); /* a stopped child acts on it only once continued */
     pthread_mutex_unlock(&p->mu);
     if (!first || p->term_signal == SIGKILL || p->grace_ns == CANCEL_INFINITE)
         return;

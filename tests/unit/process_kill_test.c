@@ -3,10 +3,14 @@
  * and no zombie ever. */
 #include "process_util.h"
 
-static int spawn_sleep(cancel_token tok, const cancel_process_options *o, cancel_process **p)
+static int spawn_sleep(cancel_token tok, const cancel_process_options *base, cancel_process **p)
 {
+    cancel_process_options o = CANCEL_PROCESS_OPTIONS_INIT;
+    if (base)
+        o = *base;
+    quiet_defaults(&o);
     char *argv[] = {"sleep", "1000", NULL};
-    return cancel_process_spawn(tok, "sleep", argv, o, p);
+    return cancel_process_spawn(tok, "sleep", argv, &o, p);
 }
 
 static void cancelled_while_waiting(void)
@@ -14,7 +18,7 @@ static void cancelled_while_waiting(void)
     cancel_source *s = cancel_source_new();
     cancel_process *p;
     CHECK_EQ(spawn_sleep(cancel_source_token(s), NULL, &p), 0);
-    struct waiter w = {CANCEL_TOKEN_NONE, p, CANCEL_INFINITE, NULL, -1, -1};
+    struct waiter w = {CANCEL_TOKEN_NONE, p, PATIENT, NULL, -1, -1};
     pthread_t t = start_waiter(&w);
     cancel_source_cancel(s);
     test_join(t);
@@ -35,7 +39,7 @@ static void cancelled_then_waited_and_other_signal(void)
     cancel_source_cancel_async(s);
     cancel_source_free(s);
     int st;
-    CHECK_EQ(cancel_process_wait(CANCEL_TOKEN_NONE, p, CANCEL_INFINITE, &st), 0);
+    CHECK_EQ(cancel_process_wait(CANCEL_TOKEN_NONE, p, PATIENT, &st), 0);
     CHECK(WIFSIGNALED(st) && WTERMSIG(st) == SIGINT);
     CHECK_EQ(cancel_process_signal(p, SIGTERM), ESRCH); /* reaped: nothing is signalled */
     cancel_process_free(p);
@@ -51,7 +55,7 @@ static void source_freed_uncancelled_never_cancels(void)
     cancel_source_free(s);
     CHECK(write(in[1], "go\n", 3) == 3);
     int st;
-    CHECK_EQ(cancel_process_wait(CANCEL_TOKEN_NONE, p, CANCEL_INFINITE, &st), 0);
+    CHECK_EQ(cancel_process_wait(CANCEL_TOKEN_NONE, p, PATIENT, &st), 0);
     CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 2);
     cancel_process_free(p);
     close(in[1]);
@@ -80,7 +84,7 @@ static void stubborn_child_killed_after_grace(void)
     cancel_process *p = spawn_stubborn(cancel_source_token(s), 50 * MS, &rd);
     cancel_source_cancel(s);
     int st;
-    CHECK_EQ(cancel_process_wait(CANCEL_TOKEN_NONE, p, CANCEL_INFINITE, &st), 0);
+    CHECK_EQ(cancel_process_wait(CANCEL_TOKEN_NONE, p, PATIENT, &st), 0);
     CHECK(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL);
     cancel_process_free(p);
     cancel_source_free(s);
@@ -99,7 +103,7 @@ static void grace_on_the_manual_clock(void)
     CHECK_EQ(cancel_process_wait(CANCEL_TOKEN_NONE, p, 0, NULL), ETIMEDOUT); /* SIGTERM ignored */
     cancel_clock_advance(1);
     int st;
-    CHECK_EQ(cancel_process_wait(CANCEL_TOKEN_NONE, p, CANCEL_INFINITE, &st), 0);
+    CHECK_EQ(cancel_process_wait(CANCEL_TOKEN_NONE, p, PATIENT, &st), 0);
     CHECK(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL);
     cancel_process_free(p);
     cancel_source_free(s);
@@ -114,7 +118,7 @@ static void grace_zero_and_sigkill_term(void)
     cancel_process *p = spawn_stubborn(cancel_source_token(s), 0, &rd);
     cancel_source_cancel(s);
     int st;
-    CHECK_EQ(cancel_process_wait(CANCEL_TOKEN_NONE, p, CANCEL_INFINITE, &st), 0);
+    CHECK_EQ(cancel_process_wait(CANCEL_TOKEN_NONE, p, PATIENT, &st), 0);
     CHECK(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL);
     cancel_process_free(p);
     cancel_source_free(s);
@@ -126,8 +130,27 @@ static void grace_zero_and_sigkill_term(void)
     o.grace_ns = CANCEL_INFINITE;
     CHECK_EQ(spawn_sleep(cancel_source_token(s), &o, &p), 0);
     cancel_source_cancel(s);
-    CHECK_EQ(cancel_process_wait(CANCEL_TOKEN_NONE, p, CANCEL_INFINITE, &st), 0);
+    CHECK_EQ(cancel_process_wait(CANCEL_TOKEN_NONE, p, PATIENT, &st), 0);
     CHECK(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL);
+    cancel_process_free(p);
+    cancel_source_free(s);
+}
+
+/* A stopped child acts on the term signal at once: SIGCONT follows it. */
+static void stopped_child_is_terminated(void)
+{
+    cancel_source *s = cancel_source_new();
+    cancel_process_options o = CANCEL_PROCESS_OPTIONS_INIT;
+    o.grace_ns = CANCEL_INFINITE; /* nothing but the term signal can end it */
+    cancel_process *p;
+    CHECK_EQ(spawn_sleep(cancel_source_token(s), &o, &p), 0);
+    CHECK_EQ(cancel_process_signal(p, SIGSTOP), 0);
+    siginfo_t si;
+    CHECK(waitid(P_PID, (id_t)cancel_process_pid(p), &si, WSTOPPED | WNOWAIT) == 0);
+    cancel_source_cancel(s);
+    int st;
+    CHECK_EQ(cancel_process_wait(CANCEL_TOKEN_NONE, p, PATIENCE_MS * MS, &st), 0);
+    CHECK(WIFSIGNALED(st) && WTERMSIG(st) == SIGTERM);
     cancel_process_free(p);
     cancel_source_free(s);
 }
@@ -151,7 +174,7 @@ static void grandchildren_get_the_signal(void)
     CHECK(g > 0);
     cancel_source_cancel(s);
     int st;
-    CHECK_EQ(cancel_process_wait(CANCEL_TOKEN_NONE, p, CANCEL_INFINITE, &st), 0);
+    CHECK_EQ(cancel_process_wait(CANCEL_TOKEN_NONE, p, PATIENT, &st), 0);
     CHECK(WIFSIGNALED(st) && WTERMSIG(st) == SIGTERM);
     CHECK_EQ(read_int_line(out[0]), SIGTERM); /* the grandchild got it through the group */
     cancel_process_free(p);
@@ -171,7 +194,7 @@ static void reaped_child_is_never_signalled(void)
     close(out[1]);
     int g = read_int_line(out[0]);
     int st;
-    CHECK_EQ(cancel_process_wait(CANCEL_TOKEN_NONE, p, CANCEL_INFINITE, &st), 0);
+    CHECK_EQ(cancel_process_wait(CANCEL_TOKEN_NONE, p, PATIENT, &st), 0);
     CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0);
     cancel_source_cancel(s);                          /* runs the callback here, now */
     CHECK_EQ(cancel_process_signal(p, SIGTERM), ESRCH); /* and this would signal too */
@@ -196,7 +219,7 @@ static void without_group_only_the_child(void)
     int g = read_int_line(out[0]);
     cancel_source_cancel(s);
     int st;
-    CHECK_EQ(cancel_process_wait(CANCEL_TOKEN_NONE, p, CANCEL_INFINITE, &st), 0);
+    CHECK_EQ(cancel_process_wait(CANCEL_TOKEN_NONE, p, PATIENT, &st), 0);
     CHECK(WIFSIGNALED(st) && WTERMSIG(st) == SIGTERM);
     CHECK(kill(g, SIGRTMIN) == 0);
     CHECK_EQ(read_int_line(out[0]), SIGRTMIN);
@@ -212,7 +235,7 @@ static void signal_function(void)
     CHECK_EQ(cancel_process_signal(p, 0), 0);
     CHECK_EQ(cancel_process_signal(p, SIGUSR1), 0);
     int st;
-    CHECK_EQ(cancel_process_wait(CANCEL_TOKEN_NONE, p, CANCEL_INFINITE, &st), 0);
+    CHECK_EQ(cancel_process_wait(CANCEL_TOKEN_NONE, p, PATIENT, &st), 0);
     CHECK(WIFSIGNALED(st) && WTERMSIG(st) == SIGUSR1);
     CHECK_EQ(cancel_process_signal(p, 0), ESRCH);
     cancel_process_free(p);
@@ -333,7 +356,7 @@ static void cancel_races_spawn(void)
         if (err == 0) {
             spawned++;
             int st;
-            CHECK_EQ(cancel_process_wait(CANCEL_TOKEN_NONE, p, CANCEL_INFINITE, &st), 0);
+            CHECK_EQ(cancel_process_wait(CANCEL_TOKEN_NONE, p, PATIENT, &st), 0);
             CHECK(WIFSIGNALED(st) && WTERMSIG(st) == SIGTERM);
             cancel_process_free(p);
         } else {
@@ -356,6 +379,7 @@ int main(int argc, char **argv)
     RUN(stubborn_child_killed_after_grace);
     RUN(grace_on_the_manual_clock);
     RUN(grace_zero_and_sigkill_term);
+    RUN(stopped_child_is_terminated);
     RUN(grandchildren_get_the_signal);
     RUN(reaped_child_is_never_signalled);
     RUN(without_group_only_the_child);

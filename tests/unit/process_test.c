@@ -236,7 +236,7 @@ static bool has_cloexec(int fd)
 }
 
 /* The numbers of this process's descriptors that a child inherits, with
- * fd 1 replaced by the redirection, as a line helper_fds would print. */
+ * fds 1 and 2 made by the redirections, as a line helper_fds would print. */
 static void inheritable(char *line, size_t size)
 {
     bool in[1024] = {false};
@@ -249,7 +249,7 @@ static void inheritable(char *line, size_t size)
             in[fd] = true;
     }
     closedir(d);
-    in[1] = true;
+    in[1] = in[2] = true;
     size_t n = 0;
     for (int fd = 0; fd < 1024; fd++)
         if (in[fd])
@@ -335,7 +335,7 @@ static void wait_token_cancelled_leaves_it_running(void)
     cancel_process *p = spawn_sh(CANCEL_TOKEN_NONE, "read x; exit 4", in[0], -1, NULL);
     close(in[0]);
     cancel_source *ws = cancel_source_new();
-    struct waiter w = {cancel_source_token(ws), p, CANCEL_INFINITE, NULL, -1, -1};
+    struct waiter w = {cancel_source_token(ws), p, PATIENT, NULL, -1, -1};
     pthread_t t = start_waiter(&w);
     cancel_source_cancel(ws);
     test_join(t);
@@ -360,7 +360,7 @@ static void wait_token_freed_midway_keeps_waiting(void)
     cancel_process *p = spawn_sh(CANCEL_TOKEN_NONE, "read x; exit 6", in[0], -1, NULL);
     close(in[0]);
     cancel_source *ws = cancel_source_new();
-    struct waiter w = {cancel_token_retain(cancel_source_token(ws)), p, CANCEL_INFINITE, NULL, -1, -1};
+    struct waiter w = {cancel_token_retain(cancel_source_token(ws)), p, PATIENT, NULL, -1, -1};
     pthread_t t = start_waiter(&w);
     cancel_source_free(ws); /* its descriptor turns readable: not a cancellation */
     CHECK(write(in[1], "go\n", 3) == 3);
@@ -381,7 +381,7 @@ static void concurrent_waits(void)
     struct waiter w[4];
     pthread_t t[4];
     for (int i = 0; i < 4; i++) {
-        w[i] = (struct waiter){CANCEL_TOKEN_NONE, p, CANCEL_INFINITE, NULL, -1, -1};
+        w[i] = (struct waiter){CANCEL_TOKEN_NONE, p, PATIENT, NULL, -1, -1};
         t[i] = start_waiter(&w[i]);
     }
     CHECK(write(in[1], "go\n", 3) == 3);
@@ -421,10 +421,68 @@ static void spawn_from_threads(void)
     CHECK_EQ(count_children(NULL), 0);
 }
 
+/* Under TSan a child of fork may not start threads (the reaper). */
+#if defined(__SANITIZE_THREAD__)
+#define TEST_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define TEST_TSAN 1
+#endif
+#endif
+#ifndef TEST_TSAN
+#define TEST_TSAN 0
+#endif
+
+/* What the child of fork does in fork_after_spawn; returns its exit code. */
+static int in_forked_child(cancel_source *s, cancel_process *p)
+{
+    int code = 0;
+    char *argv[] = {"sh", "-c", "exit 8", NULL};
+    cancel_process *q;
+    int st;
+    if (cancel_process_spawn(CANCEL_TOKEN_NONE, "sh", argv, NULL, &q) != 0 ||
+        cancel_process_wait(CANCEL_TOKEN_NONE, q, CANCEL_INFINITE, &st) != 0 || !WIFEXITED(st) ||
+        WEXITSTATUS(st) != 8)
+        code |= 1;
+    cancel_process_free(q);
+    /* The parent's child, seen from here: nothing reaches it (the parent
+     * checks it still runs), and it cannot be waited for. */
+    cancel_source_cancel(s); /* the copy's callback: signals nothing here */
+    if (cancel_process_signal(p, SIGKILL) != ESRCH)
+        code |= 4;
+    if (cancel_process_wait(CANCEL_TOKEN_NONE, p, 0, NULL) != ECHILD)
+        code |= 2;
+    cancel_process_free(p); /* releases the copy only */
+    if (!TEST_TSAN) {
+        /* A reaper of its own, not the parent's (which runs meanwhile). */
+        char *sl[] = {"sleep", "1000", NULL};
+        if (cancel_process_spawn(CANCEL_TOKEN_NONE, "sleep", sl, NULL, &q) != 0)
+            code |= 8;
+        cancel_process_free(q);
+        for (int i = 0; i < PATIENCE_MS && count_children(NULL) > 0; i++)
+            test_sleep_ns(MS);
+        if (count_children(NULL) > 0)
+            code |= 16;
+    }
+    return code;
+}
+
 /* fork after spawn: the child of fork spawns and waits its own, and lets go
  * of the parent's copy without signalling it. */
 static void fork_after_spawn(void)
 {
+    /* the parent's reaper is busy with a freed child that ignores SIGTERM */
+    int out[2];
+    make_pipe(out);
+    cancel_process_options so = CANCEL_PROCESS_OPTIONS_INIT;
+    so.grace_ns = CANCEL_INFINITE;
+    cancel_process *stubborn = spawn_sh(CANCEL_TOKEN_NONE, "trap '' TERM; echo ready; exec sleep 1000", -1, out[1], &so);
+    close(out[1]);
+    char line[32];
+    CHECK(read_line(out[0], line, sizeof line));
+    pid_t stubborn_pid = cancel_process_pid(stubborn);
+    cancel_process_free(stubborn);
+
     int in[2];
     make_pipe(in);
     cancel_source *s = cancel_source_new();
@@ -433,24 +491,8 @@ static void fork_after_spawn(void)
     fflush(stderr);
     pid_t f = fork();
     CHECK(f >= 0);
-    if (f == 0) {
-        int code = 0;
-        char *argv[] = {"sh", "-c", "exit 8", NULL};
-        cancel_process *q;
-        int st;
-        if (cancel_process_spawn(CANCEL_TOKEN_NONE, "sh", argv, NULL, &q) != 0 ||
-            cancel_process_wait(CANCEL_TOKEN_NONE, q, CANCEL_INFINITE, &st) != 0 || !WIFEXITED(st) ||
-            WEXITSTATUS(st) != 8)
-            code = 1;
-        cancel_process_free(q);
-        if (cancel_process_wait(CANCEL_TOKEN_NONE, p, 0, NULL) != ECHILD)
-            code |= 2;
-        if (cancel_process_signal(p, SIGKILL) != ESRCH)
-            code |= 4;
-        cancel_source_cancel(s); /* the copy's callback: signals nothing here */
-        cancel_process_free(p);  /* releases the copy only */
-        _exit(code);
-    }
+    if (f == 0)
+        _exit(in_forked_child(s, p));
     int st;
     CHECK(waitpid(f, &st, 0) == f);
     CHECK(WIFEXITED(st));
@@ -463,6 +505,9 @@ static void fork_after_spawn(void)
     cancel_process_free(p);
     cancel_source_free(s);
     close(in[1]);
+    CHECK(kill(stubborn_pid, SIGKILL) == 0); /* the reaper still holds it: unreaped */
+    wait_no_children();
+    close(out[0]);
 }
 
 static int open_fds(void)

@@ -28,6 +28,7 @@
  * and fails: generous, since the machine may be slow; never reached when
  * things work. */
 #define PATIENCE_MS 20000
+#define PATIENT ((int64_t)PATIENCE_MS * MS) /* the same, as a timeout */
 
 static inline void make_pipe(int p[2])
 {
@@ -63,8 +64,28 @@ static inline bool read_line(int fd, char *buf, size_t size)
     }
 }
 
-/* Spawns /bin/sh -c script, with stdout to out_fd (-1: inherit) and stdin
- * from in_fd (-1: inherit). */
+/* /dev/null, for the output of children that print nothing we read: a
+ * child left running by a failed check must not hold the test runner's
+ * output open. */
+static inline int quiet_fd(void)
+{
+    static int fd = -1;
+    if (fd < 0)
+        fd = open("/dev/null", O_WRONLY | O_CLOEXEC);
+    CHECK(fd >= 0);
+    return fd;
+}
+
+static inline void quiet_defaults(cancel_process_options *o)
+{
+    if (o->stdout_fd == -1)
+        o->stdout_fd = quiet_fd();
+    if (o->stderr_fd == -1)
+        o->stderr_fd = quiet_fd();
+}
+
+/* Spawns /bin/sh -c script, with stdout to out_fd (-1: /dev/null), stdin
+ * from in_fd (-1: inherit) and stderr to /dev/null. */
 static inline cancel_process *spawn_sh(cancel_token tok, const char *script, int in_fd, int out_fd,
                                        const cancel_process_options *base)
 {
@@ -73,6 +94,7 @@ static inline cancel_process *spawn_sh(cancel_token tok, const char *script, int
         o = *base;
     o.stdin_fd = in_fd;
     o.stdout_fd = out_fd;
+    quiet_defaults(&o);
     char *argv[] = {"sh", "-c", (char *)script, NULL};
     cancel_process *p = NULL;
     CHECK_EQ(cancel_process_spawn(tok, "/bin/sh", argv, &o, &p), 0);
@@ -263,6 +285,7 @@ static inline cancel_process *spawn_helper(cancel_token tok, const char *mode, c
     if (base)
         o = *base;
     o.stdout_fd = out_fd;
+    quiet_defaults(&o);
     char *argv[] = {"helper", "helper", (char *)mode, (char *)arg, NULL};
     cancel_process *p = NULL;
     CHECK_EQ(cancel_process_spawn(tok, "/proc/self/exe", argv, &o, &p), 0);
