@@ -61,9 +61,11 @@
  * once per source). The reaper uses one more while it runs.
  *
  * fork. A process object belongs to the process that spawned it. In a child
- * of fork it may only be freed, which releases the copy and signals nothing
- * (cancellations of the copied token signal nothing there either); a wait
- * there returns ECHILD. Spawning in the child of fork works as anywhere.
+ * of fork it is to be freed, which releases the copy and signals nothing;
+ * cancellations of the copied token signal nothing there either, and
+ * cancel_process_signal returns ESRCH (a wait there could only return
+ * ECHILD, once the child ends). Spawning in the child of fork works as
+ * anywhere.
  *
  * Requires Linux 5.3 (pidfd_open) and glibc 2.29
  * (posix_spawn_file_actions_addchdir_np). Errors follow <cancel.h>: the
@@ -162,7 +164,7 @@ CANCEL_API pid_t cancel_process_pid(const cancel_process *p);
  * Returns 0; ECANCELED (wait_tok cancelled: it wins over an exited child);
  * ETIMEDOUT; EINVAL (p NULL, or a negative timeout other than
  * CANCEL_INFINITE); ECHILD (someone else reaped the child, see the opening
- * comment; also in a child of fork); EMFILE, ENFILE or ENOMEM (no
+ * comment, or called in a child of fork); EMFILE, ENFILE or ENOMEM (no
  * descriptor for wait_tok: see cancel_token_fd).
  * Thread-safe: several threads may wait for one process at once; exactly one
  * of them reaps it and all see the same status. Not to be called

@@ -339,11 +339,13 @@ pid_t cancel_process_pid(const cancel_process *p)
  * Wait.
  * ------------------------------------------------------------------------ */
 
-/* true once reaped, with *err (0 or ECHILD) and *status. */
-static bool reaped(struct cancel_process *p, int *err, int *status)
+/* true once reaped, with *err (0 or ECHILD) and *status; tries to reap it
+ * first if `try`. */
+static bool reaped(struct cancel_process *p, bool try, int *err, int *status)
 {
     pthread_mutex_lock(&p->mu);
-    try_reap_locked(p);
+    if (try)
+        try_reap_locked(p);
     bool done = p->reaped;
     *err = p->reap_err;
     *status = p->status;
@@ -366,20 +368,23 @@ int cancel_process_wait(cancel_token wait_tok, cancel_process *p, int64_t timeou
     }
     /* The pidfd polls readable once the child has ended; the token's
      * descriptor once it is cancelled (or its source freed uncancelled:
-     * then it is dropped from the set, the wait goes on). */
+     * then it is dropped from the set, the wait goes on). waitpid is tried
+     * only once the pidfd says the child ended: one ppoll and one waitpid
+     * per wait, whether the child has ended already or not. */
     struct pollfd fds[2] = {{p->pidfd, POLLIN, 0}, {-1, POLLIN, 0}};
-    bool token_fd_asked = false;
-    bool held = false; /* the child ended, yet could not be reaped */
+    bool token_fd_asked = false, polled = false, ended = false;
     for (;;) {
         int st;
-        if (reaped(p, &err, &st)) {
+        if (reaped(p, ended, &err, &st)) {
             if (!err && status)
                 *status = st;
             break;
         }
-        err = cancel__until_check(&u);
-        if (err)
-            break;
+        if (polled) {
+            err = cancel__until_check(&u);
+            if (err)
+                break;
+        }
         cancel_token t = cancel__until_token(&u);
         if (!token_fd_asked) {
             token_fd_asked = true;
@@ -392,8 +397,9 @@ int cancel_process_wait(cancel_token wait_tok, cancel_process *p, int64_t timeou
             }
         }
         struct timespec ts, *left = cancel__until_timespec(&u, &ts);
-        /* An ended child held by a tracer: look again every
+        /* Ended, yet not reaped: a tracer holds it. Look again every
          * HELD_RETRY_NS rather than spin, still listening to the token. */
+        bool held = ended;
         fds[0].fd = held ? -1 : p->pidfd;
         if (held && (!left || ts.tv_sec > 0 || ts.tv_nsec > HELD_RETRY_NS)) {
             ts = (struct timespec){0, HELD_RETRY_NS};
@@ -406,7 +412,8 @@ int cancel_process_wait(cancel_token wait_tok, cancel_process *p, int64_t timeou
             err = errno; /* ENOMEM */
             break;
         }
-        held = n > 0 && fds[0].revents;
+        polled = true;
+        ended = n > 0 && fds[0].revents;
         if (n > 0 && fds[1].revents && !cancel_token_is_requested(t))
             fds[1].fd = -1; /* freed uncancelled: it can never end the wait now */
     }
@@ -447,7 +454,7 @@ static void *reaper_main(void *arg)
         for (int i = 0; i < n; i++) {
             struct cancel_process *p = ev[i].data.ptr;
             int err, st;
-            if (!reaped(p, &err, &st)) {
+            if (!reaped(p, true, &err, &st)) {
                 held = true; /* ended, but a tracer holds it (see the wait) */
                 continue;
             }
@@ -512,9 +519,9 @@ void cancel_process_free(cancel_process *p)
     /* Waits for a running on_cancel: then `grace` is settled. */
     cancel_unregister(&p->reg);
     int err, st;
-    if (ours(p) && !reaped(p, &err, &st)) {
+    if (ours(p) && !reaped(p, true, &err, &st)) {
         terminate(p);
-        if (!reaped(p, &err, &st)) {
+        if (!reaped(p, true, &err, &st)) {
             if (hand_to_reaper(p)) {
                 errno = saved;
                 return; /* the reaper owns it now */
@@ -526,7 +533,7 @@ void cancel_process_free(cancel_process *p)
             struct timespec pause = {0, HELD_RETRY_NS};
             for (;;) {
                 (void)poll(&pfd, 1, -1);
-                if (reaped(p, &err, &st))
+                if (reaped(p, true, &err, &st))
                     break;
                 nanosleep(&pause, NULL); /* ended, but held by a tracer */
             }
