@@ -127,18 +127,27 @@ static void try_reap_locked(struct cancel_process *p)
     }
 }
 
-/* Sends sig to the child's group, or to the child alone. 0 or ESRCH. */
-static int send_locked(struct cancel_process *p, int sig)
+/* Sends sig, then `also` unless it is 0, to the child's group, or to the
+ * child alone. 0 or ESRCH. */
+static int send_locked(struct cancel_process *p, int sig, int also)
 {
     if (p->reaped)
         return ESRCH;
     /* The probe (signal 0 through the pidfd) fails once the child is reaped,
-     * even by someone else: only then could its group id have been reused. */
-    if (p->own_group && sys_pidfd_send_signal(p->pidfd, 0) == 0 && kill(-p->pid, sig) == 0)
+     * even by someone else: only then could its group id have been reused.
+     * It holds for both signals: under p->mu we reap nothing meanwhile. */
+    if (p->own_group && sys_pidfd_send_signal(p->pidfd, 0) == 0 && kill(-p->pid, sig) == 0) {
+        if (also)
+            kill(-p->pid, also);
         return 0;
+    }
     /* Not a group leader, or its group is gone (the child moved to another
      * group, taking every member along): the child alone. */
-    return sys_pidfd_send_signal(p->pidfd, sig) == 0 ? 0 : ESRCH;
+    if (sys_pidfd_send_signal(p->pidfd, sig) != 0)
+        return ESRCH;
+    if (also)
+        sys_pidfd_send_signal(p->pidfd, also);
+    return 0;
 }
 
 static bool ours(const struct cancel_process *p)
@@ -149,7 +158,7 @@ static bool ours(const struct cancel_process *p)
 static void kill_now(struct cancel_process *p)
 {
     pthread_mutex_lock(&p->mu);
-    send_locked(p, SIGKILL);
+    send_locked(p, SIGKILL, 0);
     pthread_mutex_unlock(&p->mu);
 }
 
@@ -172,8 +181,9 @@ static void terminate(struct cancel_process *p)
     pthread_mutex_lock(&p->mu);
     bool first = !p->terminating && !p->reaped;
     p->terminating = true;
-    if (first && send_locked(p, p->term_signal) == 0 && p->term_signal != SIGKILL)
-        send_locked(p, SIGCONT); /* a stopped child acts on it only once continued */
+    /* SIGCONT: a stopped child acts on the term signal only once continued. */
+    if (first)
+        send_locked(p, p->term_signal, p->term_signal == SIGKILL ? 0 : SIGCONT);
     pthread_mutex_unlock(&p->mu);
     if (!first || p->term_signal == SIGKILL || p->grace_ns == CANCEL_INFINITE)
         return;
@@ -430,7 +440,7 @@ int cancel_process_signal(cancel_process *p, int sig)
         return ESRCH;
     int saved = errno;
     pthread_mutex_lock(&p->mu);
-    int err = send_locked(p, sig);
+    int err = send_locked(p, sig, 0);
     pthread_mutex_unlock(&p->mu);
     errno = saved;
     return err;
