@@ -11,10 +11,10 @@
  *    cancel_process_wait + cancel_process_free beside posix_spawnp +
  *    waitpid.
  *
- * The two kinds alternate in halves so that drift hits both; on a shared
- * machine trust the ratios more than the absolute times.
+ * The two kinds alternate sample by sample so that load elsewhere hits both;
+ * on a shared machine trust the ratios more than the absolute times.
  *
- *   process_bench [samples per half]      (default 200)
+ *   process_bench [samples / 2]      (default 200: 400 samples of each kind)
  */
 #define _GNU_SOURCE
 #include <cancel.h>
@@ -99,73 +99,69 @@ static void *lat_waiter(void *arg)
     return NULL;
 }
 
-static void latency(int kind, double *out, double *call)
+/* One sample: the cancel-to-return latency in microseconds. */
+static void latency_sample(int kind, cancel_source *waiter_src, double *out)
 {
-    cancel_source *waiter_src = cancel_source_new(); /* the waiter's own token, never cancelled */
-    for (int i = 0; i < samples; i++) {
-        struct lat l = {.kind = kind, .pidfd = -1};
-        cancel_source *s = cancel_source_new();
-        int err;
-        if (kind == K_RAW) {
-            err = posix_spawnp(&l.pid, "sleep", NULL, NULL, sleep_argv, environ);
-            if (err)
-                die("posix_spawnp", err);
-            l.pidfd = (int)syscall(SYS_pidfd_open, l.pid, 0);
-            if (l.pidfd < 0)
-                die("pidfd_open", errno);
-        } else {
-            err = cancel_process_spawn(cancel_source_token(s), "sleep", sleep_argv, NULL, &l.p);
-            if (err)
-                die("cancel_process_spawn", err);
-            l.wait_tok = kind == K_OURS_TOKEN ? cancel_source_token(waiter_src) : CANCEL_TOKEN_NONE;
-        }
-        pthread_t th;
-        pthread_create(&th, NULL, lat_waiter, &l);
-        while (!atomic_load(&l.ready))
-            sched_yield();
-        struct timespec pause = {0, 1000000}; /* let it block */
-        nanosleep(&pause, NULL);
-        int64_t t0 = now_ns();
-        if (kind == K_RAW)
-            kill(l.pid, SIGTERM);
-        else
-            cancel_source_cancel(s);
-        call[i] = (double)(now_ns() - t0) / 1000.0;
-        pthread_join(th, NULL);
-        out[i] = (double)(l.woke_at - t0) / 1000.0;
-        if (kind == K_RAW)
-            close(l.pidfd);
-        else
-            cancel_process_free(l.p);
-        cancel_source_free(s);
+    struct lat l = {.kind = kind, .pidfd = -1};
+    cancel_source *s = cancel_source_new();
+    int err;
+    if (kind == K_RAW) {
+        err = posix_spawnp(&l.pid, "sleep", NULL, NULL, sleep_argv, environ);
+        if (err)
+            die("posix_spawnp", err);
+        l.pidfd = (int)syscall(SYS_pidfd_open, l.pid, 0);
+        if (l.pidfd < 0)
+            die("pidfd_open", errno);
+    } else {
+        err = cancel_process_spawn(cancel_source_token(s), "sleep", sleep_argv, NULL, &l.p);
+        if (err)
+            die("cancel_process_spawn", err);
+        l.wait_tok = kind == K_OURS_TOKEN ? cancel_source_token(waiter_src) : CANCEL_TOKEN_NONE;
     }
-    cancel_source_free(waiter_src);
+    pthread_t th;
+    pthread_create(&th, NULL, lat_waiter, &l);
+    while (!atomic_load(&l.ready))
+        sched_yield();
+    struct timespec pause = {0, 1000000}; /* let it block */
+    nanosleep(&pause, NULL);
+    int64_t t0 = now_ns();
+    if (kind == K_RAW)
+        kill(l.pid, SIGTERM);
+    else
+        cancel_source_cancel(s);
+    pthread_join(th, NULL);
+    *out = (double)(l.woke_at - t0) / 1000.0;
+    if (kind == K_RAW)
+        close(l.pidfd);
+    else
+        cancel_process_free(l.p);
+    cancel_source_free(s);
 }
 
-static void latency_row(const char *what, int kind, const char *base_name, int base_kind, bool call_row)
+static void latency_row(const char *what, int kind, const char *base_name, int base_kind)
 {
     size_t n = 2 * (size_t)samples;
     double *x = malloc(n * sizeof *x), *y = malloc(n * sizeof *y);
-    double *cx = malloc(n * sizeof *cx), *cy = malloc(n * sizeof *cy);
-    latency(kind, x, cx);
-    latency(base_kind, y, cy);
-    latency(kind, x + samples, cx + samples);
-    latency(base_kind, y + samples, cy + samples);
+    cancel_source *waiter_src = cancel_source_new(); /* the waiter's own token, never cancelled */
+    /* alternate sample by sample, in both orders, so that bursts of load
+     * elsewhere on the machine hit both kinds alike */
+    for (size_t i = 0; i < n; i++) {
+        if (i % 2) {
+            latency_sample(kind, waiter_src, &x[i]);
+            latency_sample(base_kind, waiter_src, &y[i]);
+        } else {
+            latency_sample(base_kind, waiter_src, &y[i]);
+            latency_sample(kind, waiter_src, &x[i]);
+        }
+    }
+    cancel_source_free(waiter_src);
     double p50a = percentile(x, (int)n, 0.5), p99a = percentile(x, (int)n, 0.99);
     double p50b = percentile(y, (int)n, 0.5), p99b = percentile(y, (int)n, 0.99);
     printf("%-44s %7.1f/%7.1f   %-28s %7.1f/%7.1f   %5.2fx\n", what, p50a, p99a, base_name, p50b, p99b,
            p50a / p50b);
-    if (call_row) {
-        p50a = percentile(cx, (int)n, 0.5), p99a = percentile(cx, (int)n, 0.99);
-        p50b = percentile(cy, (int)n, 0.5), p99b = percentile(cy, (int)n, 0.99);
-        printf("%-44s %7.1f/%7.1f   %-28s %7.1f/%7.1f   %5.2fx\n", "  of which the cancelling call itself", p50a,
-               p99a, "kill(pid, SIGTERM)", p50b, p99b, p50a / p50b);
-    }
     fflush(stdout);
     free(x);
     free(y);
-    free(cx);
-    free(cy);
 }
 
 /* ---- spawn + wait, uncancelled ---- */
@@ -215,13 +211,13 @@ int main(int argc, char **argv)
         samples = atoi(argv[1]);
     if (samples < 10)
         samples = 200;
-    printf("libcancel %d.%d.%d process benchmark: %d samples per kind, in two halves\n", CANCEL_VERSION_MAJOR,
+    printf("libcancel %d.%d.%d process benchmark: %d samples per kind, alternating\n", CANCEL_VERSION_MAJOR,
            CANCEL_VERSION_MINOR, CANCEL_VERSION_PATCH, 2 * samples);
     printf("%-44s %15s   %-28s %15s   %6s\n", "cancel-to-return latency", "p50/p99 us", "baseline (same run)",
            "p50/p99 us", "p50");
-    latency_row("blocked in cancel_process_wait", K_OURS, "kill + poll(pidfd) + waitpid", K_RAW, true);
+    latency_row("blocked in cancel_process_wait", K_OURS, "kill + poll(pidfd) + waitpid", K_RAW);
     latency_row("same, the waiter listening to its own token", K_OURS_TOKEN, "kill + poll(pidfd) + waitpid",
-                K_RAW, false);
+                K_RAW);
     printf("%-44s %15s   %-28s %15s   %6s\n", "uncancelled", "us/op", "baseline (same run)", "us/op", "ratio");
     spawn_row();
     return 0;
