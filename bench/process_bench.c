@@ -69,7 +69,7 @@ static char *true_argv[] = {"true", NULL};
 
 /* ---- cancel-to-return latency ---- */
 
-enum { K_OURS, K_OURS_TOKEN, K_RAW };
+enum { K_OURS, K_OURS_TOKEN, K_OURS_NO_GRACE, K_RAW };
 struct lat {
     int kind;
     cancel_process *p;
@@ -113,7 +113,10 @@ static void latency_sample(int kind, cancel_source *waiter_src, double *out)
         if (l.pidfd < 0)
             die("pidfd_open", errno);
     } else {
-        err = cancel_process_spawn(cancel_source_token(s), "sleep", sleep_argv, NULL, &l.p);
+        cancel_process_options o = CANCEL_PROCESS_OPTIONS_INIT;
+        if (kind == K_OURS_NO_GRACE)
+            o.grace_ns = CANCEL_INFINITE; /* no grace timer to arm */
+        err = cancel_process_spawn(cancel_source_token(s), "sleep", sleep_argv, &o, &l.p);
         if (err)
             die("cancel_process_spawn", err);
         l.wait_tok = kind == K_OURS_TOKEN ? cancel_source_token(waiter_src) : CANCEL_TOKEN_NONE;
@@ -218,6 +221,7 @@ int main(int argc, char **argv)
     latency_row("blocked in cancel_process_wait", K_OURS, "kill + poll(pidfd) + waitpid", K_RAW);
     latency_row("same, the waiter listening to its own token", K_OURS_TOKEN, "kill + poll(pidfd) + waitpid",
                 K_RAW);
+    latency_row("same, no grace (no timer armed)", K_OURS_NO_GRACE, "kill + poll(pidfd) + waitpid", K_RAW);
     printf("%-44s %15s   %-28s %15s   %6s\n", "uncancelled", "us/op", "baseline (same run)", "us/op", "ratio");
     spawn_row();
     return 0;

@@ -10,8 +10,9 @@
  *    p->mu after reading `reaped` as false, and the child can only be reaped
  *    under p->mu, so the child (a zombie at worst) still holds its id, and
  *    its group's id, while the signal goes out. Critical sections are a few
- *    stores and one non-blocking system call; no user code runs under it,
- *    and cancellation callbacks take it only briefly, so they never block.
+ *    stores and at most three non-blocking system calls; no user code runs
+ *    under it, and cancellation callbacks take it only briefly, so they
+ *    never block.
  *
  *  - The process's token is retained at spawn and released when the object
  *    is released. Two registrations live in the object: `reg` on that token
@@ -49,7 +50,6 @@
 #include "block/block.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
