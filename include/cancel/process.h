@@ -52,7 +52,9 @@
  * of this library, "cancel-reaper", started on demand: it reaps freed
  * children as they end and exits once none is left. A freed child that
  * ignores term_signal is held (running, then reaped) until its grace ends;
- * with an infinite grace, until it exits by itself.
+ * with an infinite grace, until it exits by itself. cancel_quiesce does not
+ * stop the reaper, and the library must not be unloaded (dlclose) while it
+ * runs.
  *
  * Descriptors. Each process holds one descriptor (a pidfd) from spawn to
  * free, or until the reaper has reaped it. Calls that may need a descriptor,
