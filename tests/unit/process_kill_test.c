@@ -260,6 +260,7 @@ static void free_exited_unwaited(void)
 
 static void free_running(void)
 {
+    test_drain_library_thread(); /* running now, so that only the reaper comes and goes */
     int threads = count_threads();
     cancel_process *p[8];
     for (int i = 0; i < 8; i++) {
@@ -275,6 +276,7 @@ static void free_running(void)
 
 static void free_stubborn_held_until_grace(void)
 {
+    test_drain_library_thread();
     int threads = count_threads();
     int rd;
     cancel_process *p = spawn_stubborn(CANCEL_TOKEN_NONE, 50 * MS, &rd);
