@@ -24,15 +24,16 @@
  *     // WIFSIGNALED(status) && WTERMSIG(status) == SIGTERM
  *
  * Signals. Cancellation (and cancel_process_free of a running child, and
- * cancel_process_signal) signals the child's process group while the child
- * is not reaped (cancellation and free send SIGCONT after term_signal, so
- * that a stopped child acts on it at once): its id, hence its group's id, cannot be reused by another
- * process until then. Once it is reaped nothing is signalled any more, so
- * grandchildren that outlive the child are the caller's. Without own_group
- * only the child itself is signalled, through a pidfd. The signals are sent
- * from the thread that cancels the token (or the library thread, for an
- * asynchronous cancel or a deadline), and the SIGKILL after the grace from
- * the library thread: no thread is needed per process.
+ * cancel_process_signal) signals the child's process group, and only while
+ * the child is not reaped: until then its id, hence its group's id, cannot
+ * be reused by another process. Once it is reaped nothing is signalled any
+ * more, so grandchildren that outlive the child are the caller's. Without
+ * own_group only the child itself is signalled, through a pidfd.
+ * Cancellation and free send SIGCONT right after term_signal, so that a
+ * stopped child acts on it at once. The signals are sent from the thread
+ * that cancels the token (the library thread, for an asynchronous cancel or
+ * a deadline), and the SIGKILL after the grace from the library thread: no
+ * thread is needed per process.
  *
  * The child starts with an empty signal mask and every signal at its default
  * disposition, whatever the spawning thread had. It inherits the caller's
@@ -73,7 +74,9 @@
  * (posix_spawn_file_actions_addchdir_np). Errors follow <cancel.h>: the
  * functions return 0 or an error number and leave errno alone; a token
  * that is already cancelled makes a call return ECANCELED before anything
- * else is looked at. EINTR is retried inside every call.
+ * else is looked at. EINTR is retried inside every call. The library never
+ * uses pthread_cancel; cancel_process_wait blocks in ppoll, which is one of
+ * its cancellation points, as posix_spawn and waitpid are.
  */
 #ifndef CANCEL_PROCESS_H
 #define CANCEL_PROCESS_H
@@ -97,18 +100,18 @@ typedef struct cancel_process cancel_process;
  * change what you need: fields appended in later versions start at their
  * defaults (zero or false) in code written against this one. */
 typedef struct cancel_process_options {
-    int term_signal;     /* sent on cancellation (default SIGTERM); 1..NSIG-1 */
-    int64_t grace_ns;    /* then SIGKILL after this (default 5 s); 0: at once;
-                            CANCEL_INFINITE: never */
-    int stdin_fd, stdout_fd, stderr_fd; /* become the child's 0, 1, 2; -1: inherit (default).
-                            Applied in that order, as a shell applies
-                            redirections. */
-    const char *cwd;     /* the child's working directory; NULL: inherit (default).
-                            A file name with a slash is looked up from it. */
-    char *const *envp;   /* the child's environment; NULL: the caller's (default).
-                            PATH is searched with the caller's PATH either way. */
-    bool own_group;      /* the child leads a new process group and signals go to
-                            the group (default true) */
+    int term_signal;   /* sent on cancellation (default SIGTERM); 1..NSIG-1 */
+    int64_t grace_ns;  /* then SIGKILL after this (default 5 s); 0: at once;
+                          CANCEL_INFINITE: never */
+    int stdin_fd, stdout_fd, stderr_fd;
+                       /* become the child's 0, 1 and 2, in that order, as a
+                          shell applies redirections; -1: inherit (default) */
+    const char *cwd;   /* the child's working directory; NULL: inherit (default).
+                          A file name with a slash is looked up from it. */
+    char *const *envp; /* the child's environment; NULL: the caller's (default).
+                          PATH is searched with the caller's PATH either way. */
+    bool own_group;    /* the child leads a new process group and signals go to
+                          the group (default true) */
 } cancel_process_options;
 
 /* The defaults above, positionally so that C and C++ accept it. */
@@ -159,9 +162,9 @@ CANCEL_API pid_t cancel_process_pid(const cancel_process *p);
  * ends the wait with ECANCELED and leaves the child running (cancel the
  * process's token to stop the child). Waiting under the process's own token
  * therefore returns ECANCELED as soon as it is cancelled, before the child
- * has ended: wait again (CANCEL_TOKEN_NONE) for its status. A timeout of 0 tries once;
- * CANCEL_INFINITE waits without limit. A wait_tok whose source is freed
- * uncancelled mid-wait is simply no longer listened to.
+ * has ended: wait again (CANCEL_TOKEN_NONE) for its status. A timeout of 0
+ * tries once; CANCEL_INFINITE waits without limit. A wait_tok whose source
+ * is freed uncancelled mid-wait is simply no longer listened to.
  *
  * Returns 0; ECANCELED (wait_tok cancelled: it wins over an exited child);
  * ETIMEDOUT; EINVAL (p NULL, or a negative timeout other than

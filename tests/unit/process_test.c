@@ -476,7 +476,8 @@ static void fork_after_spawn(void)
     make_pipe(out);
     cancel_process_options so = CANCEL_PROCESS_OPTIONS_INIT;
     so.grace_ns = CANCEL_INFINITE;
-    cancel_process *stubborn = spawn_sh(CANCEL_TOKEN_NONE, "trap '' TERM; echo ready; exec sleep 1000", -1, out[1], &so);
+    cancel_process *stubborn =
+        spawn_sh(CANCEL_TOKEN_NONE, "trap '' TERM; echo ready; exec sleep 1000", -1, out[1], &so);
     close(out[1]);
     char line[32];
     CHECK(read_line(out[0], line, sizeof line));
