@@ -302,7 +302,7 @@ static void *race_cancel(void *arg)
             sched_yield();
         if (g < 0)
             return NULL;
-        test_jitter(&r->rng, 200000);
+        test_jitter(&r->rng, 1u << (test_rand(&r->rng) % 20)); /* log-uniform: every scale */
         cancel_source_cancel(atomic_load(&r->src));
         atomic_store(&r->go, 0);
     }
