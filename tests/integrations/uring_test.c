@@ -476,7 +476,7 @@ struct race {
     int wfd;
     _Atomic int round; /* the main thread starts each round; -1 ends */
     _Atomic int acted; /* the two threads count themselves in */
-    uint64_t rng;
+    uint64_t rng_writer, rng_canceller;
 };
 /* Waits for the next round; false when it is over. */
 static bool next_round(struct race *r, int *seen)
@@ -490,7 +490,7 @@ static bool next_round(struct race *r, int *seen)
 static void *race_writer(void *arg)
 {
     struct race *r = arg;
-    uint64_t rng = r->rng ^ 0x5555;
+    uint64_t rng = r->rng_writer;
     int seen = 0;
     while (next_round(r, &seen)) {
         /* later on average than the canceller: the cancellation takes a
@@ -506,7 +506,7 @@ static void *race_canceller(void *arg)
     struct race *r = arg;
     int seen = 0;
     while (next_round(r, &seen)) {
-        test_jitter(&r->rng, 1u << (test_rand(&r->rng) % 16));
+        test_jitter(&r->rng_canceller, 1u << (test_rand(&r->rng_canceller) % 16));
         cancel_source_cancel(atomic_load(&r->src));
         atomic_fetch_add(&r->acted, 1);
     }
@@ -517,7 +517,7 @@ static void race_with_completion(void)
 {
     int p[2];
     CHECK_EQ(pipe2(p, O_CLOEXEC), 0);
-    struct race rc = {NULL, p[1], 0, 0, 0x853c49e6748fea9bu};
+    struct race rc = {NULL, p[1], 0, 0, 0x853c49e6748fea9bu, 0xda3e39cb94b95bdbu};
     pthread_t w = test_spawn(race_writer, &rc);
     pthread_t c = test_spawn(race_canceller, &rc);
     int n = TEST_SCALE(2000), cancelled = 0, read_ok = 0;
