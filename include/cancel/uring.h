@@ -21,7 +21,8 @@
  *     io_uring_submit(&ring);
  *
  *     for (;;) {
- *         io_uring_wait_cqe(&ring, &cqe);
+ *         if (io_uring_wait_cqe(&ring, &cqe) != 0)
+ *             continue;                                   // -EINTR
  *         if (cancel_uring_cqe(&ring, cqe) == 0) {        // yours
  *             struct req *r = io_uring_cqe_get_data(cqe);
  *             cancel_uring_untie(&r->tie);

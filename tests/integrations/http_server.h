@@ -47,14 +47,14 @@ typedef struct http_server {
     struct http_conn conns[HTTP_MAX_CONNS];
 } http_server;
 
-static int64_t http_now_ns(void)
+static inline int64_t http_now_ns(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
-static void http_count(http_server *s, int *field)
+static inline void http_count(http_server *s, int *field)
 {
     pthread_mutex_lock(&s->mu);
     (*field)++;
@@ -63,7 +63,7 @@ static void http_count(http_server *s, int *field)
 }
 
 /* Waits until *field >= n. */
-static void http_wait_count(http_server *s, int *field, int n)
+static inline void http_wait_count(http_server *s, int *field, int n)
 {
     pthread_mutex_lock(&s->mu);
     while (*field < n)
@@ -71,7 +71,7 @@ static void http_wait_count(http_server *s, int *field, int n)
     pthread_mutex_unlock(&s->mu);
 }
 
-static int http_get(http_server *s, int *field)
+static inline int http_get(http_server *s, int *field)
 {
     pthread_mutex_lock(&s->mu);
     int v = *field;
@@ -79,7 +79,7 @@ static int http_get(http_server *s, int *field)
     return v;
 }
 
-static void http_send_all(int fd, const char *p, size_t n)
+static inline void http_send_all(int fd, const char *p, size_t n)
 {
     while (n > 0) {
         ssize_t w = send(fd, p, n, MSG_NOSIGNAL);
@@ -98,7 +98,7 @@ static void http_send_all(int fd, const char *p, size_t n)
     }
 }
 
-static void http_respond(http_server *s, struct http_conn *c, const char *path)
+static inline void http_respond(http_server *s, struct http_conn *c, const char *path)
 {
     char head[256];
     if (strcmp(path, "/fast") == 0) {
@@ -121,7 +121,7 @@ static void http_respond(http_server *s, struct http_conn *c, const char *path)
     }
 }
 
-static void http_close(http_server *s, struct http_conn *c)
+static inline void http_close(http_server *s, struct http_conn *c)
 {
     close(c->fd);
     c->fd = -1;
@@ -129,7 +129,7 @@ static void http_close(http_server *s, struct http_conn *c)
 }
 
 /* Reads what the client sent; answers complete requests. */
-static void http_readable(http_server *s, struct http_conn *c)
+static inline void http_readable(http_server *s, struct http_conn *c)
 {
     ssize_t r = recv(c->fd, c->req + c->req_len, sizeof c->req - 1 - c->req_len, 0);
     if (r <= 0) {
@@ -151,7 +151,7 @@ static void http_readable(http_server *s, struct http_conn *c)
     }
 }
 
-static void *http_main(void *arg)
+static inline void *http_main(void *arg)
 {
     http_server *s = arg;
     for (;;) {
@@ -212,7 +212,7 @@ static void *http_main(void *arg)
 }
 
 /* Starts the server; returns 0, or -1 if sockets are unavailable. */
-static int http_start(http_server *s)
+static inline int http_start(http_server *s)
 {
     memset(s, 0, sizeof *s);
     pthread_mutex_init(&s->mu, NULL);
@@ -237,7 +237,7 @@ static int http_start(http_server *s)
     return 0;
 }
 
-static void http_stop(http_server *s)
+static inline void http_stop(http_server *s)
 {
     (void)!write(s->stop_pipe[1], "x", 1);
     pthread_join(s->thread, NULL);
@@ -248,7 +248,7 @@ static void http_stop(http_server *s)
     pthread_cond_destroy(&s->cv);
 }
 
-static void http_url(const http_server *s, const char *path, char *out, size_t size)
+static inline void http_url(const http_server *s, const char *path, char *out, size_t size)
 {
     snprintf(out, size, "http://127.0.0.1:%d%s", s->port, path);
 }
