@@ -6,9 +6,10 @@
  * stop a transfer is a progress callback that returns non-zero, which curl
  * calls only now and then (about once a second while the server is silent)
  * and which takes over the handle's CURLOPT_XFERINFOFUNCTION. Here the
- * token wakes the transfer's wait directly, so a cancellation ends it within
- * a few microseconds of the cancel whatever the server does, and the handle
- * is left exactly as you configured it.
+ * token wakes the transfer's wait directly, so a cancellation ends it at
+ * once whatever the server does (about a tenth of a millisecond from the
+ * cancel call to the return: docs/integrations.md), and the handle is left
+ * exactly as you configured it.
  *
  *     CURL *easy = curl_easy_init();
  *     curl_easy_setopt(easy, CURLOPT_URL, "https://example.org/big");

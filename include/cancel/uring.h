@@ -68,8 +68,10 @@
  * Not for rings made with IORING_SETUP_IOPOLL (the kernel refuses polls
  * there). Kernel 5.5 or later (IORING_OP_ASYNC_CANCEL).
  *
- * Conventions: the error rule of <cancel.h>; functions that return int
- * return 0 or an error number, and leave errno alone.
+ * Conventions: the error rule of <cancel.h>: cancel_uring_tie and
+ * cancel_uring_free return 0 or an error number, cancel_uring_new NULL with
+ * errno; cancel_uring_cqe returns whose completion it was. Only
+ * cancel_uring_new's failure changes errno.
  */
 #ifndef CANCEL_URING_H
 #define CANCEL_URING_H

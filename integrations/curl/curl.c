@@ -74,8 +74,10 @@ CURLcode cancel_curl_perform(cancel_token tok, CURL *easy)
         return CURLE_ABORTED_BY_CALLBACK;
     int saved_errno = errno;
     CURLM *multi = curl_multi_init();
-    if (multi == NULL)
+    if (multi == NULL) {
+        errno = saved_errno;
         return CURLE_OUT_OF_MEMORY;
+    }
     CURLMcode mc = curl_multi_add_handle(multi, easy);
     if (mc != CURLM_OK) {
         curl_multi_cleanup(multi);

@@ -78,6 +78,15 @@ static uint64_t tag(const cancel_uring *cu, enum kind k)
     return CANCEL_URING_USER_DATA_BIT | (uint64_t)(uintptr_t)cu | (uint64_t)k;
 }
 
+/* io_uring_submit, leaving errno alone (some liburing builds go through
+ * libc's syscall(), which sets it). */
+static void submit(struct io_uring *ring)
+{
+    int saved = errno;
+    (void)io_uring_submit(ring);
+    errno = saved;
+}
+
 /* An SQE, submitting what is queued to make room if need be. Zeroed:
  * liburing's helpers of older versions leave fields of a reused entry that
  * some opcodes reject. */
@@ -85,7 +94,7 @@ static struct io_uring_sqe *get_sqe(struct io_uring *ring)
 {
     struct io_uring_sqe *sqe = io_uring_get_sqe(ring);
     if (sqe == NULL) {
-        (void)io_uring_submit(ring);
+        submit(ring);
         sqe = io_uring_get_sqe(ring);
     }
     if (sqe != NULL)
@@ -169,9 +178,9 @@ static void owe(cancel_uring *cu, bool owing)
 }
 
 /* Queues every request the scope owes (a poll to re-arm, cancels of tied
- * operations, the removal of the poll); submits them if `submit`. What
+ * operations, the removal of the poll); submits them if `and_submit`. What
  * cannot be queued now goes to the owed list. */
-static void settle(cancel_uring *cu, bool submit)
+static void settle(cancel_uring *cu, bool and_submit)
 {
     bool queued = false, short_of_sqes = false;
     if (!cu->freed && cu->state == WATCHING && !cu->poll_armed) {
@@ -194,8 +203,8 @@ static void settle(cancel_uring *cu, bool submit)
         else
             short_of_sqes = true;
     }
-    if (queued && submit)
-        (void)io_uring_submit(cu->ring);
+    if (queued && and_submit)
+        submit(cu->ring);
     owe(cu, short_of_sqes);
 }
 
