@@ -68,7 +68,7 @@ static inline void lat_row(const char *what, lat *ours, const char *base_name, l
         return;
     }
     double b50 = lat_q(base, 0.5), b99 = lat_q(base, 0.99);
-    printf("%-34s %7.1f / %7.1f   %-34s %7.1f / %7.1f   %6.2fx\n", what, a50, a99, base_name, b50, b99,
+    printf("%-34s %7.1f / %7.1f   %-34s %7.1f / %7.1f   %7.3gx\n", what, a50, a99, base_name, b50, b99,
            a50 / b50);
 }
 

@@ -393,6 +393,41 @@ static void free_with_poll_armed(void)
     close(p[1]);
 }
 
+/* A ring too small for the cancel requests: the scope submits what is
+ * queued to make room, and every operation is still cancelled (the
+ * completion queue overflows on the way; the kernel keeps the excess). */
+static void small_ring(void)
+{
+    struct io_uring saved = ring;
+    CHECK_EQ(io_uring_queue_init(4, &ring, 0), 0);
+    int p[2];
+    CHECK_EQ(pipe2(p, O_CLOEXEC), 0);
+    cancel_source *src = cancel_source_new();
+    cancel_uring *scope = cancel_uring_new(&ring, cancel_source_token(src));
+    cancel_uring_op t[6];
+    char buf[6][4];
+    for (int i = 0; i < 6; i++) {
+        t[i] = (cancel_uring_op)CANCEL_URING_OP_INIT;
+        CHECK_EQ(tie_read(scope, p[0], buf[i], 1, 80 + (uint64_t)i, &t[i]), 0);
+        io_uring_submit(&ring);
+    }
+    cancel_source_cancel(src);
+    struct reaped r = {0};
+    reap_user(&r, 6);
+    for (int i = 0; i < 6; i++) {
+        CHECK_EQ(result_of(&r, 80 + (uint64_t)i), -ECANCELED);
+        cancel_uring_untie(&t[i]);
+    }
+    while (r.ours < 7) /* the poll and six cancels */
+        reap_one(&r);
+    CHECK_EQ(cancel_uring_free(scope), 0);
+    cancel_source_free(src);
+    close(p[0]);
+    close(p[1]);
+    io_uring_queue_exit(&ring);
+    ring = saved;
+}
+
 /* A deadline on the manual clock: the clock, not time, decides when the
  * kernel cancels. */
 struct advancer {
@@ -579,6 +614,7 @@ int main(void)
     RUN(scopes_are_independent);
     RUN(freed_source_lets_operations_run);
     RUN(free_with_poll_armed);
+    RUN(small_ring);
     RUN(deadline_on_manual_clock);
     RUN(token_none_and_bad_arguments);
     RUN(race_with_completion);
