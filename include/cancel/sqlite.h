@@ -5,8 +5,9 @@
  * cancel_sqlite_step and cancel_sqlite_exec are sqlite3_step and
  * sqlite3_exec with a token. While one runs, a cancellation calls
  * sqlite3_interrupt on its connection, so a long query stops at once with
- * SQLITE_INTERRUPT (as fast as sqlite3_interrupt itself: tens of
- * microseconds, docs/integrations.md), and the connection stays usable.
+ * SQLITE_INTERRUPT (a few microseconds behind sqlite3_interrupt itself, the
+ * price of the books below: docs/integrations.md), and the connection stays
+ * usable.
  *
  *     sqlite3_stmt *st;
  *     sqlite3_prepare_v2(db, "SELECT ... FROM big ...", -1, &st, NULL);
@@ -65,10 +66,11 @@
  * extended if the connection asks for extended codes), plus SQLITE_INTERRUPT
  * for a cancellation. A token already cancelled returns SQLITE_INTERRUPT at
  * once: no step runs, nothing is prepared, the connection is not touched.
- * Threading follows SQLite's: the call holds nothing while it waits but the
- * connection's own mutex (as sqlite3_exec does); the token's callback, which
- * only calls sqlite3_interrupt, runs on the cancelling thread (or the library
- * thread for asynchronous cancels and deadlines). A source freed
+ * Threading follows SQLite's: no lock of ours is held (cancel_sqlite_exec
+ * holds the connection's own mutex throughout, as sqlite3_exec does); the
+ * token's callback, which only calls sqlite3_interrupt, runs on the
+ * cancelling thread (or the library thread for asynchronous cancels and
+ * deadlines). A source freed
  * uncancelled during a call stops counting. Neither function may be called
  * from a cancellation callback (they block for the statement's duration).
  * They change errno only as SQLite's own calls do.
