@@ -260,8 +260,6 @@ static void free_exited_unwaited(void)
 
 static void free_running(void)
 {
-    test_drain_library_thread(); /* running now, so that only the reaper comes and goes */
-    int threads = count_threads();
     cancel_process *p[8];
     for (int i = 0; i < 8; i++) {
         cancel_process_options o = CANCEL_PROCESS_OPTIONS_INIT;
@@ -271,18 +269,16 @@ static void free_running(void)
     for (int i = 0; i < 8; i++)
         cancel_process_free(p[i]);
     wait_no_children();  /* terminated and reaped in the background */
-    wait_threads(threads); /* and the reaper has gone */
+    wait_no_reaper(); /* and the reaper has gone */
 }
 
 static void free_stubborn_held_until_grace(void)
 {
-    test_drain_library_thread();
-    int threads = count_threads();
     int rd;
     cancel_process *p = spawn_stubborn(CANCEL_TOKEN_NONE, 50 * MS, &rd);
     cancel_process_free(p);
     wait_no_children(); /* SIGKILL after the grace, then reaped */
-    wait_threads(threads);
+    wait_no_reaper();
     close(rd);
 
     /* With no grace at all it is held until it ends by itself. */
@@ -290,9 +286,10 @@ static void free_stubborn_held_until_grace(void)
     pid_t pid = cancel_process_pid(p);
     cancel_process_free(p);
     CHECK_EQ(count_children(NULL), 1);
+    CHECK_EQ(count_threads_named("cancel-reaper"), 1); /* holding it */
     CHECK(kill(pid, SIGKILL) == 0); /* still unreaped: the id is still its own */
     wait_no_children();
-    wait_threads(threads);
+    wait_no_reaper();
     close(rd);
 }
 

@@ -153,24 +153,37 @@ static inline void wait_no_children(void)
     CHECK(!"children left behind");
 }
 
-static inline int count_threads(void)
+/* The threads of this process named `name`. */
+static inline int count_threads_named(const char *name)
 {
     int n = 0;
     DIR *d = opendir("/proc/self/task");
     CHECK(d);
     struct dirent *e;
-    while ((e = readdir(d)))
-        n += e->d_name[0] != '.';
+    while ((e = readdir(d))) {
+        if (e->d_name[0] == '.')
+            continue;
+        char path[300], comm[64] = {0};
+        snprintf(path, sizeof path, "/proc/self/task/%s/comm", e->d_name);
+        int fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0)
+            continue; /* gone meanwhile */
+        ssize_t k = read(fd, comm, sizeof comm - 1);
+        close(fd);
+        if (k > 0 && comm[k - 1] == '\n')
+            comm[k - 1] = 0;
+        n += strcmp(comm, name) == 0;
+    }
     closedir(d);
     return n;
 }
 
-/* Waits (at most PATIENCE_MS) until this process runs `n` threads. */
-static inline void wait_threads(int n)
+/* Waits (at most PATIENCE_MS) until the reaper thread has gone. */
+static inline void wait_no_reaper(void)
 {
-    for (int i = 0; i < PATIENCE_MS && count_threads() != n; i++)
+    for (int i = 0; i < PATIENCE_MS && count_threads_named("cancel-reaper") > 0; i++)
         test_sleep_ns(MS);
-    CHECK_EQ(count_threads(), n);
+    CHECK_EQ(count_threads_named("cancel-reaper"), 0);
 }
 
 /* ---- a thread blocked in cancel_process_wait ---- */
