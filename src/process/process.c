@@ -300,32 +300,23 @@ int cancel_process_spawn(cancel_token tok, const char *file, char *const argv[],
         errno = saved;
         return ENOMEM;
     }
-    int err = pthread_mutex_init(&p->mu, NULL);
-    if (err) {
-        free(p);
-        return err;
-    }
     pid_t pid;
-    err = spawn_child(&pid, file, argv, o);
-    if (err) {
-        pthread_mutex_destroy(&p->mu);
-        free(p);
-        errno = saved;
-        return err;
-    }
-    int pidfd = sys_pidfd_open(pid);
-    if (pidfd < 0) {
+    int pidfd = -1;
+    int err = spawn_child(&pid, file, argv, o);
+    if (!err && (pidfd = sys_pidfd_open(pid)) < 0) {
         /* Unreaped, so its ids are still its own: kill it, reap it. */
         err = errno;
         if (!o->own_group || kill(-pid, SIGKILL) != 0)
             kill(pid, SIGKILL);
         while (waitpid(pid, NULL, 0) < 0 && errno == EINTR) {
         }
-        pthread_mutex_destroy(&p->mu);
+    }
+    if (err) {
         free(p);
         errno = saved;
         return err;
     }
+    pthread_mutex_init(&p->mu, NULL); /* cannot fail with default attributes */
     p->pid = pid;
     p->owner = getpid();
     p->pidfd = pidfd;
