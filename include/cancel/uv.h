@@ -135,9 +135,10 @@ CANCEL_API int cancel_uv_read_start(cancel_uv_t *handle, cancel_token tok, uv_st
  * Loop thread only; typically called from a cancel_uv_cb. */
 CANCEL_API void cancel_uv_close_all(uv_loop_t *loop, uv_close_cb close_cb);
 
-/* `handle` as a cancel_uv_t if it is one (initialised by cancel_uv_init or
- * cancel_uv_read_start and not yet closed), NULL otherwise: for uv_walk
- * callbacks that close handles themselves. Loop thread only. */
+/* `handle` as a cancel_uv_t if it is one (a handle of the loop initialised
+ * by cancel_uv_init or cancel_uv_read_start, closing or not), NULL
+ * otherwise: for uv_walk callbacks that close handles themselves. Loop
+ * thread only. */
 CANCEL_API cancel_uv_t *cancel_uv_from_handle(uv_handle_t *handle);
 
 #ifdef __cplusplus
