@@ -15,11 +15,14 @@
  *  - The callback's own g_object_unref may be the last one: finalization
  *    then runs inside the callback, where cancel_unregister does not wait.
  *    So the callback is done with the follow before it unrefs.
- *  - cancel_unregister may refuse to wait (EDEADLK: the callback's thread
- *    waits, through others, for this one). The callback cannot be holding
- *    a strong reference then (we are finalizing), so it is past nothing but
- *    g_weak_ref_get; `state` decides who frees the follow: each side
- *    exchanges its mark in, and the second one frees.
+ *  - cancel_unregister refuses to wait (EDEADLK) only if the callback's
+ *    thread is itself waiting in cancel_unregister. That cannot happen
+ *    here: while we finalize, nobody holds a strong reference, so a
+ *    running callback is between its start and g_weak_ref_get (which
+ *    returns NULL), running our code, not waiting. Were it to happen all
+ *    the same, freeing the follow would be a use after free, so `state`
+ *    hands the free to whichever side comes second: each exchanges its
+ *    mark in.
  *
  * GCancellable to source (struct hub, one per GCancellable that sources
  * were bridged from). The hub's cancel_source is the parent of every source
