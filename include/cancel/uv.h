@@ -28,8 +28,8 @@
  * of type UV_ASYNC (an async handle underneath), whose public fields it
  * shows as its own, so `handle->data` is yours and `handle->loop` tells its
  * loop, and the read-only handle functions work on (uv_handle_t *)handle:
- * uv_is_closing,
- * uv_is_active, uv_ref, uv_unref, uv_has_ref, uv_handle_get_loop. Close it
+ * uv_is_closing, uv_is_active, uv_ref, uv_unref, uv_has_ref,
+ * uv_handle_get_loop. Close it
  * with cancel_uv_close, never with uv_close: closing must also withdraw its
  * registration on the token, or a later cancellation would touch freed
  * memory. A uv_walk that closes every handle must do the same; it can
