@@ -4,9 +4,14 @@
  * every event to cancel_grpc_dispatch): argument checks, calls born
  * cancelled, the status for each reason, the deadline carried in both
  * directions (on the real clock and on the manual clock), a call that ends
- * normally, EBUSY, and the lifetime races of cancel_grpc_call_unref.
+ * normally, a client process killed mid-call, EBUSY, and the lifetime races
+ * of cancel_grpc_call_unref.
  */
 #include "grpc_harness.h"
+
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #define MS INT64_C(1000000)
 #define S INT64_C(1000000000)
@@ -23,6 +28,7 @@ static struct {
     int64_t left_at_arrival;   /* gRPC's deadline, as time left */
     int64_t deadline;          /* its token's deadline */
     cancel_reason reason;
+    int64_t stopped_at;        /* when its work stopped */
     bool origin_peer;
     bool released_after_end;   /* the watch ran and left the source alone */
     int busy_errno;            /* errno of a second cancel_grpc_server_source_new */
@@ -55,6 +61,7 @@ static void hold(struct incoming *in)
     cancel_source *work = cancel_source_new_linked(either, 2);
     CHECK(cancel_token_wait(cancel_source_token(work), CANCEL_INFINITE));
     cancel_source_free(work);
+    T.stopped_at = cancel_now();
     cancel_cause c = cancel_token_cause(tok);
     T.reason = c.reason;
     T.origin_peer = c.origin && strcmp(c.origin, "grpc peer") == 0;
@@ -298,8 +305,49 @@ static void unref_races_cancel(void)
     }
 }
 
-int main(void)
+/* The client process: one call to the server at `port`, then it waits to
+ * be killed. */
+static _Noreturn void client_process(const char *port)
 {
+    grpc_init();
+    struct queue q;
+    queue_start(&q, QUEUE_NEXT);
+    grpc_channel *ch = channel_to(atoi(port));
+    grpc_call *call = cancel_grpc_call_new(CANCEL_TOKEN_NONE, ch, q.cq, "/test/hold", NULL);
+    struct unary u;
+    unary_start(call, payload_new(0), &u);
+    for (;;)
+        pause();
+}
+
+/* A client process dies mid-call: the server's token is cancelled by the
+ * peer going away. */
+static void client_process_killed(void)
+{
+    long done = test_counter_get(&T.done), started = test_counter_get(&T.started);
+    char port[16];
+    snprintf(port, sizeof port, "%d", T.srv.port);
+    pid_t pid = fork();
+    CHECK(pid >= 0);
+    if (pid == 0) {
+        execl("/proc/self/exe", "grpc_test", "--client", port, (char *)NULL);
+        _exit(127);
+    }
+    test_counter_wait(&T.started, started + 1);
+    int64_t t0 = cancel_now();
+    CHECK(kill(pid, SIGKILL) == 0);
+    int st;
+    CHECK(waitpid(pid, &st, 0) == pid && WIFSIGNALED(st));
+    test_counter_wait(&T.done, done + 1);
+    CHECK_EQ(T.reason, CANCEL_REASON_REQUESTED);
+    CHECK(T.origin_peer);
+    fprintf(stderr, "   the server's token was cancelled %.3f ms after SIGKILL\n", (T.stopped_at - t0) / 1e6);
+}
+
+int main(int argc, char **argv)
+{
+    if (argc == 3 && strcmp(argv[1], "--client") == 0)
+        client_process(argv[2]);
     grpc_init();
     T.started = (test_counter)TEST_COUNTER_INIT;
     T.done = (test_counter)TEST_COUNTER_INIT;
@@ -312,6 +360,7 @@ int main(void)
     RUN(arguments_are_checked);
     RUN(born_cancelled_for_each_reason);
     RUN(cancel_reaches_the_server);
+    RUN(client_process_killed);
     RUN(deadline_travels_and_normal_end_releases);
     RUN(manual_clock_drives_both_ends);
     RUN(unref_of_a_plain_call);
