@@ -19,8 +19,10 @@
  * fourth, a bare server that starts RECV_CLOSE_ON_SERVER in a batch of its
  * own (as the adapter must), shows what that batch alone costs gRPC.
  *
- *   grpc_bench [calls per round (10000)] [rounds (5)]
- * Rounds alternate the modes; medians over rounds are printed.
+ *   grpc_bench [calls per mode (10000)] [calls per round (500)]
+ * The modes take turns in short rounds (so that they share the machine's
+ * load); printed: CPU per call over all the calls of a mode, and the median
+ * round. And the client's part alone, without I/O.
  */
 #define _GNU_SOURCE
 #include <cancel.h>
@@ -251,35 +253,74 @@ static struct result round_of(int calls, const cancel_token *tok, enum server_mo
     return (struct result){(double)(c1 - c0) / calls, (double)(w1 - w0) / calls};
 }
 
-static void compare(const char *what, int calls, int rounds, cancel_token tok, bool deadline)
+/* The modes, interleaved in short rounds so that they share the machine's
+ * weather; `total` calls of each in all. */
+static void compare(const char *what, int total, int per_round, cancel_token tok, bool deadline)
 {
     enum { BARE, SPLIT, CLIENT, BOTH, MODES };
-    static const char *const names[MODES] = {
-        "bare gRPC", "bare, close batch apart", "adapter on the client", "adapter on both ends"};
-    double cpu[MODES][64], wall[MODES][64];
+    static const char *const names[MODES] = {"bare gRPC", "bare, close batch apart", "adapter on the client",
+                                              "adapter on both ends"};
+    int rounds = total / per_round;
+    double *cpu[MODES], sum_cpu[MODES] = {0}, sum_wall[MODES] = {0};
+    for (int m = 0; m < MODES; m++)
+        CHECK((cpu[m] = calloc((size_t)rounds, sizeof(double))) != NULL);
     for (int r = 0; r < rounds; r++) {
-        for (int m = 0; m < MODES; m++) {
-            struct result x = round_of(calls, m >= CLIENT ? &tok : NULL,
+        for (int k = 0; k < MODES; k++) {
+            int m = (r + k) % MODES; /* each mode in every position */
+            struct result x = round_of(per_round, m >= CLIENT ? &tok : NULL,
                                        m == BOTH ? SERVER_ADAPTER : m == SPLIT ? SERVER_SPLIT : SERVER_BARE,
                                        deadline);
             cpu[m][r] = x.cpu_ns;
-            wall[m][r] = x.wall_ns;
+            sum_cpu[m] += x.cpu_ns;
+            sum_wall[m] += x.wall_ns;
         }
     }
-    printf("%s\n", what);
-    double base = median(cpu[BARE], rounds);
+    printf("%s: %d calls per mode, in %d rounds of %d\n", what, rounds * per_round, rounds, per_round);
+    printf("  %-24s %s\n", "", "CPU per call: all calls | median round (vs bare)      wall per call");
+    double base_all = sum_cpu[BARE] / rounds, base_med = median(cpu[BARE], rounds);
     for (int m = 0; m < MODES; m++) {
-        double c = median(cpu[m], rounds);
-        printf("  %-24s CPU %7.2f us/call (%+6.2f us, x%.3f)   wall %7.2f us/call\n", names[m], c / 1e3,
-               (c - base) / 1e3, c / base, median(wall[m], rounds) / 1e3);
+        double all = sum_cpu[m] / rounds, med = median(cpu[m], rounds);
+        printf("  %-24s %8.2f us (%+6.2f) | %8.2f us (%+6.2f, x%.3f)   %8.2f us\n", names[m], all / 1e3,
+               (all - base_all) / 1e3, med / 1e3, (med - base_med) / 1e3, med / base_med,
+               sum_wall[m] / rounds / 1e3);
+        free(cpu[m]);
     }
+}
+
+/* The client's part alone, no I/O: create and release a call that is never
+ * started, bare and through the adapter; CPU ns per call, median of rounds. */
+static void client_only(int n, cancel_token tok, bool deadline)
+{
+    enum { ROUNDS = 9 };
+    double bare[ROUNDS], ours[ROUNDS];
+    for (int r = 0; r < ROUNDS; r++) {
+        int64_t t0 = clock_ns(CLOCK_PROCESS_CPUTIME_ID);
+        for (int i = 0; i < n; i++) {
+            gpr_timespec d = deadline ? gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC),
+                                                     gpr_time_from_seconds(3600, GPR_TIMESPAN))
+                                      : gpr_inf_future(GPR_CLOCK_MONOTONIC);
+            grpc_call *c = grpc_channel_create_call(channel, NULL, GRPC_PROPAGATE_DEFAULTS, client_cq,
+                                                    grpc_slice_from_static_string("/bench/echo"), NULL, d, NULL);
+            grpc_call_unref(c);
+        }
+        int64_t t1 = clock_ns(CLOCK_PROCESS_CPUTIME_ID);
+        for (int i = 0; i < n; i++)
+            cancel_grpc_call_unref(cancel_grpc_call_new(tok, channel, client_cq, "/bench/echo", NULL));
+        int64_t t2 = clock_ns(CLOCK_PROCESS_CPUTIME_ID);
+        bare[r] = (double)(t1 - t0) / n;
+        ours[r] = (double)(t2 - t1) / n;
+    }
+    double b = median(bare, ROUNDS), o = median(ours, ROUNDS);
+    printf("  client's part alone (create + release a call, no I/O): bare %.0f ns, adapter %.0f ns (%+.0f ns, "
+           "x%.2f)\n",
+           b, o, o - b, o / b);
 }
 
 int main(int argc, char **argv)
 {
-    int calls = argc > 1 ? atoi(argv[1]) : 10000;
-    int rounds = argc > 2 ? atoi(argv[2]) : 5;
-    CHECK(calls > 0 && rounds > 0 && rounds <= 64);
+    int total = argc > 1 ? atoi(argv[1]) : 10000;
+    int per_round = argc > 2 ? atoi(argv[2]) : 500;
+    CHECK(per_round > 0 && total >= per_round);
     grpc_init();
 
     server = grpc_server_create(NULL, NULL);
@@ -306,13 +347,15 @@ int main(int argc, char **argv)
     cancel_source *hour = cancel_source_new();
     CHECK(cancel_source_cancel_after(hour, (int64_t)3600 * 1000000000) == 0);
     /* warm up: the connection, the allocator, the library thread */
-    round_of(calls / 10 + 1, NULL, SERVER_BARE, false);
-    round_of(calls / 10 + 1, (cancel_token[]){cancel_source_token(hour)}, SERVER_ADAPTER, true);
+    round_of(1000, NULL, SERVER_BARE, false);
+    round_of(1000, (cancel_token[]){cancel_source_token(hour)}, SERVER_ADAPTER, true);
 
-    printf("grpc_bench: %d unary calls per round, %d rounds per mode, medians (gRPC core %s)\n", calls, rounds,
+    printf("grpc_bench: unary calls over 127.0.0.1, client and server in this process (gRPC core %s)\n",
            grpc_version_string());
-    compare("no deadline", calls, rounds, cancel_source_token(none), false);
-    compare("deadline in 1 h", calls, rounds, cancel_source_token(hour), true);
+    compare("no deadline", total, per_round, cancel_source_token(none), false);
+    client_only(20000, cancel_source_token(none), false);
+    compare("deadline in 1 h", total, per_round, cancel_source_token(hour), true);
+    client_only(20000, cancel_source_token(hour), true);
 
     grpc_byte_buffer_destroy(payload);
     grpc_channel_destroy(channel);
