@@ -37,9 +37,9 @@
  * Threads. A token's callback runs on the cancelling thread or the library
  * thread; a watch completes on one of gRPC's threads or the dispatcher's.
  * gRPC orders a batch's completion after its start, but gRPC is not built
- * for ThreadSanitizer, so that order is invisible to it: `published` states
- * it again in a form the tool sees (release before the batch starts,
- * acquire when it completes).
+ * for ThreadSanitizer, so that order is invisible to the tool. The shard
+ * mutex states it again in a form it sees: a watch is filled in before it is
+ * listed, and its completion unlists it before reading it.
  */
 #include <cancel/grpc.h>
 
@@ -272,14 +272,11 @@ struct server_watch {
     int64_t timeout_from;    /* r/o; a peer cancel from then on is a TIMEOUT (cancel_now()'s
                                 clock), or CANCEL_INFINITE: the call has no deadline */
     int cancelled;           /* written by gRPC before the completion */
-    _Atomic bool published;  /* see the top of the file */
 };
 
+/* Called once the watch is unlisted (see the top of the file). */
 static void watch_complete(struct server_watch *w, int ok)
 {
-    /* acquire: pairs with the release store before grpc_call_start_batch
-     * (for ThreadSanitizer: gRPC's own ordering is invisible to it). */
-    (void)atomic_load_explicit(&w->published, memory_order_acquire);
     if (!ok || w->cancelled) {
         if (w->timeout_from != CANCEL_INFINITE && cancel_now() >= w->timeout_from)
             cancel_source_cancel_after(w->peer, 0); /* reason TIMEOUT, on the library thread */
@@ -345,9 +342,7 @@ cancel_source *cancel_grpc_server_source_new(grpc_call *call, gpr_timespec deadl
     grpc_op op = {0};
     op.op = GRPC_OP_RECV_CLOSE_ON_SERVER;
     op.data.recv_close_on_server.cancelled = &w->cancelled;
-    table_add(&watches, &w->link, &w->functor);
-    /* release: pairs with the acquire in watch_complete. */
-    atomic_store_explicit(&w->published, true, memory_order_release);
+    table_add(&watches, &w->link, &w->functor); /* last: w is complete */
     grpc_call_error rc = grpc_call_start_batch(call, &op, 1, &w->functor, NULL);
     if (rc == GRPC_CALL_OK)
         return src; /* w and peer may be gone already */

@@ -3,9 +3,9 @@
  * 127.0.0.1 in this process (its calls on a next queue whose loop passes
  * every event to cancel_grpc_dispatch): argument checks, calls born
  * cancelled, the status for each reason, the deadline carried in both
- * directions (on the real clock and on the manual clock), a call that ends
- * normally, a client process killed mid-call, EBUSY, and the lifetime races
- * of cancel_grpc_call_unref.
+ * directions (on the real clock and on the manual clock), a peer's reset
+ * inside the timeout window, a call that ends normally, a client process
+ * killed mid-call, EBUSY, and the lifetime races of cancel_grpc_call_unref.
  */
 #include "grpc_harness.h"
 
@@ -213,42 +213,80 @@ static void deadline_travels_and_normal_end_releases(void)
     cancel_source_free(parent);
 }
 
-/* On the manual clock, a 30 s deadline sent to the server fires there when
+/* A call with a 30 s deadline on the manual clock, moved an hour away from
+ * real time first (so a conversion that read the real clock would show),
+ * once the server's handler works on it. */
+struct manual_call {
+    long done;
+    cancel_source *s;
+    int64_t d;         /* the client's deadline */
+    grpc_call *call;
+    struct unary u;
+    cancel_token stok; /* the server's token, retained */
+};
+
+static void manual_call_start(struct manual_call *m)
+{
+    long started = test_counter_get(&T.started);
+    m->done = test_counter_get(&T.done);
+    CHECK_EQ(cancel_clock_use_manual(true), 0);
+    cancel_clock_advance(3600 * S);
+    m->s = cancel_source_new();
+    CHECK_EQ(cancel_source_cancel_after(m->s, 30 * S), 0);
+    m->d = cancel_token_deadline(cancel_source_token(m->s));
+    m->call = call_on(cancel_source_token(m->s));
+    unary_start(m->call, payload_new(0), &m->u);
+    test_counter_wait(&T.started, started + 1);
+    /* gRPC's deadline is on real time: the 30 s left, converted */
+    CHECK(T.left_at_arrival > 29 * S && T.left_at_arrival < 31 * S);
+    fprintf(stderr, "   the server's token deadline is %+.3f ms off the client's\n", (T.deadline - m->d) / 1e6);
+    /* 30 s travels rounded up to 100 ms; the margin takes that step off too */
+    CHECK(T.deadline < m->d + 10 * MS);
+    /* The handler frees its source once its token fired: hold a reference. */
+    m->stok = cancel_token_retain(cancel_source_token(T.src));
+}
+
+static void manual_call_end(struct manual_call *m)
+{
+    unary_wait(&m->u);
+    test_counter_wait(&T.done, m->done + 1);
+    cancel_token_release(m->stok);
+    cancel_clock_advance(m->d - cancel_now());
+    CHECK(cancel_token_is_requested(cancel_source_token(m->s)));
+    CHECK_EQ(cancel_clock_use_manual(false), 0);
+    cancel_grpc_call_unref(m->call);
+    cancel_source_free(m->s);
+}
+
+/* On the manual clock, the deadline sent to the server fires there when
  * the test moves the clock, not after 30 s of real time. */
 static void manual_clock_drives_both_ends(void)
 {
-    long done = test_counter_get(&T.done), started = test_counter_get(&T.started);
-    CHECK_EQ(cancel_clock_use_manual(true), 0);
-    cancel_source *s = cancel_source_new();
-    CHECK_EQ(cancel_source_cancel_after(s, 30 * S), 0);
-    int64_t d = cancel_token_deadline(cancel_source_token(s));
-    grpc_call *call = call_on(cancel_source_token(s));
-    struct unary u;
-    unary_start(call, payload_new(0), &u);
-    test_counter_wait(&T.started, started + 1);
-    CHECK(T.left_at_arrival > 29 * S); /* gRPC's real-time deadline: the 30 s remaining */
-    fprintf(stderr, "   the server's token deadline is %+.3f ms off the client's\n", (T.deadline - d) / 1e6);
-    /* 30 s travels rounded up to 100 ms; the margin takes that step off too */
-    CHECK(T.deadline < d + 10 * MS);
-    /* The handler frees its source once the token fired: hold a reference. */
-    cancel_token stok = cancel_token_retain(cancel_source_token(T.src));
-
-    /* Up to the server's deadline: when the clock has moved, it fired. */
+    struct manual_call m;
+    manual_call_start(&m);
     cancel_clock_advance(T.deadline - cancel_now());
-    CHECK(cancel_token_is_requested(stok));
-    if (T.deadline < d)
-        CHECK(!cancel_token_is_requested(cancel_source_token(s)));
-    cancel_token_release(stok);
-    unary_wait(&u);
-    test_counter_wait(&T.done, done + 1);
+    CHECK(cancel_token_is_requested(m.stok)); /* when the clock has moved, it fired */
+    if (T.deadline < m.d)
+        CHECK(!cancel_token_is_requested(cancel_source_token(m.s)));
+    manual_call_end(&m);
     CHECK_EQ(T.reason, CANCEL_REASON_TIMEOUT);
     CHECK(T.origin_peer);
-    CHECK_EQ(u.status, GRPC_STATUS_DEADLINE_EXCEEDED);
-    cancel_clock_advance(d - cancel_now());
-    CHECK_EQ(cancel_token_cause(cancel_source_token(s)).reason, CANCEL_REASON_TIMEOUT);
-    CHECK_EQ(cancel_clock_use_manual(false), 0);
-    cancel_grpc_call_unref(call);
-    cancel_source_free(s);
+    CHECK_EQ(m.u.status, GRPC_STATUS_DEADLINE_EXCEEDED);
+}
+
+/* A reset that arrives just before the server's deadline would fire (inside
+ * the window) is a timeout: that is how an upstream deadline arrives. */
+static void peer_cancel_near_the_deadline_is_a_timeout(void)
+{
+    struct manual_call m;
+    manual_call_start(&m);
+    cancel_clock_advance(T.deadline - MS - cancel_now());
+    CHECK(!cancel_token_is_requested(m.stok)); /* its own deadline is 1 ms away */
+    CHECK(cancel_source_cancel(m.s));
+    manual_call_end(&m);
+    CHECK_EQ(m.u.status, GRPC_STATUS_CANCELLED);
+    CHECK_EQ(T.reason, CANCEL_REASON_TIMEOUT);
+    CHECK(T.origin_peer);
 }
 
 /* A plain gRPC call passes through cancel_grpc_call_unref. */
@@ -363,6 +401,7 @@ int main(int argc, char **argv)
     RUN(client_process_killed);
     RUN(deadline_travels_and_normal_end_releases);
     RUN(manual_clock_drives_both_ends);
+    RUN(peer_cancel_near_the_deadline_is_a_timeout);
     RUN(unref_of_a_plain_call);
     RUN(unref_from_a_callback);
     RUN(unref_races_cancel);
