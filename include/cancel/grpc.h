@@ -31,10 +31,10 @@
  * whole milliseconds below a second; to three significant digits above,
  * that is 10 ms steps from 1 s, 100 ms from 10 s, and so on), computed from
  * a clock it caches, so a deadline received is a little later than the one
- * sent (measured +0.1 to +4.5 ms per hop for sub-second budgets, plus the
- * rounding step above); and a deadline that expires upstream reaches the
- * next hop as a plain stream reset, which looks like a cancel. Hence the two
- * constants below: the server source fires CANCEL_GRPC_DEADLINE_MARGIN_NS
+ * sent (measured +0.1 to +6 ms per hop on an idle machine, plus the
+ * rounding step above, plus whatever the request waits for a CPU); and a
+ * deadline that expires upstream reaches the next hop as a plain stream
+ * reset, which looks like a cancel. Hence the two constants below: the server source fires CANCEL_GRPC_DEADLINE_MARGIN_NS
  * before the call's deadline (so each hop's budget is smaller than its
  * caller's), and a reset that arrives within CANCEL_GRPC_TIMEOUT_WINDOW_NS
  * of the deadline counts as a timeout, not as a cancel. For a deadline a
@@ -139,7 +139,8 @@ CANCEL_API void cancel_grpc_call_unref(grpc_call *call);
  * on the library thread.
  * Returns NULL with errno EINVAL (NULL call, or a client call), EBUSY (the
  * call's RECV_CLOSE_ON_SERVER batch was already started, by this function or
- * by the handler) or ENOMEM. Thread-safe (for different calls); may be
+ * by the handler), ENOMEM, or EAGAIN (the library thread, which fires the
+ * deadline, could not be started). Thread-safe (for different calls); may be
  * called from a callback. */
 CANCEL_API cancel_source *cancel_grpc_server_source_new(grpc_call *call, gpr_timespec deadline);
 
