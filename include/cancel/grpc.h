@@ -34,12 +34,12 @@
  * sent (measured +0.1 to +6 ms per hop on an idle machine, plus the
  * rounding step above, plus whatever the request waits for a CPU); and a
  * deadline that expires upstream reaches the next hop as a plain stream
- * reset, which looks like a cancel. Hence the two constants below: the server source fires CANCEL_GRPC_DEADLINE_MARGIN_NS
- * before the call's deadline (so each hop's budget is smaller than its
- * caller's), and a reset that arrives within CANCEL_GRPC_TIMEOUT_WINDOW_NS
- * of the deadline counts as a timeout, not as a cancel. For a deadline a
- * second or more away, both grow by gRPC's rounding step for it (at most 1%
- * of the time left).
+ * reset, which looks like a cancel. Hence the two constants below: the
+ * server source fires CANCEL_GRPC_DEADLINE_MARGIN_NS before the call's
+ * deadline (so each hop's budget is smaller than its caller's), and a reset
+ * that arrives within CANCEL_GRPC_TIMEOUT_WINDOW_NS of the deadline counts
+ * as a timeout, not as a cancel. For a deadline a second or more away, both
+ * grow by gRPC's rounding step for it (at most 1% of the time left).
  *
  * Time. The token's deadline is on cancel_now()'s clock (CLOCK_MONOTONIC, or
  * a test's manual clock); gRPC's are on its own clocks. Both directions are
