@@ -176,7 +176,8 @@ static void *serve(void *arg)
             ops[2].op = GRPC_OP_RECV_CLOSE_ON_SERVER;
             ops[2].data.recv_close_on_server.cancelled = &c->cancelled;
             c->stage = SENT;
-            CHECK(grpc_call_start_batch(c->call, ops, c->mode == SERVER_BARE ? 3 : 2, c, NULL) == GRPC_CALL_OK);
+            size_t n = c->mode == SERVER_BARE ? 3 : 2;
+            CHECK(grpc_call_start_batch(c->call, ops, n, c, NULL) == GRPC_CALL_OK);
             break;
         case SENT:
             if (c->mode != SERVER_SPLIT || --c->events_left == 0)
@@ -192,6 +193,11 @@ static grpc_channel *channel;
 static grpc_completion_queue *client_cq;
 static grpc_byte_buffer *payload;
 
+static gpr_timespec hour_from_now(void)
+{
+    return gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC), gpr_time_from_seconds(3600, GPR_TIMESPAN));
+}
+
 /* One unary call; `tok` NULL: bare. */
 static void one_call(const cancel_token *tok, bool deadline)
 {
@@ -199,8 +205,7 @@ static void one_call(const cancel_token *tok, bool deadline)
     if (tok) {
         call = cancel_grpc_call_new(*tok, channel, client_cq, "/bench/echo", NULL);
     } else {
-        gpr_timespec d = deadline ? gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC), gpr_time_from_seconds(3600, GPR_TIMESPAN))
-                                  : gpr_inf_future(GPR_CLOCK_MONOTONIC);
+        gpr_timespec d = deadline ? hour_from_now() : gpr_inf_future(GPR_CLOCK_MONOTONIC);
         call = grpc_channel_create_call(channel, NULL, GRPC_PROPAGATE_DEFAULTS, client_cq,
                                         grpc_slice_from_static_string("/bench/echo"), NULL, d, NULL);
     }
@@ -296,11 +301,10 @@ static void client_only(int n, cancel_token tok, bool deadline)
     for (int r = 0; r < ROUNDS; r++) {
         int64_t t0 = clock_ns(CLOCK_PROCESS_CPUTIME_ID);
         for (int i = 0; i < n; i++) {
-            gpr_timespec d = deadline ? gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC),
-                                                     gpr_time_from_seconds(3600, GPR_TIMESPAN))
-                                      : gpr_inf_future(GPR_CLOCK_MONOTONIC);
-            grpc_call *c = grpc_channel_create_call(channel, NULL, GRPC_PROPAGATE_DEFAULTS, client_cq,
-                                                    grpc_slice_from_static_string("/bench/echo"), NULL, d, NULL);
+            gpr_timespec d = deadline ? hour_from_now() : gpr_inf_future(GPR_CLOCK_MONOTONIC);
+            grpc_slice m = grpc_slice_from_static_string("/bench/echo");
+            grpc_call *c = grpc_channel_create_call(channel, NULL, GRPC_PROPAGATE_DEFAULTS, client_cq, m, NULL, d,
+                                                    NULL);
             grpc_call_unref(c);
         }
         int64_t t1 = clock_ns(CLOCK_PROCESS_CPUTIME_ID);
@@ -311,8 +315,8 @@ static void client_only(int n, cancel_token tok, bool deadline)
         ours[r] = (double)(t2 - t1) / n;
     }
     double b = median(bare, ROUNDS), o = median(ours, ROUNDS);
-    printf("  client's part alone (create + release a call, no I/O): bare %.0f ns, adapter %.0f ns (%+.0f ns, "
-           "x%.2f)\n",
+    printf("  client's part alone (create + release a call, no I/O): "
+           "bare %.0f ns, adapter %.0f ns (%+.0f ns, x%.2f)\n",
            b, o, o - b, o / b);
 }
 
@@ -365,7 +369,8 @@ int main(int argc, char **argv)
     grpc_server_destroy(server);
     grpc_completion_queue_destroy(server_cq);
     grpc_completion_queue_shutdown(client_cq);
-    while (grpc_completion_queue_next(client_cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL).type != GRPC_QUEUE_SHUTDOWN) {
+    gpr_timespec forever = gpr_inf_future(GPR_CLOCK_REALTIME);
+    while (grpc_completion_queue_next(client_cq, forever, NULL).type != GRPC_QUEUE_SHUTDOWN) {
     }
     grpc_completion_queue_destroy(client_cq);
     cancel_source_free(none);

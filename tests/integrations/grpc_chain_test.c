@@ -14,6 +14,7 @@
 #include "grpc_harness.h"
 
 #define MS INT64_C(1000000)
+#define MIDDLE "/test/middle"
 #define PING UINT32_MAX /* a request answered at once: warms the connections up */
 
 #define RUN_WITH(test, ka, kb)                                                          \
@@ -158,7 +159,7 @@ static void world_start(enum queue_kind ka, enum queue_kind kb, uint32_t n)
     queue_start(&W.client, ka == QUEUE_NEXT ? QUEUE_CALLBACK : QUEUE_NEXT);
     /* A first call on a new channel waits for the connection, and the
      * deadline it carries grows by that wait: measure warm channels. */
-    grpc_call *call = cancel_grpc_call_new(CANCEL_TOKEN_NONE, W.to_a, W.client.cq, "/test/middle", NULL);
+    grpc_call *call = cancel_grpc_call_new(CANCEL_TOKEN_NONE, W.to_a, W.client.cq, MIDDLE, NULL);
     struct unary u;
     unary_run(call, payload_new(PING), &u);
     CHECK_EQ(u.status, GRPC_STATUS_OK);
@@ -194,7 +195,7 @@ static void client_cancels(enum queue_kind ka, enum queue_kind kb)
 {
     world_start(ka, kb, 1);
     cancel_source *cs = cancel_source_new();
-    grpc_call *call = cancel_grpc_call_new(cancel_source_token(cs), W.to_a, W.client.cq, "/test/middle", NULL);
+    grpc_call *call = cancel_grpc_call_new(cancel_source_token(cs), W.to_a, W.client.cq, MIDDLE, NULL);
     CHECK(call != NULL);
     struct unary u;
     unary_start(call, payload_new(0), &u);
@@ -238,7 +239,7 @@ static void deadline_shrinks(enum queue_kind ka, enum queue_kind kb)
         cancel_source *cs = cancel_source_new();
         CHECK_EQ(cancel_source_cancel_after(cs, 300 * MS), 0);
         int64_t d = cancel_token_deadline(cancel_source_token(cs));
-        grpc_call *call = cancel_grpc_call_new(cancel_source_token(cs), W.to_a, W.client.cq, "/test/middle", NULL);
+        grpc_call *call = cancel_grpc_call_new(cancel_source_token(cs), W.to_a, W.client.cq, MIDDLE, NULL);
         CHECK(call != NULL);
         struct unary u;
         int64_t sent = cancel_now();
@@ -249,8 +250,8 @@ static void deadline_shrinks(enum queue_kind ka, enum queue_kind kb)
         int64_t to_a = p->a_arrived_at - sent, to_b = p->b_arrived_at - p->a_sent_at;
         bool counts = to_a <= DELIVERY && to_b <= DELIVERY;
         fprintf(stderr,
-                "   round %d: delivered to A in %.3f ms, to B in %.3f ms%s; deadline at A %+.3f ms, at B %+.3f ms "
-                "(vs the client's); B stopped %+.3f ms, reason %s; client status %d\n",
+                "   round %d: delivered to A in %.3f ms, to B in %.3f ms%s; deadline at A %+.3f ms, "
+                "at B %+.3f ms (vs the client's); B stopped %+.3f ms, reason %s; client status %d\n",
                 r, to_a / 1e6, to_b / 1e6, counts ? "" : " (not counted)", (p->a_deadline - d) / 1e6,
                 (p->b_deadline - d) / 1e6, (p->b_stopped_at - d) / 1e6, cancel_reason_name(p->b_reason),
                 (int)u.status);
@@ -268,8 +269,8 @@ static void deadline_shrinks(enum queue_kind ka, enum queue_kind kb)
         cancel_source_free(cs);
     }
     fprintf(stderr,
-            "   of %d rounds counted: deadline earlier than the client's at A %d, at B %d (B's earlier than A's "
-            "%d); B TIMEOUT %d; DEADLINE_EXCEEDED %d\n",
+            "   of %d rounds counted: deadline earlier than the client's at A %d, at B %d "
+            "(B's earlier than A's %d); B TIMEOUT %d; DEADLINE_EXCEEDED %d\n",
             counted, earlier_a, earlier_b, b_before_a, timeout_b, exceeded);
     CHECK_EQ(counted, ROUNDS); /* a machine this busy cannot judge it */
     CHECK(earlier_a >= 8);
@@ -292,7 +293,7 @@ static void many_half_cancelled(enum queue_kind ka, enum queue_kind kb)
     CHECK(cs && calls && u && order && cancelled);
     for (uint32_t i = 0; i < n; i++) {
         cs[i] = cancel_source_new();
-        calls[i] = cancel_grpc_call_new(cancel_source_token(cs[i]), W.to_a, W.client.cq, "/test/middle", NULL);
+        calls[i] = cancel_grpc_call_new(cancel_source_token(cs[i]), W.to_a, W.client.cq, MIDDLE, NULL);
         CHECK(calls[i] != NULL);
         unary_start(calls[i], payload_new(i), &u[i]);
         order[i] = i;

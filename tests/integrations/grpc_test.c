@@ -70,7 +70,8 @@ static void hold(struct incoming *in)
         /* The call ended normally: once the adapter's event went by, the
          * source is on its own (no deadline, nothing to cancel it). */
         test_counter_wait(&T.srv.calls.dispatched, dispatched_before + 1);
-        T.released_after_end = !cancel_token_is_requested(tok) && cancel_token_deadline(tok) == CANCEL_INFINITE;
+        T.released_after_end =
+            !cancel_token_is_requested(tok) && cancel_token_deadline(tok) == CANCEL_INFINITE;
     } else {
         server_reply(call, NULL, status_for(tok));
     }
@@ -239,7 +240,8 @@ static void manual_call_start(struct manual_call *m)
     test_counter_wait(&T.started, started + 1);
     /* gRPC's deadline is on real time: the 30 s left, converted */
     CHECK(T.left_at_arrival > 29 * S && T.left_at_arrival < 31 * S);
-    fprintf(stderr, "   the server's token deadline is %+.3f ms off the client's\n", (T.deadline - m->d) / 1e6);
+    fprintf(stderr, "   the server's token deadline is %+.3f ms off the client's\n",
+            (T.deadline - m->d) / 1e6);
     /* 30 s travels rounded up to 100 ms; the margin takes that step off too */
     CHECK(T.deadline < m->d + 10 * MS);
     /* The handler frees its source once its token fired: hold a reference. */
