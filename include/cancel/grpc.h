@@ -31,7 +31,7 @@
  * whole milliseconds below a second; to three significant digits above,
  * that is 10 ms steps from 1 s, 100 ms from 10 s, and so on), computed from
  * a clock it caches, so a deadline received is a little later than the one
- * sent (measured +0.1 to +6 ms per hop on an idle machine, plus the
+ * sent (measured +0.1 to +6 ms per hop over loopback, plus the
  * rounding step above, plus whatever the request waits for a CPU); and a
  * deadline that expires upstream reaches the next hop as a plain stream
  * reset, which looks like a cancel. Hence the two constants below: the
