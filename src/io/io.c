@@ -152,18 +152,21 @@ static ssize_t try_once(const struct xfer *x)
  * Try, wait, try again.
  * ------------------------------------------------------------------------ */
 
-/* Per thread: the descriptor whose last read (accept) or write from this
- * thread had to wait. The next such call on it polls first, which saves the
+/* Per thread and kind of call: the descriptor whose last such call from
+ * this thread had to wait. The next one on it polls first, which saves the
  * failed try when traffic goes in turns (a request, then a wait for the
  * next). A call that fills its whole buffer clears it: more data is likely
- * waiting. A stale entry (the number reused) only costs one early poll. */
-static _Thread_local int hint_in = -1, hint_out = -1;
+ * waiting. A stale entry (the number closed and reused) costs one early
+ * poll; its only visible effect is on a call that fails whatever the
+ * readiness (a read of a descriptor opened for writing only: EBADF), which
+ * then fails once the descriptor polls ready rather than at once. */
+static _Thread_local int hints[K_CONNECT] = {-1, -1, -1, -1, -1};
 
 /* Returns the count or -1 with errno. `once`: the caller's MSG_DONTWAIT. */
 static ssize_t run(cancel_token tok, struct xfer *x, const char *what, bool once)
 {
     bool in = x->kind == K_READ || x->kind == K_RECV || x->kind == K_ACCEPT;
-    int *hint = in ? &hint_in : &hint_out;
+    int *hint = &hints[x->kind];
     short events = in ? POLLIN : POLLOUT;
     struct cancel__io_wait w;
     bool waiting = false; /* w was begun */
@@ -173,15 +176,18 @@ static ssize_t run(cancel_token tok, struct xfer *x, const char *what, bool once
     int err = 0;
     ssize_t r = -1;
 
-    if (!once && *hint == x->fd) {
-        err = cancel__io_wait_begin(&w, tok, CANCEL_INFINITE);
-        if (err)
-            goto out;
-        waiting = true;
-        err = cancel__io_wait_ready(&w, x->fd, events, what, 0);
-        if (err)
-            goto out;
-        ready = true;
+    if (!once && x->fd >= 0 && *hint == x->fd) {
+        /* Poll first; if the wait cannot begin (no descriptor for the
+         * token), try: a call that need not wait needs none. */
+        *hint = -1;
+        if (cancel__io_wait_begin(&w, tok, CANCEL_INFINITE) == 0) {
+            waiting = true;
+            *hint = x->fd;
+            err = cancel__io_wait_ready(&w, x->fd, events, what, 0);
+            if (err)
+                goto out;
+            ready = true;
+        }
     }
     for (;;) {
         if (cancel_token_is_requested(tok)) {
@@ -200,7 +206,6 @@ static ssize_t run(cancel_token tok, struct xfer *x, const char *what, bool once
         }
         if ((err != EAGAIN && err != EWOULDBLOCK) || once)
             break;
-        *hint = x->fd;
         int nap = 0;
         if (ready) {
             /* Ready, yet nothing to transfer. A regular file is always ready
@@ -226,6 +231,7 @@ static ssize_t run(cancel_token tok, struct xfer *x, const char *what, bool once
                 break;
             waiting = true;
         }
+        *hint = x->fd;
         err = cancel__io_wait_ready(&w, x->fd, events, what, nap);
         if (err == EAGAIN) {
             ready = false;
