@@ -450,7 +450,9 @@ struct cancel_source *cancel__timer_fire_due(int64_t *next_deadline)
     int64_t t;
     if (!T.started)
         advance(now);
-    while ((t = next_event(&l, &j, &refile)) <= now) {
+    /* (With nothing pending, next_event's INT64_MAX is no event, even when
+     * the manual clock has been advanced to the end of time.) */
+    while (T.count && (t = next_event(&l, &j, &refile)) <= now) {
         struct bucket *b = &T.b[l][j];
         advance(t);
         if (!refile) {
