@@ -75,11 +75,31 @@ static cancel_source *lat_src;
 static _Atomic uint32_t raw_word;
 static int raw_efd, lat_pipe[2];
 
+static _Atomic int waiter_tid;
+
+/* True once the thread sleeps in the kernel (state S in its stat line). */
+static bool sleeping(int tid)
+{
+    char path[64], line[256];
+    snprintf(path, sizeof path, "/proc/self/task/%d/stat", tid);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return false;
+    bool s = false;
+    if (fgets(line, sizeof line, f)) {
+        char *p = strrchr(line, ')');
+        s = p && p[1] == ' ' && p[2] == 'S';
+    }
+    fclose(f);
+    return s;
+}
+
 static void *lat_waiter(void *arg)
 {
     int kind = (int)(intptr_t)arg;
     cancel_token t = cancel_source_token(lat_src);
     char b;
+    atomic_store(&waiter_tid, (int)gettid());
     atomic_store(&ready, 1);
     switch (kind) {
     case L_READ:
@@ -115,7 +135,12 @@ static void latency(int kind, double *out, int n)
         pthread_create(&th, NULL, lat_waiter, (void *)(intptr_t)kind);
         while (!atomic_load(&ready)) {
         }
-        struct timespec pause = {0, 200000}; /* let it block */
+        /* Until it sleeps in its wait, then a little more so that it is
+         * settled there (the kernel may show S a moment early). */
+        struct timespec pause = {0, 50000};
+        do
+            nanosleep(&pause, NULL);
+        while (!sleeping(atomic_load(&waiter_tid)));
         nanosleep(&pause, NULL);
         int64_t t0 = now_ns();
         if (kind == L_READ || kind == L_SLEEP) {
@@ -278,8 +303,9 @@ static int syscalls(const char *kind, long n)
         check(pipe2(sc_pipe, O_CLOEXEC) == 0 && pipe2(sc_ack, O_CLOEXEC) == 0, "pipe");
         pthread_t th;
         pthread_create(&th, NULL, sc_partner, NULL);
+        char buf[64]; /* a request smaller than the buffer, as usual */
         for (long i = 0; i < n; i++) {
-            ssize_t r = raw ? read(sc_pipe[0], &b, 1) : cancel_io_read(t, sc_pipe[0], &b, 1);
+            ssize_t r = raw ? read(sc_pipe[0], buf, sizeof buf) : cancel_io_read(t, sc_pipe[0], buf, sizeof buf);
             check(r == 1, "read");
             check(write(sc_ack[1], &b, 1) == 1, "ack");
         }

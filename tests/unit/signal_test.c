@@ -2,9 +2,10 @@
  * actions restored exactly; EBUSY and EINVAL install nothing; FORCE_SECOND
  * kills by the default action (in a child process); freeing while handlers
  * run on other threads; the thread's signal mask untouched. */
+#include <cancel/signal.h> /* first: the header is self-contained */
+
 #include "io_util.h"
 
-#include <cancel/signal.h>
 #include <signal.h>
 #include <sys/wait.h>
 
