@@ -59,22 +59,29 @@ static inline void call_start(struct call *c)
     c->th = test_spawn(call_main, c);
 }
 
-/* Returns once the call is blocked in `what` (it is then in, or about to
- * enter, its wait); fails if it returned instead. */
-static inline void call_wait_blocked(struct call *c, const char *what)
+/* Returns true once the call is blocked in `what` (it is then in, or about
+ * to enter, its wait), false if it returned instead. */
+static inline bool call_blocked_or_done(struct call *c, const char *what)
 {
     for (;;) {
         struct cancel__blocked *b = atomic_load(&c->where);
         const char *w = b ? atomic_load(&b->what) : NULL;
         if (w) {
             CHECK_STR(w, what);
-            return;
+            return true;
         }
-        if (atomic_load(&c->finished)) {
-            fprintf(stderr, "the call returned %zd (errno %d) instead of blocking\n", c->result, c->err);
-            abort();
-        }
+        if (atomic_load(&c->finished))
+            return false;
         test_sleep_ns(100 * 1000);
+    }
+}
+
+/* Returns once the call is blocked in `what`; fails if it returned. */
+static inline void call_wait_blocked(struct call *c, const char *what)
+{
+    if (!call_blocked_or_done(c, what)) {
+        fprintf(stderr, "the call returned %zd (errno %d) instead of blocking\n", c->result, c->err);
+        abort();
     }
 }
 

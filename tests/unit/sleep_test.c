@@ -69,6 +69,7 @@ static void freed_source_sleeps_on(void)
     call_start(&c);
     call_wait_blocked(&c, "cancel_sleep");
     cancel_source_free(s);
+    check_not_spinning(&c);
     call_join(&c);
     CHECK_EQ(c.result, 0);
     CHECK(test_now_ns() - t0 >= 200 * 1000 * 1000);
