@@ -396,7 +396,7 @@ static void eintr_is_retried(void)
     call_wait_blocked(&c, "cancel_io_read");
     for (int i = 1; i <= 3; i++) {
         pthread_kill(c.th, SIGUSR1);
-        while (atomic_load(&usr1_count) < i)
+        while (atomic_load(&usr1_count) < i && !atomic_load(&c.finished))
             test_sleep_ns(100 * 1000);
     }
     feed(p);
