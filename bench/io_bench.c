@@ -161,13 +161,15 @@ static void latency(int kind, double *out, int n)
     }
 }
 
-/* Ours and the baseline in alternating slices, so that drift hits both. */
+/* Ours and the baseline sample by sample, so that the machine's noise hits
+ * both alike. */
 static void latency_row(const char *what, int kind, const char *base_name, int base_kind)
 {
-    static double x[LAT_N * 2], y[LAT_N * 2];
-    int slice = LAT_N / 2;
-    for (int h = 0; h < 4; h++)
-        latency(h % 2 ? base_kind : kind, (h % 2 ? y : x) + (h / 2) * slice, slice);
+    static double x[LAT_N], y[LAT_N];
+    for (int i = 0; i < LAT_N; i++) {
+        latency(kind, x + i, 1);
+        latency(base_kind, y + i, 1);
+    }
     double p50a = percentile(x, LAT_N, 0.5), p99a = percentile(x, LAT_N, 0.99);
     double p50b = percentile(y, LAT_N, 0.5), p99b = percentile(y, LAT_N, 0.99);
     printf("%-40s %6.2f/%6.2f   %-28s %6.2f/%6.2f   %5.2fx\n", what, p50a, p99a, base_name, p50b, p99b,
