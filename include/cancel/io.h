@@ -40,8 +40,9 @@
  *    that may wait should not be made from a cancellation callback (it would
  *    hold up the canceller); with a try-once timeout it may.
  *  - No call leaves anything behind: no registration, no descriptor, no
- *    thread. Nothing is allocated except by cancel_io_poll for more than 15
- *    descriptors and by timeouts on the manual clock.
+ *    thread. Beyond the token's descriptor (below), nothing is allocated
+ *    except by cancel_io_poll for more than 15 descriptors, and by timeouts
+ *    on the manual clock (a child source per call).
  *
  * How a call waits. It first tries the transfer without blocking; when the
  * data (or room, or connection) is already there, that is the only system
@@ -50,9 +51,13 @@
  * contend. Otherwise it waits with ppoll(2) on the descriptor and on the
  * token's descriptor (cancel_token_fd: one eventfd per source, shared by
  * every call on that token), then tries again. After a call on a descriptor
- * had to wait, the next call of the same kind (reading or writing) on it from
- * the same thread polls first instead, which saves the failed try for
- * request/response traffic; a call that fills its whole buffer switches back.
+ * had to wait, the next call of the same function on it from the same
+ * thread polls first instead, which saves the failed try for request/response
+ * traffic; a call that fills its whole buffer switches back. (Its one visible
+ * effect: if that descriptor number was closed and reused meanwhile for a
+ * file on which the call fails whatever the readiness, such as a read of a
+ * descriptor open for writing only, the error comes once the descriptor polls
+ * ready, or with ECANCELED, rather than at once.)
  *
  * The try must not block even if another thread took the data between the
  * wake-up and the transfer (two readers of one pipe, two acceptors of one
@@ -115,9 +120,10 @@ extern "C" {
  * a negative `ns` other than CANCEL_INFINITE (which sleeps until
  * cancellation; forever for a token that cannot be cancelled). 0 returns at
  * once. A source freed uncancelled mid-sleep: the rest is slept. Uses no
- * descriptor and allocates nothing (a futex wait on the token, as
- * cancel_token_wait; clock_nanosleep for a token that cannot be cancelled).
- * errno is left alone. Thread-safe. */
+ * descriptor (a futex wait on the token, as cancel_token_wait;
+ * clock_nanosleep for a token that cannot be cancelled; on the manual clock,
+ * a private source, allocated, for that case). errno is left alone.
+ * Thread-safe. */
 CANCEL_API int cancel_sleep(cancel_token tok, int64_t ns);
 
 /* Like poll(2): waits until one of `fds` is ready, the token is cancelled,
