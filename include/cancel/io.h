@@ -32,7 +32,8 @@
  *    call keeps waiting for its descriptor or timeout, never ECANCELED.
  *  - EINTR is retried inside every call: a signal handler never makes a call
  *    return early (SA_RESTART or not).
- *  - A zero-length read or write returns 0 at once; a NULL buffer with a
+ *  - A zero-length read or write returns 0 at once (recv and send pass it to
+ *    the kernel: an empty datagram is a datagram); a NULL buffer with a
  *    non-zero length is EFAULT. Invalid descriptors are reported by the
  *    kernel (EBADF, ENOTSOCK...) and passed through.
  *  - Thread-safety: every call is thread-safe; several threads may use one

@@ -299,9 +299,7 @@ ssize_t cancel_io_recv(cancel_token tok, int fd, void *buf, size_t len, int flag
 {
     if (cancel_token_is_requested(tok))
         return fail(ECANCELED);
-    if (len == 0)
-        return 0;
-    if (!buf)
+    if (len > 0 && !buf)
         return fail(EFAULT);
     int saved = errno;
     bool once = flags & MSG_DONTWAIT;
@@ -336,9 +334,7 @@ ssize_t cancel_io_send(cancel_token tok, int fd, const void *buf, size_t len, in
 {
     if (cancel_token_is_requested(tok))
         return fail(ECANCELED);
-    if (len == 0)
-        return 0;
-    if (!buf)
+    if (len > 0 && !buf)
         return fail(EFAULT);
     int saved = errno;
     bool once = flags & MSG_DONTWAIT;

@@ -281,6 +281,16 @@ static void connect_unix_full_backlog(void)
     CHECK(!is_nonblocking(cl));
     cancel_source_free(s);
 
+    /* a deadline on the token ends it the same way */
+    s = cancel_source_new_child(CANCEL_TOKEN_NONE, 5 * 1000 * 1000, NULL);
+    c.tok = cancel_source_token(s);
+    call_start(&c);
+    call_join(&c);
+    CHECK_EQ(c.result, -1);
+    CHECK_EQ(c.err, ECANCELED);
+    CHECK_EQ(cancel_token_cause(c.tok).reason, CANCEL_REASON_TIMEOUT);
+    cancel_source_free(s);
+
     s = cancel_source_new();
     c.tok = cancel_source_token(s);
     call_start(&c);

@@ -292,6 +292,43 @@ static void deadline_on_token_times_out(void)
     close_pair(p);
 }
 
+static ssize_t do_read_full(struct call *c);
+static ssize_t do_write_all(struct call *c);
+
+/* Every call without a timeout argument, blocked, ends through a deadline
+ * on the token: ECANCELED with cause TIMEOUT. */
+static ssize_t do_send_nosig(struct call *c)
+{
+    return cancel_io_send(c->tok, c->fd, c->buf, c->len, MSG_NOSIGNAL);
+}
+static void deadline_ends_every_call(void)
+{
+    struct pair pipe_ = make_pair(PIPE, false), sock = make_pair(UNIX, false);
+    struct pair fullpipe = make_pair(PIPE, false), fullsock = make_pair(UNIX, false);
+    fill(fullpipe);
+    fill(fullsock);
+    struct {
+        ssize_t (*fn)(struct call *);
+        int fd;
+    } cases[] = {{do_read, pipe_.rd},        {do_write, fullpipe.wr},     {do_recv, sock.rd},
+                 {do_send_nosig, fullsock.wr}, {do_read_full, pipe_.rd}, {do_write_all, fullpipe.wr}};
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        cancel_source *s = cancel_source_new_child(CANCEL_TOKEN_NONE, 5 * 1000 * 1000, NULL);
+        struct call c;
+        init_call(&c, cases[i].fn, cancel_source_token(s), cases[i].fd, 1);
+        call_start(&c);
+        call_join(&c);
+        CHECK_EQ(c.result, -1);
+        CHECK_EQ(c.err, ECANCELED);
+        CHECK_EQ(cancel_token_cause(c.tok).reason, CANCEL_REASON_TIMEOUT);
+        cancel_source_free(s);
+    }
+    close_pair(pipe_);
+    close_pair(sock);
+    close_pair(fullpipe);
+    close_pair(fullsock);
+}
+
 /* A retained token whose source is freed uncancelled: the call waits on,
  * without spinning, and returns the data. */
 static void freed_source_keeps_waiting(void)
@@ -347,6 +384,14 @@ static void bad_input(void)
     CHECK_EQ(cancel_io_write(t, -1, NULL, 0), 0);
     CHECK_EQ(cancel_io_write_all(t, -1, NULL, 0, &done), 0);
     CHECK_EQ(done, 0);
+    struct pair sp = make_pair(UNIX, false);
+    /* recv and send give zero lengths to the kernel, which for a stream
+     * socket means: nothing sent; wait for data, take none */
+    CHECK_EQ(cancel_io_send(t, sp.wr, NULL, 0, 0), 0);
+    CHECK_EQ(cancel_io_send(t, sp.wr, "z", 1, 0), 1);
+    CHECK_EQ(cancel_io_recv(t, sp.rd, NULL, 0, 0), 0);
+    CHECK_EQ(cancel_io_recv(t, sp.rd, buf, 1, 0), 1);
+    close_pair(sp);
     /* a pipe's wrong end, a pipe for recv */
     struct pair p = make_pair(PIPE, false);
     CHECK_EQ(cancel_io_read(t, p.wr, buf, 1), -1);
@@ -675,6 +720,7 @@ int main(void)
     RUN(write_every_kind);
     RUN(two_readers_never_hang);
     RUN(deadline_on_token_times_out);
+    RUN(deadline_ends_every_call);
     RUN(freed_source_keeps_waiting);
     RUN(bad_input);
     RUN(eintr_is_retried);
