@@ -712,6 +712,49 @@ static void regular_file(void)
     close(fd);
 }
 
+/* Pitfall: a cancel lost between the check and the entry into the wait.
+ * Cancel at random points around the start of each blocking call: every
+ * call returns ECANCELED (a lost one would hang: the CTest timeout is the
+ * watchdog). */
+static void cancel_races_entry(void)
+{
+    struct pair p = make_pair(PIPE, false);
+    int listener;
+    struct sockaddr_in a;
+    listener = tcp_listener(4, &a);
+    uint64_t rng = 12345;
+    for (int i = 0; i < TEST_SCALE(800) + 40; i++) {
+        cancel_source *s = cancel_source_new();
+        struct call c;
+        init_call(&c, do_read, cancel_source_token(s), p.rd, 1);
+        switch (i % 4) {
+        case 1:
+            c.fn = do_accept;
+            c.fd = listener;
+            break;
+        case 2:
+            c.fn = do_poll;
+            c.nfds = 1;
+            c.pfd[0] = (struct pollfd){p.rd, POLLIN, 0};
+            c.timeout = CANCEL_INFINITE;
+            break;
+        case 3:
+            c.fn = do_sleep;
+            c.timeout = CANCEL_INFINITE;
+            break;
+        }
+        call_start(&c);
+        test_jitter(&rng, 200000);
+        cancel_source_cancel(s);
+        call_join(&c);
+        CHECK_EQ(c.result, -1);
+        CHECK_EQ(c.err, ECANCELED);
+        cancel_source_free(s);
+    }
+    close(listener);
+    close_pair(p);
+}
+
 int main(void)
 {
     snprintf(fifo_dir, sizeof fifo_dir, "/tmp/cancel-io-XXXXXX");
@@ -728,6 +771,7 @@ int main(void)
     RUN(read_full_and_write_all);
     RUN(recv_and_send_flags);
     RUN(ping_pong);
+    RUN(cancel_races_entry);
     RUN(emfile_for_the_token);
     RUN(regular_file);
     rmdir(fifo_dir);
