@@ -16,7 +16,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
 #include <time.h>
+#include <unistd.h>
 
 #define CHECK(cond)                                                                     \
     do {                                                                                \
@@ -174,6 +176,26 @@ static inline bool test_wait_until(bool (*pred)(void *), void *arg, int64_t ns)
         test_sleep_ns(100 * 1000);
     }
     return true;
+}
+
+/* The calling thread's id, and whether thread `*tidp` of this process is
+ * asleep (state S in /proc): a positive signal that it blocked. */
+static inline int test_tid(void)
+{
+    return (int)syscall(SYS_gettid);
+}
+static inline bool test_thread_sleeps(void *tidp)
+{
+    char path[64], buf[512];
+    snprintf(path, sizeof path, "/proc/self/task/%d/stat", *(int *)tidp);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return false;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    char *p = strrchr(buf, ')');
+    return p && p[1] == ' ' && p[2] == 'S';
 }
 
 /* Returns once the library thread has run everything queued before the call

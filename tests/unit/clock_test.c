@@ -5,6 +5,19 @@
 #include <cancel.h>
 #include <errno.h>
 
+#include "source.h" /* white box: ST_WAITERS says a wait is asleep on the word */
+
+/* A positive signal that a timed wait has begun (its deadline is fixed)
+ * and sleeps. */
+static bool word_has_waiters(void *src)
+{
+    return atomic_load(&((struct cancel_source *)src)->head.cancel__word) & ST_WAITERS;
+}
+static void wait_asleep_on(cancel_source *s)
+{
+    CHECK(test_wait_until(word_has_waiters, s, 20LL * 1000000000));
+}
+
 static void now_is_monotonic_real_time(void)
 {
     CHECK(!cancel_clock_is_manual());
@@ -57,7 +70,7 @@ static void manual_timeouts_of_waits(void)
     cancel_source *s = cancel_source_new();
     struct waiter w = {cancel_source_token(s), 30LL * 1000000000, TEST_GATE_INIT, TEST_GATE_INIT, -1};
     pthread_t th = test_spawn(timed_wait, &w);
-    test_gate_wait(&w.started);
+    wait_asleep_on(s); /* its deadline is 30 s from now */
     cancel_clock_advance(29LL * 1000000000);
     /* 29 s of manual time: it must still wait, whatever real time passes */
     CHECK(!test_gate_wait_for(&w.done, 20 * 1000 * 1000));
@@ -119,7 +132,7 @@ static void wait_switched_to_real_time(void)
     cancel_source *s = cancel_source_new();
     struct waiter w = {cancel_source_token(s), 50 * 1000 * 1000, TEST_GATE_INIT, TEST_GATE_INIT, -1};
     pthread_t th = test_spawn(timed_wait, &w);
-    test_gate_wait(&w.started);
+    wait_asleep_on(s);
     CHECK(!test_gate_wait_for(&w.done, 80 * 1000 * 1000)); /* manual time stands still */
     cancel_clock_use_manual(false);
     CHECK(test_gate_wait_for(&w.done, 10LL * 1000000000));
