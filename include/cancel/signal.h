@@ -32,13 +32,23 @@
  *  - The calls of <cancel/io.h> retry EINTR, so they are not disturbed by the
  *    handler; they return ECANCELED once the source is cancelled.
  */
+
+/* The system's <signal.h>, for SIGINT and the like. This header shares the
+ * system header's file name, so a build that puts include/cancel itself on
+ * the search path reaches this file for <signal.h>: include_next continues
+ * the search past the directory this file was found in, outside the include
+ * guard, so that the system's header is always the one included, however
+ * this file was reached. (A GCC and Clang extension: hence system_header,
+ * which keeps -Wpedantic quiet about it.) */
+#if defined(__GNUC__)
+#pragma GCC system_header
+#include_next <signal.h>
+#else
+#include <signal.h>
+#endif
+
 #ifndef CANCEL_SIGNAL_H
 #define CANCEL_SIGNAL_H
-
-/* The system's <signal.h> (for SIGINT and the like), found past this
- * directory: include_next, so that it is the system's even where this
- * header is reached as <signal.h> (with include/cancel on the search path). */
-#include_next <signal.h>
 
 #include <cancel.h>
 
