@@ -138,10 +138,16 @@ typedef struct cancel_process_options {
                           PATH is searched with the caller's PATH either way. */
     bool own_group;    /* the child leads a new process group and signals go to
                           the group (default true) */
+    bool share_token;  /* the child inherits the spawn token (default false): a
+                          descriptor from cancel_token_export_fd, its number in
+                          the child's environment as CANCEL_TOKEN_FD, so that a
+                          child written with libcancel calls
+                          cancel_source_new_inherited and stops on the same
+                          request with the same cause, not only on SIGTERM */
 } cancel_process_options;
 
 /* The defaults above, positionally so that C and C++ accept it. */
-#define CANCEL_PROCESS_OPTIONS_INIT {SIGTERM, INT64_C(5000000000), -1, -1, -1, NULL, NULL, true}
+#define CANCEL_PROCESS_OPTIONS_INIT {SIGTERM, INT64_C(5000000000), -1, -1, -1, NULL, NULL, true, false}
 
 /* Starts `file` with arguments `argv` (NULL-terminated; argv[0] is the
  * program's name), searching PATH as execvp and posix_spawnp do when `file`

@@ -50,11 +50,13 @@
 #include "block/block.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <spawn.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
@@ -237,7 +239,35 @@ static bool bad_fd(int fd)
     return fd < -1;
 }
 
-static int spawn_child(pid_t *pid, const char *file, char *const argv[], const cancel_process_options *o)
+/* The environment for a child sharing the token: `env` without any
+ * CANCEL_TOKEN_FD, plus CANCEL_TOKEN_FD=<fd>. One allocation; NULL if none. */
+static char **env_with_token(char *const *env, int fd)
+{
+    size_t n = 0, bytes = 0;
+    for (char *const *e = env; *e; e++, n++)
+        bytes += strlen(*e) + 1;
+    char **v = malloc((n + 2) * sizeof *v + bytes + 32);
+    if (!v)
+        return NULL;
+    char *text = (char *)(v + n + 2);
+    size_t k = 0;
+    snprintf(text, 32, "CANCEL_TOKEN_FD=%d", fd);
+    v[k++] = text;
+    text += strlen(text) + 1;
+    for (char *const *e = env; *e; e++) {
+        if (strncmp(*e, "CANCEL_TOKEN_FD=", 16) == 0)
+            continue;
+        size_t len = strlen(*e) + 1;
+        memcpy(text, *e, len);
+        v[k++] = text;
+        text += len;
+    }
+    v[k] = NULL;
+    return v;
+}
+
+static int spawn_child(pid_t *pid, const char *file, char *const argv[], const cancel_process_options *o,
+                       cancel_token tok)
 {
     posix_spawnattr_t attr;
     posix_spawn_file_actions_t fa;
@@ -273,8 +303,28 @@ static int spawn_child(pid_t *pid, const char *file, char *const argv[], const c
             err = posix_spawn_file_actions_adddup2(&fa, from[i], i);
     if (!err && o->cwd)
         err = posix_spawn_file_actions_addchdir_np(&fa, o->cwd);
+    /* share_token: the exported descriptor, above the three standard ones
+     * so that no redirection overwrites it, kept open across exec in the
+     * child only (dup2 onto itself), and named in its environment. */
+    int shared = -1;
+    char **env = NULL;
+    if (!err && o->share_token) {
+        int fd = cancel_token_export_fd(tok);
+        shared = fd >= 0 && fd < 3 ? fcntl(fd, F_DUPFD_CLOEXEC, 3) : fd;
+        if (fd >= 0 && fd < 3)
+            close(fd);
+        if (shared < 0)
+            err = errno;
+        else if (!(env = env_with_token(o->envp ? o->envp : environ, shared)))
+            err = ENOMEM;
+        else
+            err = posix_spawn_file_actions_adddup2(&fa, shared, shared);
+    }
     if (!err)
-        err = posix_spawnp(pid, file, &fa, &attr, argv, o->envp ? o->envp : environ);
+        err = posix_spawnp(pid, file, &fa, &attr, argv, env ? env : o->envp ? o->envp : environ);
+    if (shared >= 0)
+        close(shared); /* the child's copy is the one that counts */
+    free(env);
     posix_spawn_file_actions_destroy(&fa);
     posix_spawnattr_destroy(&attr);
     return err;
@@ -302,7 +352,7 @@ int cancel_process_spawn(cancel_token tok, const char *file, char *const argv[],
     }
     pid_t pid;
     int pidfd = -1;
-    int err = spawn_child(&pid, file, argv, o);
+    int err = spawn_child(&pid, file, argv, o, tok);
     if (!err && (pidfd = sys_pidfd_open(pid)) < 0) {
         /* Unreaped, so its ids are still its own: kill it, reap it. */
         err = errno;
