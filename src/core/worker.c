@@ -172,10 +172,13 @@ static void *worker_main(void *unused)
         }
         int stop = atomic_load(&stop_req);
         /* Claimed by CAS: a stopper that gave up waiting withdraws it the
-         * same way, so exactly one of us decides. */
-        if (stop != STOP_NONE && atomic_compare_exchange_strong(&stop_req, &stop, STOP_NONE)) {
+         * same way, so exactly one of us decides. Not while the queue has
+         * work: that is run first (a post after the claim is run by the
+         * stopper once we are gone). */
+        if (stop != STOP_NONE && !atomic_load(&queue) &&
+            atomic_compare_exchange_strong(&stop_req, &stop, STOP_NONE)) {
             /* `running` is clear by now (see the top of the file). */
-            bool idle = !atomic_load(&queue) && cancel__timer_pending() == 0 && cancel__watch_count() == 0;
+            bool idle = cancel__timer_pending() == 0 && cancel__watch_count() == 0;
             if (idle || stop == STOP_FORCED) {
                 atomic_store(&stop_result, RESULT_STOPPED);
                 cancel__futex_wake(&stop_result, INT_MAX);
