@@ -1,183 +1,359 @@
 /*
- * cancel_demo: one owner, four workers, four ways of listening.
+ * cancel_demo: six workers in one group, each listening to its token in its
+ * own way. A deadline, a failing worker or Ctrl+C cancels the group; a live
+ * view shows them stop; the report says who got the request, how fast each
+ * answered, and who ignored it.
  *
- *   cancel_demo            the job stops on its 1-second deadline
- *   cancel_demo --fail     a worker fails after 0.3 s; the others stop with its cause
- *   Ctrl+C                 stops everything at once, with reason "signal"
+ *   cancel_demo                      the group is cancelled by its 2 s deadline
+ *   cancel_demo --timeout 0.5        by a shorter one
+ *   cancel_demo --fail reader        a worker fails half-way: its siblings stop with its cause
+ *   cancel_demo --json | python3 -m json.tool      the report as JSON (the live view on stderr)
+ *   Ctrl+C                           stops everything at once; a second Ctrl+C quits at once
  *
- * The owner creates a root source (cancelled by Ctrl+C) and a job source
- * linked to it with a deadline, then hands the job's token to each worker.
- * Every worker notices the cancellation in its own way, stops, and says why.
+ * Read it top to bottom: the workers, then main.
  */
 #include <cancel.h>
+#include <cancel/io.h>      /* cancel_sleep, cancel_io_read */
+#include <cancel/process.h> /* a child process tied to a token */
+#include <cancel/signal.h>  /* Ctrl+C cancels a source */
+#include <cancel/task.h>    /* the pool, the group, the report */
 
 #include <errno.h>
-#include <poll.h>
+#include <getopt.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
-#define MS 1000000LL
+#define MS (1000 * 1000LL)
 
-static int64_t start_ns;
-static double elapsed(void)
+/* --fail NAME: the main thread makes that worker fail half-way, through
+ * whatever the worker is waiting for. */
+static _Atomic int failing = -1; /* the index of the worker told to fail */
+static bool told_to_fail(int me)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ((int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec - start_ns) / 1e9;
+    return atomic_load(&failing) == me;
 }
 
-static void report(const char *who, cancel_token tok, const char *what)
-{
-    cancel_cause c = cancel_token_cause(tok);
-    char why[160];
-    int n = snprintf(why, sizeof why, "%s", cancel_reason_name(c.reason));
-    if (c.reason == CANCEL_REASON_FAILED)
-        n += snprintf(why + n, sizeof why - (size_t)n, " (%s: %s)", strerror(c.code),
-                      c.message ? c.message : "");
-    if (c.reason == CANCEL_REASON_SIGNAL)
-        n += snprintf(why + n, sizeof why - (size_t)n, " (%s)", strsignal(c.code));
-    if (c.origin)
-        snprintf(why + n, sizeof why - (size_t)n, ", started at \"%s\"", c.origin);
-    printf("%6.3f s  %-8s stopped: %s; cause: %s\n", elapsed(), who, what, why);
-}
+/* ---- The workers. Each is a task: it gets a token and returns 0, an
+ * error (a failure: the group cancels its siblings), or ECANCELED when it
+ * stopped because its token was cancelled. ---- */
 
-/* 1. A hot loop: one inlined load per iteration. */
-static void *counter(void *arg)
+/* 1. A CPU loop that checks its token on every round: one load. */
+enum { CRUNCH, READER, SLEEPER, CONSUMER, CHILD, STUBBORN, WORKERS };
+static int crunch(void *arg, cancel_token tok)
 {
-    cancel_token tok = *(cancel_token *)arg;
-    unsigned long long iterations = 0, work = 0;
+    (void)arg;
+    volatile unsigned long x = 1;
     while (!cancel_token_is_requested(tok)) {
-        work += iterations * 2654435761u; /* stand-in for real work */
-        iterations++;
+        for (int i = 0; i < 10000; i++)
+            x = x * 6364136223846793005u + 1442695040888963407u; /* stand-in for real work */
+        if (told_to_fail(CRUNCH))
+            return EDOM; /* "the numbers went wrong" */
     }
-    if (work == 1)
-        puts("unlikely");
-    char what[64];
-    snprintf(what, sizeof what, "%llu loop iterations", iterations);
-    report("counter", tok, what);
-    return NULL;
+    return ECANCELED;
 }
 
-/* 2. Periodic work with an interruptible sleep between steps. */
-static void *sleeper(void *arg)
+/* 2. A reader blocked on a pipe that nobody writes to (unless told to fail). */
+static int pipe_fds[2];
+static int reader(void *arg, cancel_token tok)
 {
-    cancel_token tok = *(cancel_token *)arg;
-    int steps = 0;
-    while (!cancel_token_wait(tok, 100 * MS)) /* sleeps 100 ms unless cancelled */
-        steps++;
-    char what[64];
-    snprintf(what, sizeof what, "%d steps of 100 ms", steps);
-    report("sleeper", tok, what);
-    return NULL;
+    (void)arg;
+    char c;
+    ssize_t n = cancel_io_read(tok, pipe_fds[0], &c, 1); /* wakes up on cancellation */
+    if (n < 0)
+        return errno; /* ECANCELED */
+    return EIO;       /* a byte came: "corrupt input" */
 }
 
-/* 3. An event loop: the token's descriptor polled beside an idle pipe. */
-static void *poller(void *arg)
-{
-    cancel_token tok = *(cancel_token *)arg;
-    int pipefd[2];
-    if (pipe(pipefd) != 0)
-        return NULL;
-    struct pollfd fds[2] = {{pipefd[0], POLLIN, 0}, {cancel_token_fd(tok), POLLIN, 0}};
-    int wakeups = 0;
-    while (poll(fds, 2, -1) > 0 && !(fds[1].revents & POLLIN))
-        wakeups++;
-    char what[64];
-    snprintf(what, sizeof what, "poll() woke on the token's descriptor");
-    report("poller", tok, what);
-    close(pipefd[0]);
-    close(pipefd[1]);
-    return NULL;
-}
-
-/* 4. A blocking wait on the worker's own condition variable, interrupted by
- *    a cancellation callback. */
-struct waiter_state {
+/* 3. Periodic work between interruptible sleeps: every 100 ms it hands an
+ *    item to the consumer. */
+static struct mailbox {
     pthread_mutex_t mu;
     pthread_cond_t cv;
-    int stop;
-};
-static void wake_waiter(void *arg)
+    int items;
+    bool closed, poisoned;
+} box = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, false, false};
+static int sleeper(void *arg, cancel_token tok)
 {
-    struct waiter_state *w = arg;
-    pthread_mutex_lock(&w->mu);
-    w->stop = 1;
-    pthread_cond_signal(&w->cv);
-    pthread_mutex_unlock(&w->mu);
+    (void)arg;
+    int err;
+    while ((err = cancel_sleep(tok, 100 * MS)) == 0) {
+        if (told_to_fail(SLEEPER))
+            return ETIMEDOUT; /* "the upstream stopped answering" */
+        pthread_mutex_lock(&box.mu);
+        box.items++;
+        pthread_cond_signal(&box.cv);
+        pthread_mutex_unlock(&box.mu);
+    }
+    return err; /* ECANCELED */
 }
-static void *waiter(void *arg)
+
+/* 4. A consumer blocked on a condition variable of its own: a cancellation
+ *    callback wakes it. */
+static void close_box(void *arg)
 {
-    cancel_token tok = *(cancel_token *)arg;
-    struct waiter_state w = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0};
+    (void)arg;
+    pthread_mutex_lock(&box.mu);
+    box.closed = true;
+    pthread_cond_broadcast(&box.cv);
+    pthread_mutex_unlock(&box.mu);
+}
+static int consumer(void *arg, cancel_token tok)
+{
+    (void)arg;
     cancel_registration reg;
-    cancel_register(tok, &reg, wake_waiter, &w); /* runs at once if already cancelled */
-    pthread_mutex_lock(&w.mu);
-    while (!w.stop)
-        pthread_cond_wait(&w.cv, &w.mu);
-    pthread_mutex_unlock(&w.mu);
-    cancel_unregister(&reg); /* after this, `w` may go out of scope */
-    report("waiter", tok, "a callback woke its condition variable");
-    return NULL;
+    cancel_register(tok, &reg, close_box, NULL); /* runs at once if already cancelled */
+    int err = 0, eaten = 0;
+    pthread_mutex_lock(&box.mu);
+    while (!err) {
+        if (box.poisoned)
+            err = EBADMSG; /* "a message it cannot read" */
+        else if (box.closed)
+            err = ECANCELED;
+        else if (box.items > 0)
+            box.items--, eaten++;
+        else
+            pthread_cond_wait(&box.cv, &box.mu);
+    }
+    pthread_mutex_unlock(&box.mu);
+    cancel_unregister(&reg); /* after this, nothing of the callback runs */
+    (void)eaten;
+    return err;
 }
 
-/* With --fail: a worker that hits an error and fails the job for everyone.
- * The owner delegated that right by handing it the source itself. */
-static void *checker(void *arg)
+/* 5. A child process, `sleep 60`, tied to the token: cancelling it sends
+ *    the child SIGTERM. */
+static cancel_process *_Atomic child_process;
+static int child(void *arg, cancel_token tok)
 {
-    cancel_source *job = arg;
-    if (!cancel_token_wait(cancel_source_token(job), 300 * MS))
-        cancel_source_fail(job, EIO, "checksum mismatch in block 42");
-    return NULL;
+    (void)arg;
+    char *argv[] = {"sleep", "60", NULL};
+    cancel_process *p;
+    int err = cancel_process_spawn(tok, "sleep", argv, NULL, &p);
+    if (err)
+        return err;
+    atomic_store(&child_process, p);
+    int status = 0;
+    err = cancel_process_wait(CANCEL_TOKEN_NONE, p, CANCEL_INFINITE, &status); /* until it ends */
+    atomic_store(&child_process, NULL);
+    cancel_process_free(p);
+    if (err)
+        return err;
+    if (WIFSIGNALED(status) && WTERMSIG(status) == SIGTERM && cancel_token_is_requested(tok))
+        return ECANCELED; /* stopped because we were cancelled */
+    return ECHILD;        /* "the child died on its own" */
 }
 
-static cancel_source *root;
-static void on_signal(int signo)
+/* 6. A worker that ignores its token for a while, burning CPU: the report
+ *    names it a straggler, and a hog. Real code does this by accident. */
+static int stubborn(void *arg, cancel_token tok)
 {
-    cancel_source_cancel_signal(root, signo); /* async-signal-safe */
+    (void)arg;
+    struct timespec t;
+    for (int64_t asked = 0;;) {
+        volatile unsigned long x = 1;
+        for (int i = 0; i < 200000; i++)
+            x = x * 6364136223846793005u + 1; /* a few ms of CPU, deaf to everything */
+        if (told_to_fail(STUBBORN))
+            return ENOSPC;
+        if (cancel_token_is_requested(tok)) {
+            clock_gettime(CLOCK_MONOTONIC, &t);
+            int64_t now = (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
+            if (!asked)
+                asked = now;
+            else if (now - asked > 600 * MS)
+                return ECANCELED; /* gives in at last, 0.6 s late */
+        }
+    }
+}
+
+static const struct {
+    const char *name;
+    cancel_task_fn *fn;
+} workers[WORKERS] = {
+    [CRUNCH] = {"crunch", crunch},       [READER] = {"reader", reader},   [SLEEPER] = {"sleeper", sleeper},
+    [CONSUMER] = {"consumer", consumer}, [CHILD] = {"child", child},      [STUBBORN] = {"stubborn", stubborn},
+};
+
+/* Makes the worker told to fail notice: through what it waits for. */
+static void make_it_fail(int w)
+{
+    atomic_store(&failing, w);
+    if (w == READER)
+        (void)!write(pipe_fds[1], "!", 1);
+    if (w == CONSUMER) {
+        pthread_mutex_lock(&box.mu);
+        box.poisoned = true;
+        pthread_cond_broadcast(&box.cv);
+        pthread_mutex_unlock(&box.mu);
+    }
+    cancel_process *p = atomic_load(&child_process);
+    if (w == CHILD && p)
+        cancel_process_signal(p, SIGKILL);
+}
+
+/* ---- main ---- */
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: cancel_demo [--timeout SECONDS] [--fail NAME] [--json] [--help]\n"
+               "  --timeout SECONDS  the group's deadline (default 2)\n"
+               "  --fail NAME        make one worker fail half-way: crunch, reader, sleeper,\n"
+               "                     consumer, child or stubborn\n"
+               "  --json             print the report as JSON on stdout (the live view goes to stderr)\n"
+               "  --help             this text\n"
+               "Ctrl+C cancels everything at once; a second Ctrl+C quits at once.\n");
+}
+
+static double seconds_since(int64_t start)
+{
+    return (double)(cancel_now() - start) / 1e9;
 }
 
 int main(int argc, char **argv)
 {
-    int fail = argc > 1 && strcmp(argv[1], "--fail") == 0;
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    start_ns = (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+    double timeout = 2.0;
+    bool json = false;
+    int fail = -1;
+    static const struct option options[] = {{"timeout", required_argument, NULL, 't'},
+                                            {"fail", required_argument, NULL, 'f'},
+                                            {"json", no_argument, NULL, 'j'},
+                                            {"help", no_argument, NULL, 'h'},
+                                            {NULL, 0, NULL, 0}};
+    for (int c; (c = getopt_long(argc, argv, "", options, NULL)) != -1;) {
+        char *end = NULL;
+        switch (c) {
+        case 't':
+            timeout = strtod(optarg, &end);
+            if (end == optarg || *end || !(timeout > 0 && timeout < 1e6)) {
+                fprintf(stderr, "cancel_demo: --timeout wants a number of seconds above 0\n");
+                return 2;
+            }
+            break;
+        case 'f':
+            for (int w = 0; w < WORKERS; w++)
+                if (strcmp(optarg, workers[w].name) == 0)
+                    fail = w;
+            if (fail < 0) {
+                fprintf(stderr, "cancel_demo: no worker is named \"%s\"\n", optarg);
+                usage(stderr);
+                return 2;
+            }
+            break;
+        case 'j':
+            json = true;
+            break;
+        case 'h':
+            usage(stdout);
+            return 0;
+        default: /* getopt_long said what was wrong */
+            usage(stderr);
+            return 2;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "cancel_demo: unexpected argument \"%s\"\n", argv[optind]);
+        usage(stderr);
+        return 2;
+    }
 
-    root = cancel_source_new();
-    cancel_source_set_name(root, "main");
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_signal;
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
+    /* The owner's side. Ctrl+C (or SIGTERM) cancels `root`, with reason
+     * SIGNAL; `job` is root's child with a deadline of its own. */
+    cancel_source *root = cancel_source_new_child(CANCEL_TOKEN_NONE, CANCEL_INFINITE, "Ctrl+C");
+    int sigs[] = {SIGINT, SIGTERM};
+    cancel_signal_watch *watch = NULL;
+    if (cancel_signal_watch_new(root, sigs, 2, CANCEL_SIGNAL_FORCE_SECOND, &watch) != 0)
+        fprintf(stderr, "cancel_demo: Ctrl+C will not be caught\n");
+    cancel_source *job = cancel_source_new_child(cancel_source_token(root), (int64_t)(timeout * 1e9), "deadline");
+    if (!root || !job || pipe(pipe_fds) != 0) {
+        perror("cancel_demo");
+        return 1;
+    }
+    cancel_set_slow_callback_threshold(1 * MS); /* count cancellation callbacks that stall */
 
-    cancel_token parent = cancel_source_token(root);
-    cancel_source *job = cancel_source_new_linked(&parent, 1);
-    cancel_source_set_name(job, "job");
-    cancel_source_cancel_after(job, 1000 * MS);
-    cancel_token tok = cancel_source_token(job);
+    /* A pool with a thread per worker, and a group whose token is a child
+     * of the job's: the deadline, Ctrl+C, or the first failing worker
+     * cancels every worker. */
+    cancel_pool *pool = cancel_pool_new(WORKERS, "demo");
+    cancel_group *group = cancel_group_new(pool, cancel_source_token(job), "demo");
+    if (!pool || !group) {
+        perror("cancel_demo");
+        return 1;
+    }
+    int64_t start = cancel_now();
+    for (int w = 0; w < WORKERS; w++)
+        cancel_group_spawn(group, workers[w].fn, NULL, workers[w].name);
 
-    printf("4 workers share one token; the job has a 1 s deadline%s. Ctrl+C stops it early.\n",
-           fail ? " and a worker will fail at 0.3 s" : "");
-    void *(*workers[])(void *) = {counter, sleeper, poller, waiter};
-    pthread_t threads[5];
-    for (int i = 0; i < 4; i++)
-        pthread_create(&threads[i], NULL, workers[i], &tok);
-    if (fail)
-        pthread_create(&threads[4], NULL, checker, job);
+    /* The live view: a status line redrawn in place on a terminal, plain
+     * log lines otherwise. With --json it goes to stderr. */
+    FILE *view = json ? stderr : stdout;
+    bool tty = isatty(fileno(view));
+    fprintf(view, "%7.3f s  %d workers started; deadline in %g s%s%s\n", 0.0, WORKERS, timeout,
+            fail >= 0 ? "; failing half-way: " : "", fail >= 0 ? workers[fail].name : "");
+    size_t stopped_before = 0, stragglers_before = 0;
+    bool told = false, said_cancel = false;
+    for (;;) {
+        cancel_group_stats st;
+        cancel_group_stats_get(group, &st);
+        size_t stopped = st.completed + st.canceled + st.failed;
+        cancel_token gt = cancel_group_token(group);
+        bool cancelled = cancel_token_is_requested(gt);
+        if (tty) {
+            fprintf(view, "\r\033[K%7.3f s  %-9s  pending %zu  running %zu  stopped %zu  stragglers %zu",
+                    seconds_since(start), cancelled ? "cancelled" : "working", st.pending, st.running, stopped,
+                    st.stragglers);
+        } else {
+            if (cancelled && !said_cancel) {
+                cancel_cause c = cancel_token_cause(gt);
+                fprintf(view, "%7.3f s  cancelled: %s%s%s (origin \"%s\")\n", seconds_since(start),
+                        cancel_reason_name(c.reason), c.message ? ": " : "", c.message ? c.message : "",
+                        c.origin ? c.origin : "?");
+                said_cancel = true;
+            }
+            if (stopped != stopped_before)
+                fprintf(view, "%7.3f s  %zu of %d workers stopped\n", seconds_since(start), stopped, WORKERS);
+            if (st.stragglers > stragglers_before)
+                fprintf(view, "%7.3f s  %zu straggler%s: running %s after the request\n", seconds_since(start),
+                        st.stragglers, st.stragglers == 1 ? "" : "s", "100 ms");
+        }
+        fflush(view);
+        stopped_before = stopped;
+        stragglers_before = st.stragglers;
+        if (st.pending + st.running == 0)
+            break;
+        if (fail >= 0 && !told && seconds_since(start) >= timeout / 2) {
+            make_it_fail(fail);
+            told = true;
+        }
+        cancel_token_wait(CANCEL_TOKEN_NONE, 20 * MS); /* nothing can cancel it: a 20 ms pause */
+    }
+    if (tty)
+        fprintf(view, "\n");
 
-    cancel_token_wait(tok, CANCEL_INFINITE);
-    for (int i = 0; i < 4 + fail; i++)
-        pthread_join(threads[i], NULL);
+    /* Every worker has returned: the wait returns at once, with the first
+     * failure's error, or ECANCELED. Then the report. */
+    int result = cancel_group_wait(group);
+    cancel_cause why = cancel_token_cause(cancel_group_token(group));
+    if (!json)
+        printf("\n");
+    cancel_group_report(group, stdout, json ? CANCEL_REPORT_JSON : CANCEL_REPORT_TEXT);
+    if (!json)
+        printf("\ncancel_group_wait: %s; the group was cancelled by %s\n",
+               result ? strerror(result) : "every worker completed", cancel_reason_name(why.reason));
 
-    cancel_cause c = cancel_token_cause(tok);
-    printf("all workers stopped; the job ended by %s\n", cancel_reason_name(c.reason));
+    cancel_group_free(group);
+    cancel_pool_free(pool);
     cancel_source_free(job);
+    cancel_signal_watch_free(watch);
     cancel_source_free(root);
-    return c.reason == CANCEL_REASON_SIGNAL ? 128 + c.code : 0;
+    close(pipe_fds[0]);
+    close(pipe_fds[1]);
+    if (why.reason == CANCEL_REASON_SIGNAL)
+        return 128 + why.code;
+    return why.reason == CANCEL_REASON_FAILED ? 1 : 0;
 }

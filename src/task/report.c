@@ -333,7 +333,7 @@ static void task_cells(char cells[NCOL][CELL], const struct snap *s, int64_t epo
                                   share);
         if (s->state != CANCEL_TASK_RUNNING && s->blocked_req && n < CELL) {
             fmt_blocked(b, sizeof b, s->blocked_req, s->blocked_req_fd);
-            n += (size_t)snprintf(note + n, CELL - n, ", was in %s when asked", b);
+            n += (size_t)snprintf(note + n, CELL - n, ", asked while in %s", b);
         }
         if (s->state == CANCEL_TASK_RUNNING && !s->blocked && !burning && n < CELL)
             n += (size_t)snprintf(note + n, CELL - n, ", blocked outside the library");
@@ -341,6 +341,9 @@ static void task_cells(char cells[NCOL][CELL], const struct snap *s, int64_t epo
     if (s->state == CANCEL_TASK_RUNNING && s->blocked && n < CELL) {
         fmt_blocked(b, sizeof b, s->blocked, s->blocked_fd);
         n += (size_t)snprintf(note + n, CELL - n, "%sin %s", n ? ", " : "", b);
+    } else if (!s->straggler && s->blocked_req && n < CELL) {
+        fmt_blocked(b, sizeof b, s->blocked_req, s->blocked_req_fd);
+        n += (size_t)snprintf(note + n, CELL - n, "%sasked while in %s", n ? ", " : "", b);
     }
     if (first_failure && n < CELL)
         snprintf(note + n, CELL - n, "%sfirst failure: cancelled the group", n ? ", " : "");
