@@ -50,6 +50,7 @@
 #include "task_internal.h"
 
 #include <limits.h>
+#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -542,10 +543,15 @@ static void task_block_free(struct cancel_task *t)
 
 void cancel__task_unref(struct cancel_task *t)
 {
-    /* acq_rel: release our writes to the last holder; acquire theirs. */
-    if (atomic_fetch_sub_explicit(&t->refs, 1, memory_order_acq_rel) != 1)
+    /* The only reference (a plain task nobody waits for): nobody can take
+     * another, so no read-modify-write. acquire: pairs with the release of
+     * earlier holders' decrements. Else acq_rel: release our writes to the
+     * last holder; acquire theirs. */
+    if (atomic_load_explicit(&t->refs, memory_order_acquire) != 1 &&
+        atomic_fetch_sub_explicit(&t->refs, 1, memory_order_acq_rel) != 1)
         return;
-    cancel_source_free(atomic_exchange_explicit(&t->src, NULL, memory_order_relaxed));
+    if (atomic_load_explicit(&t->src, memory_order_relaxed))
+        cancel_source_free(atomic_exchange_explicit(&t->src, NULL, memory_order_relaxed));
     if (!t->group) {
         if (t->owned)
             free(t);
@@ -962,10 +968,15 @@ int cancel_task_wait(cancel_token wait_tok, cancel_task *task, int64_t timeout_n
  * ------------------------------------------------------------------------ */
 
 /* How long an idle thread looks for work before it parks: a wake-up costs
- * a system call on each side, so a short spin pays when tasks come in
- * bursts. About 10-30 us. */
-#define SPIN_ROUNDS 200
+ * a system call on each side, so looking a little longer pays when tasks
+ * come in bursts. First a few rounds of pauses (a microsecond or two: work
+ * that comes at once), then a few yields: when the pool's threads and the
+ * threads that feed it outnumber the CPUs, spinning would take the CPU
+ * from the very thread that brings the work, and a yield hands it over
+ * (on an idle CPU it returns at once). Then it parks. */
+#define SPIN_ROUNDS 8
 #define SPIN_PAUSES 8
+#define SPIN_YIELDS 16
 
 static void *worker_main(void *arg)
 {
@@ -989,10 +1000,12 @@ static void *worker_main(void *arg)
             continue;
         }
         w->last_end = CANCEL__NO_TIME;
-        if (spins < SPIN_ROUNDS) {
-            spins++;
-            for (int i = 0; i < SPIN_PAUSES && !q_peek(p); i++)
-                cancel__cpu_relax();
+        if (spins < SPIN_ROUNDS + SPIN_YIELDS) {
+            if (spins++ < SPIN_ROUNDS)
+                for (int i = 0; i < SPIN_PAUSES && !q_peek(p); i++)
+                    cancel__cpu_relax();
+            else
+                sched_yield();
             continue;
         }
         /* acquire: pairs with cancel_pool_free's store, which comes after
