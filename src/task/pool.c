@@ -9,17 +9,17 @@
  * it then reports empty, and that producer wakes an idle thread once it has
  * linked (below), so nothing is stranded.
  *
- * Idle threads. A pool thread that finds no work spins a little, then
- * parks (wake.c) after listing itself in the pool's idle list and counting
- * itself in `nidle`. A producer, after linking, reads `nidle`; if a thread is
- * idle it unlists one and wakes it. The two form a Dekker pair with
- * asymmetric fences (platform.h): the producer, the frequent side, links,
- * issues the light fence (a compiler barrier once the process-wide barrier
- * is registered) and reads nidle; the thread, the rare side, increments
- * nidle, issues the heavy fence (membarrier) and looks at the queue: either
+ * Idle threads. A pool thread that finds no work looks a little longer,
+ * then parks (wake.c) after listing itself in the pool's idle list and
+ * counting itself in `nidle`. A producer, after linking, reads `nidle`; if
+ * a thread is idle it unlists one and wakes it. The two form a Dekker pair:
+ * the producer links, issues a seq_cst fence and reads nidle; the thread
+ * increments nidle, issues a seq_cst fence and looks at the queue: either
  * the producer sees the idle thread, or the thread sees the task. A thread
- * that sleeps only after looking (q_peek), so one that lost the try-lock to
- * another consumer finds the task still there and does not sleep.
+ * sleeps only after looking (q_peek), so one that lost the try-lock to
+ * another consumer finds the task still there and does not sleep. (The
+ * process-wide barrier the core's lock uses would spare producers the
+ * fence, but it costs 10-20 us with other threads running, on every park.)
  *
  * A task's life. The state word moves PENDING -> RUNNING ->
  * COMPLETED/CANCELED/FAILED, or PENDING -> CANCELED, by CAS: the pool
@@ -151,8 +151,8 @@ static void idle_add(struct cancel__worker *w)
         w->idle_next->idle_pprev = &w->idle_next;
     w->idle_pprev = &p->idle;
     p->idle = w;
-    /* relaxed: idle_prepare's heavy fence orders it with the look at the
-     * queue that follows. */
+    /* relaxed: idle_prepare's fence orders it with the look at the queue
+     * that follows. */
     atomic_fetch_add_explicit(&p->nidle, 1, memory_order_relaxed);
     pthread_mutex_unlock(&p->idle_mu);
 }
@@ -206,27 +206,14 @@ static void wake_all(struct cancel_pool *p)
 }
 
 /* Lists the thread as idle and tells whether it may sleep: false if work
- * (or the end of the pool) came meanwhile. *bounded is set when the sleep
- * must not be trusted to last (the heavy fence failed). */
-static bool idle_prepare(struct cancel__worker *w, bool *bounded)
+ * (or the end of the pool) came meanwhile. */
+static bool idle_prepare(struct cancel__worker *w)
 {
     idle_add(w);
-    /* Our half of the parking pair, the rare side: the increment of nidle
-     * above comes before the look at the queue below, and every producer's
-     * link comes before its light fence (see the top). */
-    *bounded = !cancel__fence_heavy();
+    /* seq_cst: our half of the parking pair (see the top): the increment
+     * of nidle comes before the look at the queue. */
+    atomic_thread_fence(memory_order_seq_cst);
     return !q_peek(w->pool) && !atomic_load_explicit(&w->pool->exiting, memory_order_acquire);
-}
-
-/* Sleeps on the parker, for 1 ms at most when the pair cannot be trusted. */
-static void idle_sleep(struct cancel__worker *w, bool bounded, int64_t abs_deadline_ns)
-{
-    if (bounded) {
-        int64_t soon = cancel__clock_ns() + 1000 * 1000;
-        if (abs_deadline_ns < 0 || soon < abs_deadline_ns)
-            abs_deadline_ns = soon;
-    }
-    cancel__parker_sleep(w->parker, abs_deadline_ns);
 }
 
 /* ------------------------------------------------------------------------
@@ -375,13 +362,11 @@ void cancel__group_end_queued(struct cancel_group *g)
 {
     int64_t at = atomic_load_explicit(&g->cancelled, memory_order_relaxed);
     uint64_t ended = 0;
-    /* The rare side of the pair with a spawn (cancel__task_submit): after
-     * the mark of the group's token or of its outer source (the core's
-     * seq_cst CAS), before our look at the list. A spawn we miss sees the
-     * mark and ends its task itself. (Should the heavy fence fail, which
-     * cannot happen once it worked, such a task would still end CANCELED,
-     * unrun, when a thread pops it.) */
-    (void)cancel__fence_heavy();
+    /* seq_cst: our half of the pair with a spawn (cancel__task_submit):
+     * after the mark of the group's token or of its outer source, before
+     * our look at the list. A spawn we miss sees the mark and ends its task
+     * itself. */
+    atomic_thread_fence(memory_order_seq_cst);
     for (struct cancel__record *rec = atomic_load_explicit(&g->tasks, memory_order_acquire); rec;
          rec = rec->gnext) {
         struct cancel_task *t = &rec->t;
@@ -730,8 +715,8 @@ static void run_task(struct cancel__worker *w, struct cancel_task *t)
  * after they return, before the join. Other threads may not use a pool
  * being freed, with one exception: a group spawn, since the group keeps the
  * pool's memory. A spawn looks at `closing` again after its push, behind
- * the light fence, against cancel_pool_free's store of `closing` followed
- * by the heavy fence, before its threads' last look at the queue: either a
+ * a seq_cst fence, against cancel_pool_free's store of `closing` followed
+ * by a seq_cst fence, before its threads' last look at the queue: either a
  * thread sees the task, or the spawner sees `closing` and ends the task
  * itself; a node left in the queue then is dropped when the pool's memory
  * goes.
@@ -799,14 +784,14 @@ int cancel__task_submit(struct cancel_pool *p, struct cancel_group *g, cancel_to
             return 0;
         }
         q_link(p, &t->q, memory_order_release);
-        /* Three Dekker pairs at once, each with a rare other side that
-         * issues the heavy fence: cancel__group_end_queued (after the mark
-         * of the group's token or of its outer source, before its walk of
-         * the list): it finds this task, or we see the mark below;
+        /* seq_cst: three Dekker pairs at once, each with a fence on the
+         * other side: cancel__group_end_queued (after the mark of the
+         * group's token or of its outer source, before its walk of the
+         * list): it finds this task, or we see the mark below;
          * cancel_pool_free (see above): we see `closing`, or its threads see
          * the task; and the parking pair: an idle thread sees the task, or
          * we see it idle. */
-        cancel__fence_light();
+        atomic_thread_fence(memory_order_seq_cst);
         if (cancel_token_is_requested(outer) || cancel_token_is_requested(tok) ||
             atomic_load_explicit(&p->closing, memory_order_relaxed))
             end_unrun(t, CANCEL__NO_TIME); /* the node stays; a thread, or the pool's end, drops it */
@@ -818,9 +803,8 @@ int cancel__task_submit(struct cancel_pool *p, struct cancel_group *g, cancel_to
             return 0;
         }
         q_link(p, &t->q, memory_order_release);
-        /* The producer's half of the parking pair, the frequent side: a
-         * compiler barrier while the process-wide barrier is available. */
-        cancel__fence_light();
+        /* seq_cst: the producer's half of the parking pair (see the top). */
+        atomic_thread_fence(memory_order_seq_cst);
     }
     if (atomic_load_explicit(&p->nidle, memory_order_relaxed) != 0)
         wake_one(p);
@@ -901,7 +885,7 @@ int cancel__wait(const struct cancel__waitable *wb, cancel_token wait_tok, int64
     struct cancel__waiter node = {NULL, NULL, word};
     cancel_registration reg = CANCEL_REGISTRATION_INIT;
     bool owed = false; /* a producer woke us for work we did not take */
-    bool bounded = false;
+    bool spun = false;
     if (!wb->subscribe(wb->obj, &node))
         goto out;
     (void)cancel_register(cancel__until_token(&u), &reg, cancel__parker_wake_cb, word);
@@ -929,16 +913,21 @@ int cancel__wait(const struct cancel__waitable *wb, cancel_token wait_tok, int64
                     atomic_store_explicit(&me->nested_in, NULL, memory_order_relaxed);
                 continue;
             }
-            if (!idle_prepare(w, &bounded)) {
-                owed = !idle_remove(w);
-                continue;
-            }
+        }
+        if (!spun) {
+            /* What we wait for often ends within microseconds (the last
+             * tasks of a cancelled group): look a little before sleeping. */
+            spun = true;
+            for (int i = 0; i < 256 && !wb->done(wb->obj); i++)
+                cancel__cpu_relax();
+            continue;
+        }
+        if (w && !idle_prepare(w)) {
+            owed = !idle_remove(w);
+            continue;
         }
         cancel__blocked_enter(wb->what, -1);
-        if (w)
-            idle_sleep(w, bounded, u.kernel_deadline);
-        else
-            cancel__parker_sleep(word, u.kernel_deadline);
+        cancel__parker_sleep(word, u.kernel_deadline);
         cancel__blocked_leave();
         if (w)
             owed = !idle_remove(w);
@@ -1009,14 +998,13 @@ static void *worker_main(void *arg)
             continue;
         }
         /* acquire: pairs with cancel_pool_free's store, which comes after
-         * its heavy fence: a late group spawn's task is in the queue for
-         * us, or the spawn saw `closing` and ended the task itself. */
+         * its fence: a late group spawn's task is in the queue for us, or
+         * the spawn saw `closing` and ended the task itself. */
         if (atomic_load_explicit(&p->exiting, memory_order_acquire) && !q_peek(p))
             break;
         atomic_exchange_explicit(w->parker, 0, memory_order_acquire);
-        bool bounded;
-        if (idle_prepare(w, &bounded))
-            idle_sleep(w, bounded, -1);
+        if (idle_prepare(w))
+            cancel__parker_sleep(w->parker, -1);
         idle_remove(w);
         spins = 0;
     }
@@ -1153,13 +1141,13 @@ void cancel_pool_free(cancel_pool *p)
 {
     if (!p)
         return;
-    /* No task starts from now on, and no submission is accepted. The heavy
-     * fence is the rare side of the pair with a group spawn (see
-     * cancel__task_submit); its threads' last look at the queue comes
-     * after it (they see `exiting`, stored below, first). */
-    /* release: pairs with cancel__pool_ref's acquire load. */
+    /* No task starts from now on, and no submission is accepted. release:
+     * pairs with cancel__pool_ref's acquire load; the fence is our half of
+     * the pair with a group spawn (see cancel__task_submit), before our
+     * threads' last look at the queue (they see `exiting`, stored below,
+     * first). */
     atomic_store_explicit(&p->closing, 1, memory_order_release);
-    (void)cancel__fence_heavy();
+    atomic_thread_fence(memory_order_seq_cst);
     /* Every task's token descends from the pool's source: running tasks
      * are asked to stop, queued tasks of groups and those with tokens of
      * their own end CANCELED through their registrations. */
