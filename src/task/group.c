@@ -172,11 +172,7 @@ bool cancel_group_cancel(cancel_group *g)
         errno = EINVAL;
         return false;
     }
-    if (!cancel_token_is_requested(cancel_source_token(g->src)))
-        cancel__group_note_cancel(g);
-    bool won = cancel_source_cancel(g->src);
-    cancel__group_end_queued(g);
-    return won;
+    return cancel__group_cancel(g, 0, NULL);
 }
 
 static bool group_done(void *obj)
@@ -246,10 +242,7 @@ void cancel_group_free(cancel_group *g)
         return;
     uint64_t v = atomic_fetch_or_explicit(&g->spawned, CANCEL__SPAWNED_FREEING, memory_order_acq_rel);
     if (!(v & CANCEL__SPAWNED_CLOSED)) {
-        if (!cancel_token_is_requested(cancel_source_token(g->src)))
-            cancel__group_note_cancel(g);
-        cancel_source_cancel(g->src);
-        cancel__group_end_queued(g);
+        (void)cancel__group_cancel(g, 0, NULL);
         (void)cancel_group_wait(g);
     }
     /* A task that counted itself out under the stripe has left it. */

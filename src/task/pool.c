@@ -344,31 +344,14 @@ static void note_request(struct cancel__record *rec, int64_t at)
     pthread_mutex_unlock(&p->report_mu);
 }
 
-void cancel__group_note_cancel(struct cancel_group *g)
+/* Walks the group's records from `head` down to `stop` (excluded): ends
+ * the queued tasks (CANCELED, unrun, at `at`) and notes the request in the
+ * running ones. Returns how many it ended, for the caller to count out. */
+static uint64_t group_sweep(struct cancel_group *g, struct cancel__record *head, struct cancel__record *stop,
+                            int64_t at)
 {
-    /* The first to note it wins. */
-    int64_t none = CANCEL__NO_TIME, now = cancel_now();
-    if (!atomic_compare_exchange_strong_explicit(&g->cancelled, &none, now, memory_order_relaxed,
-                                                 memory_order_relaxed))
-        return;
-    for (struct cancel__record *rec = atomic_load_explicit(&g->tasks, memory_order_acquire); rec;
-         rec = rec->gnext)
-        /* acquire: pairs with the claim; `worker` is set. */
-        if (cancel__task_state(atomic_load_explicit(&rec->t.state, memory_order_acquire)) == CANCEL_TASK_RUNNING)
-            note_request(rec, now);
-}
-
-void cancel__group_end_queued(struct cancel_group *g)
-{
-    int64_t at = atomic_load_explicit(&g->cancelled, memory_order_relaxed);
     uint64_t ended = 0;
-    /* seq_cst: our half of the pair with a spawn (cancel__task_submit):
-     * after the mark of the group's token or of its outer source, before
-     * our look at the list. A spawn we miss sees the mark and ends its task
-     * itself. */
-    atomic_thread_fence(memory_order_seq_cst);
-    for (struct cancel__record *rec = atomic_load_explicit(&g->tasks, memory_order_acquire); rec;
-         rec = rec->gnext) {
+    for (struct cancel__record *rec = head; rec != stop; rec = rec->gnext) {
         struct cancel_task *t = &rec->t;
         uint32_t old;
         if (task_move(t, CANCEL_TASK_PENDING, CANCEL_TASK_CANCELED, &old)) {
@@ -381,21 +364,60 @@ void cancel__group_end_queued(struct cancel_group *g)
                 pthread_mutex_unlock(m);
             }
             ended++;
+            /* acquire: pairs with the claim; `worker` is set. */
+        } else if (cancel__task_state(atomic_load_explicit(&t->state, memory_order_acquire)) ==
+                   CANCEL_TASK_RUNNING) {
+            note_request(rec, at);
         }
     }
-    if (ended) {
+    if (ended)
         atomic_store_explicit(&g->any_canceled, true, memory_order_relaxed);
-        /* The group stays: the callers hold it (see the header). */
-        cancel__group_count_out(g, ended);
-    }
+    return ended;
+}
+
+/* When the group was cancelled: the first to note it wins. */
+static int64_t note_cancel(struct cancel_group *g)
+{
+    int64_t none = CANCEL__NO_TIME, now = cancel_now();
+    if (atomic_compare_exchange_strong_explicit(&g->cancelled, &none, now, memory_order_relaxed,
+                                                memory_order_relaxed))
+        return now;
+    return none;
+}
+
+bool cancel__group_cancel(struct cancel_group *g, int err, const char *message)
+{
+    int64_t at = note_cancel(g);
+    /* One walk, before the token reads cancelled, so that no running task
+     * returns before its request is noted. The queued tasks it ends are
+     * counted out only once the token is cancelled, so that a wait that
+     * returns ECANCELED finds the cause set. */
+    struct cancel__record *seen = atomic_load_explicit(&g->tasks, memory_order_acquire);
+    uint64_t ended = group_sweep(g, seen, NULL, at);
+    bool won = err ? cancel_source_fail(g->src, err, message) : cancel_source_cancel(g->src);
+    /* seq_cst: our half of the pair with a spawn (cancel__task_submit):
+     * after the mark, before our look at the list. A spawn we miss sees
+     * the mark and ends its task itself; those spawned since our first
+     * look are swept here. */
+    atomic_thread_fence(memory_order_seq_cst);
+    ended += group_sweep(g, atomic_load_explicit(&g->tasks, memory_order_acquire), seen, at);
+    if (ended)
+        cancel__group_count_out(g, ended); /* the caller holds the group */
+    return won;
 }
 
 void cancel__group_cancelled(void *arg)
 {
-    /* On the outer source: this runs before the group's token reads
-     * cancelled, so no task can return before its request is noted. */
-    cancel__group_note_cancel(arg);
-    cancel__group_end_queued(arg);
+    /* On the outer source: the outer token reads cancelled (so a spawn
+     * from now on sees it: the seq_cst fence is our half of that pair),
+     * the group's token not yet (no task can return before its request is
+     * noted). */
+    struct cancel_group *g = arg;
+    int64_t at = note_cancel(g);
+    atomic_thread_fence(memory_order_seq_cst);
+    uint64_t ended = group_sweep(g, atomic_load_explicit(&g->tasks, memory_order_acquire), NULL, at);
+    if (ended)
+        cancel__group_count_out(g, ended); /* cancel_group_free unregisters us first */
 }
 
 /* Free slabs a pool keeps for its next groups: a group of 10,000 tasks
@@ -684,9 +706,7 @@ static void run_task(struct cancel__worker *w, struct cancel_task *t)
             if (atomic_compare_exchange_strong_explicit(&g->first_error, &none, r, memory_order_relaxed,
                                                         memory_order_relaxed)) {
                 atomic_store_explicit(&g->first_failed, rec, memory_order_relaxed);
-                cancel__group_note_cancel(g);
-                cancel_source_fail(g->src, r, rec->name);
-                cancel__group_end_queued(g); /* we are still counted: g stays */
+                (void)cancel__group_cancel(g, r, rec->name); /* we are still counted: g stays */
             }
         }
     } else {
@@ -707,7 +727,7 @@ static void run_task(struct cancel__worker *w, struct cancel_task *t)
  * add nothing but its cost. Only a plain task given a token of the caller's
  * gets its own source, linked to that token and to the pool's source, with
  * a registration that ends it if cancelled while queued. Queued tasks of a
- * group are ended by the group (cancel__group_end_queued); queued tasks on
+ * group are ended by the group (cancel__group_cancel); queued tasks on
  * the pool's token end when cancel_pool_free drains them.
  *
  * Submitting while the pool is being freed. The pool's own tasks may
@@ -785,7 +805,7 @@ int cancel__task_submit(struct cancel_pool *p, struct cancel_group *g, cancel_to
         }
         q_link(p, &t->q, memory_order_release);
         /* seq_cst: three Dekker pairs at once, each with a fence on the
-         * other side: cancel__group_end_queued (after the mark of the
+         * other side: cancel__group_cancel (after the mark of the
          * group's token or of its outer source, before its walk of the
          * list): it finds this task, or we see the mark below;
          * cancel_pool_free (see above): we see `closing`, or its threads see

@@ -272,18 +272,17 @@ CANCEL_HIDDEN int cancel__wait(const struct cancel__waitable *w, cancel_token wa
  * it returns the group may be gone, unless the caller is the group's own
  * registration. */
 CANCEL_HIDDEN void cancel__group_count_out(struct cancel_group *g, uint64_t n);
-/* How a group is cancelled (pool.c). A cancel through the group's own
- * calls (cancel_group_cancel, the first failure, cancel_group_free) notes
- * the moment and what each running task is doing, cancels the group's
- * source, then ends the queued tasks; the caller must hold the group (its
- * owner, or a task of it still counted). A cancel from outside (the parent
- * token, the pool) cancels the outer source first, whose registration,
- * cancel__group_cancelled, does both before the group's token reads
- * cancelled. */
+/* How a group is cancelled (pool.c). Through the group's own calls
+ * (cancel_group_cancel, the first failure: err and message for
+ * cancel_source_fail; cancel_group_free): cancel__group_cancel notes the
+ * moment and what each running task is doing, and ends the queued tasks,
+ * then cancels the group's source; the caller must hold the group (its
+ * owner, or a task of it still counted). Returns whether this call
+ * cancelled it. From outside (the parent token, the pool): the outer
+ * source is cancelled first, and its registration, cancel__group_cancelled,
+ * does the same before the group's token reads cancelled. */
+CANCEL_HIDDEN bool cancel__group_cancel(struct cancel_group *g, int err, const char *message);
 CANCEL_HIDDEN void cancel__group_cancelled(void *group);
-CANCEL_HIDDEN void cancel__group_end_queued(struct cancel_group *g);
-/* Records when the group was cancelled, unless already recorded. */
-CANCEL_HIDDEN void cancel__group_note_cancel(struct cancel_group *g);
 
 /* ---- group.c, for report.c ---- */
 
