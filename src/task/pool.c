@@ -10,9 +10,9 @@
  * linked (below), so nothing is stranded.
  *
  * Idle threads. A pool thread that finds no work looks a little longer,
- * then parks (wake.c) after listing itself in the pool's idle list and
+ * then parks (wake.c) after setting its bit in the pool's idle set and
  * counting itself in `nidle`. A producer, after linking, reads `nidle`; if
- * a thread is idle it unlists one and wakes it. The two form a Dekker pair:
+ * a thread is idle it claims one's bit and wakes it. The two form a Dekker pair:
  * the producer links, issues a seq_cst fence and reads nidle; the thread
  * increments nidle, issues a seq_cst fence and looks at the queue: either
  * the producer sees the idle thread, or the thread sees the task. A thread
@@ -42,10 +42,10 @@
  * thread: reports read them under report_mu, and the thread clears its
  * pointer under report_mu before it ends.
  *
- * Locks: qlock and spare_lock (try-locks, never waited on), idle_mu,
- * report_mu and the stripes (wake.c) are each held for a few instructions
- * and a futex wake at most, never while user code runs, and never nested in
- * one another. A task runs with no lock of the layer held.
+ * Locks: qlock and spare_lock (try-locks, never waited on), report_mu and
+ * the stripes (wake.c) are each held for a few instructions and a futex
+ * wake at most, never while user code runs, and never nested in one
+ * another. A task runs with no lock of the layer held.
  */
 #include "task_internal.h"
 
@@ -142,67 +142,67 @@ empty:
  * Idle threads
  * ------------------------------------------------------------------------ */
 
+/* The idle set: a bit per thread in `idle_mask`, and their number in
+ * `nidle` (what producers look at). A producer that wakes a thread claims
+ * its bit with a fetch_and, so exactly one party clears each bit: the
+ * producer (then it wakes the thread) or the thread itself (idle_remove). */
+static _Atomic uint64_t *idle_word(struct cancel__worker *w)
+{
+    return &w->pool->idle_mask[w->id / 64];
+}
+
 static void idle_add(struct cancel__worker *w)
 {
     struct cancel_pool *p = w->pool;
-    pthread_mutex_lock(&p->idle_mu);
-    w->idle_next = p->idle;
-    if (w->idle_next)
-        w->idle_next->idle_pprev = &w->idle_next;
-    w->idle_pprev = &p->idle;
-    p->idle = w;
-    /* relaxed: idle_prepare's fence orders it with the look at the queue
-     * that follows. */
+    /* relaxed: idle_prepare's fence orders both with the look at the
+     * queue that follows. acq_rel on the mask: ordered with wake_all's
+     * exchange (see stop_threads). */
     atomic_fetch_add_explicit(&p->nidle, 1, memory_order_relaxed);
-    pthread_mutex_unlock(&p->idle_mu);
+    atomic_fetch_or_explicit(idle_word(w), UINT64_C(1) << (w->id % 64), memory_order_acq_rel);
 }
 
-static void idle_unlink(struct cancel_pool *p, struct cancel__worker *w)
-{
-    *w->idle_pprev = w->idle_next;
-    if (w->idle_next)
-        w->idle_next->idle_pprev = w->idle_pprev;
-    w->idle_pprev = NULL;
-    w->idle_next = NULL;
-    /* relaxed: a stale count costs a look or a lock, never a lost wake-up. */
-    atomic_fetch_sub_explicit(&p->nidle, 1, memory_order_relaxed);
-}
-
-/* Returns false if a producer unlisted us to wake us. */
+/* Returns false if a producer claimed us to wake us. */
 static bool idle_remove(struct cancel__worker *w)
 {
-    struct cancel_pool *p = w->pool;
-    pthread_mutex_lock(&p->idle_mu);
-    bool listed = w->idle_pprev != NULL;
-    if (listed)
-        idle_unlink(p, w);
-    pthread_mutex_unlock(&p->idle_mu);
-    return listed;
+    uint64_t bit = UINT64_C(1) << (w->id % 64);
+    if (!(atomic_fetch_and_explicit(idle_word(w), ~bit, memory_order_relaxed) & bit))
+        return false;
+    /* relaxed: a stale count costs a look, never a lost wake-up. */
+    atomic_fetch_sub_explicit(&w->pool->nidle, 1, memory_order_relaxed);
+    return true;
 }
 
-/* Wakes one idle thread, if any. The wake comes after idle_mu is let go,
- * which the woken thread takes at once: its parker word lives in the pool,
- * which every waker holds. */
+/* Wakes one idle thread, if any. Its parker word lives in the pool, which
+ * every waker holds. */
 static void wake_one(struct cancel_pool *p)
 {
-    pthread_mutex_lock(&p->idle_mu);
-    struct cancel__worker *w = p->idle;
-    if (w)
-        idle_unlink(p, w);
-    pthread_mutex_unlock(&p->idle_mu);
-    if (w)
-        cancel__parker_wake(w->parker);
+    size_t words = (p->nthreads + 63) / 64;
+    for (size_t i = 0; i < words; i++) {
+        uint64_t m = atomic_load_explicit(&p->idle_mask[i], memory_order_relaxed);
+        while (m) {
+            uint64_t bit = m & -m;
+            uint64_t old = atomic_fetch_and_explicit(&p->idle_mask[i], ~bit, memory_order_relaxed);
+            if (old & bit) {
+                atomic_fetch_sub_explicit(&p->nidle, 1, memory_order_relaxed);
+                cancel__parker_wake(p->workers[i * 64 + (size_t)__builtin_ctzll(bit)].parker);
+                return;
+            }
+            m = old & ~bit;
+        }
+    }
 }
 
 static void wake_all(struct cancel_pool *p)
 {
-    pthread_mutex_lock(&p->idle_mu);
-    struct cancel__worker *w;
-    while ((w = p->idle) != NULL) {
-        idle_unlink(p, w);
-        cancel__parker_wake(w->parker);
+    size_t words = (p->nthreads + 63) / 64;
+    for (size_t i = 0; i < words; i++) {
+        /* acq_rel: see stop_threads. */
+        uint64_t m = atomic_exchange_explicit(&p->idle_mask[i], 0, memory_order_acq_rel);
+        for (; m; m &= m - 1) {
+            atomic_fetch_sub_explicit(&p->nidle, 1, memory_order_relaxed);
+            cancel__parker_wake(p->workers[i * 64 + (size_t)__builtin_ctzll(m)].parker);
+        }
     }
-    pthread_mutex_unlock(&p->idle_mu);
 }
 
 /* Lists the thread as idle and tells whether it may sleep: false if work
@@ -1052,7 +1052,6 @@ static void pool_destroy(struct cancel_pool *p)
         free(s);
     }
     cancel_source_free(p->src);
-    pthread_mutex_destroy(&p->idle_mu);
     pthread_mutex_destroy(&p->report_mu);
     free(p);
 }
@@ -1079,9 +1078,10 @@ void cancel__pool_unref(struct cancel_pool *p)
  * cancel_pool_free). */
 static void stop_threads(struct cancel_pool *p, size_t started)
 {
-    /* release: pairs with the threads' acquire loads. A thread lists itself
-     * idle under idle_mu before it reads the flag: wake_all below, under
-     * idle_mu too, either finds it listed or came first (then it reads 1). */
+    /* release: pairs with the threads' acquire loads. A thread sets its
+     * idle bit before it reads the flag: wake_all's exchange of that word
+     * below either finds the bit, or came first and the thread's fetch_or
+     * reads after it (acq_rel both: it then sees the flag). */
     atomic_store_explicit(&p->exiting, 1, memory_order_release);
     wake_all(p);
     for (size_t i = 0; i < started; i++)
@@ -1105,7 +1105,9 @@ cancel_pool *cancel_pool_new(size_t threads, const char *name)
     }
     size_t len = name ? strlen(name) + 1 : 0;
     size_t head = round_up(sizeof(struct cancel_pool), CANCEL__CACHELINE);
-    size_t size = round_up(head + threads * sizeof(struct cancel__worker) + len, CANCEL__CACHELINE);
+    size_t words = (threads + 63) / 64;
+    size_t mask_at = round_up(head + threads * sizeof(struct cancel__worker), CANCEL__CACHELINE);
+    size_t size = round_up(mask_at + words * sizeof(uint64_t) + len, CANCEL__CACHELINE);
     struct cancel_pool *p = aligned_alloc(CANCEL__CACHELINE, size);
     if (!p) {
         errno = ENOMEM;
@@ -1113,7 +1115,10 @@ cancel_pool *cancel_pool_new(size_t threads, const char *name)
     }
     memset(p, 0, size);
     p->workers = (struct cancel__worker *)(void *)((char *)p + head);
-    p->name = name ? memcpy((char *)(p->workers + threads), name, len) : NULL;
+    p->idle_mask = (_Atomic uint64_t *)(void *)((char *)p + mask_at);
+    for (size_t i = 0; i < words; i++)
+        atomic_init(&p->idle_mask[i], 0);
+    p->name = name ? memcpy((char *)(p->idle_mask + words), name, len) : NULL;
     p->nthreads = threads;
     atomic_init(&p->stub.next, NULL);
     atomic_init(&p->tail, &p->stub);
@@ -1127,8 +1132,7 @@ cancel_pool *cancel_pool_new(size_t threads, const char *name)
     atomic_init(&p->spare_lock, 0);
     atomic_init(&p->slabs, NULL);
     atomic_init(&p->nslabs, 0);
-    p->idle = NULL;
-    pthread_mutex_init(&p->idle_mu, NULL);
+
     pthread_mutex_init(&p->report_mu, NULL);
     p->src = cancel_source_new();
     if (!p->src || (name && cancel_source_set_name(p->src, name) != 0)) {
@@ -1141,6 +1145,7 @@ cancel_pool *cancel_pool_new(size_t threads, const char *name)
     for (size_t i = 0; i < threads; i++) {
         struct cancel__worker *w = &p->workers[i];
         w->pool = p;
+        w->id = i;
         atomic_init(&w->parker_word, 0);
         w->parker = &w->parker_word;
         atomic_init(&w->current, NULL);

@@ -59,6 +59,8 @@ CANCEL_HIDDEN void cancel__waiters_wake_all(struct cancel__waiter **head);
 
 /* ---- the pool ---- */
 
+#define CANCEL__CACHELINE 64
+
 /* The queue is Vyukov's intrusive multi-producer queue: producers swap the
  * tail (one atomic exchange) and then link; one consumer at a time pops,
  * under a try-lock (pool.c). */
@@ -67,12 +69,14 @@ struct cancel__qnode {
 };
 
 struct cancel__worker {
-    struct cancel_pool *pool;            /* r/o */
+    /* A line (or two) each: the fields below are written by their thread
+     * on every task, and read or written by others on wake-ups. */
+    _Alignas(CANCEL__CACHELINE) struct cancel_pool *pool; /* r/o */
     pthread_t thread;                    /* r/o once started */
     _Atomic uint32_t *parker;            /* r/o: the thread's parker word, parker_word below */
     _Atomic uint32_t parker_word;        /* in pool memory, so that a waker holding the pool
-                                            may touch it after letting go of idle_mu */
-    struct cancel__worker *idle_next, **idle_pprev; /* under pool->idle_mu; pprev NULL: not idle */
+                                            may touch it at any time */
+    size_t id;                           /* r/o: its index, and its bit in pool->idle_mask */
     struct cancel__blocked *blocked;     /* the thread's blocked-in word; under pool->report_mu
                                             (NULL before the thread starts and after it ends) */
     clockid_t cpu_clock;                 /* the thread's CPU clock; r/o once blocked is set */
@@ -93,8 +97,6 @@ struct cancel__spare {
     uint32_t count;                   /* blocks in the batch (first block) */
 };
 
-#define CANCEL__CACHELINE 64
-
 struct cancel_pool {
     /* Producers' line. */
     _Alignas(CANCEL__CACHELINE) struct cancel__qnode *_Atomic tail;
@@ -102,11 +104,11 @@ struct cancel_pool {
     _Alignas(CANCEL__CACHELINE) _Atomic uint32_t qlock; /* the consumer try-lock */
     struct cancel__qnode *_Atomic head;                 /* under qlock (atomic for peeks) */
     struct cancel__qnode stub;
-    /* Idle threads: parked, in the list, counted in nidle. */
+    /* Idle threads: parked or about to, a bit each in idle_mask, counted in
+     * nidle (pool.c). */
     _Alignas(CANCEL__CACHELINE) _Atomic uint32_t nidle;
     _Atomic uint32_t exiting; /* threads leave once the queue is empty */
-    pthread_mutex_t idle_mu;
-    struct cancel__worker *idle; /* under idle_mu */
+    _Atomic uint64_t *idle_mask; /* r/o pointer into the allocation: (nthreads + 63) / 64 words */
     /* Freed task blocks, a batch per 32 tasks. */
     _Alignas(CANCEL__CACHELINE) struct cancel__spare *_Atomic spare; /* batches of blocks (pool.c) */
     _Atomic uint32_t spare_lock; /* serialises poppers of `spare` and `slabs` */
