@@ -642,10 +642,18 @@ static void run_task(struct cancel__worker *w, struct cancel_task *t)
         drop_task(t);
         return;
     }
-    atomic_store_explicit(&t->worker, w, memory_order_relaxed);
-    if (!task_move(t, CANCEL_TASK_PENDING, CANCEL_TASK_RUNNING, &old)) {
+    /* relaxed: a first look, that writes nothing to a task that already
+     * ended (a cancelled group leaves many in the queue). */
+    if (cancel__task_state(atomic_load_explicit(&t->state, memory_order_relaxed)) != CANCEL_TASK_PENDING ||
+        (atomic_store_explicit(&t->worker, w, memory_order_relaxed),
+         !task_move(t, CANCEL_TASK_PENDING, CANCEL_TASK_RUNNING, &old))) {
         w->last_end = CANCEL__NO_TIME;
         drop_task(t); /* its cancellation came first; its group may be gone */
+        /* Dropping what a cancel left behind is housekeeping: now and then
+         * let the threads that have real work to do (the cancelled tasks
+         * returning, their waiter) have the CPU. */
+        if (++w->dropped % 64 == 0)
+            sched_yield();
         return;
     }
     /* Ours now, and still counted in its group, so its token is valid. A

@@ -86,6 +86,7 @@ struct cancel__worker {
     int64_t last_end;                    /* own: when its last group task returned, if it went
                                             straight on to the next one; else CANCEL__NO_TIME */
     struct cancel__spare *spare;         /* own: freed task blocks, a batch being filled */
+    unsigned dropped;                    /* own: tasks popped that had ended unrun */
 };
 
 /* A freed plain task's block, waiting to be reused (pool.c): in a batch of
