@@ -250,9 +250,9 @@ static void fmt_dur(char *buf, size_t size, int64_t ns)
         snprintf(buf, size, "-");
     else if (ns < 1000)
         snprintf(buf, size, "%lld ns", (long long)ns);
-    else if (ns < 1000000)
+    else if (ns < 999950) /* below what would round up to 1000.0 us */
         snprintf(buf, size, "%.1f us", ns / 1e3);
-    else if (ns < 1000000000)
+    else if (ns < 999995000)
         snprintf(buf, size, "%.2f ms", ns / 1e6);
     else
         snprintf(buf, size, "%.3f s", ns / 1e9);
