@@ -4,8 +4,8 @@
  * every task did with a cancellation request.
  *
  * A *pool* owns a few threads. cancel_task_run queues fn(arg, t) on it,
- * where t is a token of the task's own, a linked child of the caller's
- * token and of the pool: cancelling the caller's source, or freeing the
+ * where t is cancelled when the caller's token is or when the pool is
+ * freed, with their cause: cancelling the caller's source, or freeing the
  * pool, cancels the task. A task that is cancelled before it starts never
  * runs. A *group* (Go's errgroup, Trio's nursery) gathers tasks under one
  * token: the first task that fails cancels its siblings with that failure
@@ -120,13 +120,16 @@ typedef enum cancel_task_state {
     CANCEL_TASK_FAILED     /* fn returned another error (or ECANCELED unasked) */
 } cancel_task_state;
 
-/* Queues fn(arg, t) on the pool, where t is the task's own token: a linked
- * child of `tok` (CANCEL_TOKEN_NONE: none) and of the pool, so that it is
- * cancelled when tok is or when the pool is freed, and its cause (reason,
- * code, message, origin) is theirs. `name` (copied; NULL: unnamed) names the
- * task in reports. If `out` is not NULL it receives a handle to wait on,
- * which the caller frees with cancel_task_free; with NULL the task cleans
- * up after itself.
+/* Queues fn(arg, t) on the pool. t is cancelled when `tok` is or when the
+ * pool is freed, and its cause (reason, code, message, origin) is theirs:
+ * with a token, t is the token of a source of the task's own, a linked
+ * child of tok and of the pool; with CANCEL_TOKEN_NONE, t is the pool's own
+ * token, shared by every such task (a task cannot cancel its token, so a
+ * source of its own would add nothing but its cost). `name` names the task;
+ * only reports show names, and they cover groups, so a plain task's name is
+ * not kept. If `out` is not NULL it receives a handle to wait on, which the
+ * caller frees with cancel_task_free; with NULL the task cleans up after
+ * itself.
  *
  * A task whose token is cancelled before a thread starts it never runs: it
  * ends CANCELED (result ECANCELED) at once, even while every pool thread is
@@ -184,14 +187,17 @@ CANCEL_API cancel_group *cancel_group_new(cancel_pool *pool, cancel_token parent
  * cancel_group_free (CANCEL_TOKEN_NONE for NULL). */
 CANCEL_API cancel_token cancel_group_token(const cancel_group *g);
 
-/* Queues fn(arg, t) on the group's pool; t is a linked child of the group's
- * token. Allowed until cancel_group_wait has returned, from any thread,
- * including the group's own tasks while the group is being waited (they may
- * spawn siblings, as in errgroup). Into a cancelled group the task is
- * accepted and ends CANCELED without running. Returns 0; EINVAL (NULL g or
- * fn); ENOMEM; ESHUTDOWN (cancel_group_wait has returned, the group is being
- * freed, or its pool is being or was freed). Thread-safe; may be called from
- * a cancellation callback. */
+/* Queues fn(arg, t) on the group's pool; t is the group's token (shared by
+ * its tasks, as above); `name` (copied; NULL: unnamed) names the task in
+ * reports and in the cause of its failure. Allowed until cancel_group_wait
+ * has returned, from any thread, including the group's own tasks while the
+ * group is being waited (they may spawn siblings, as in errgroup). Into a
+ * cancelled group the task is accepted and ends CANCELED without running.
+ * The group keeps a record of every task (about 200 bytes) until it is
+ * freed. Returns 0; EINVAL (NULL g or fn); ENOMEM; ESHUTDOWN
+ * (cancel_group_wait has returned, the group is being freed, or its pool is
+ * being or was freed). Thread-safe; may be called from a cancellation
+ * callback. */
 CANCEL_API int cancel_group_spawn(cancel_group *g, cancel_task_fn *fn, void *arg, const char *name);
 
 /* Cancels the group (reason REQUESTED, origin the group's name). Returns
