@@ -51,6 +51,9 @@
  * Pool threads start with every signal blocked: signal handlers run on the
  * application's own threads. A task may call any blocking call of
  * <cancel/io.h>, <cancel/sync.h> or <cancel/process.h> with its token.
+ * Pools do not cross fork(): their threads are not in the child, where the
+ * parent's pools, tasks and groups must not be used or freed (make new
+ * ones there).
  *
  * Memory order: everything a task did happens before the return of a wait
  * that sees it ended (cancel_task_wait, cancel_group_wait,
