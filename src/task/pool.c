@@ -16,8 +16,10 @@
  * the producer links, issues a seq_cst fence and reads nidle; the thread
  * increments nidle, issues a seq_cst fence and looks at the queue: either
  * the producer sees the idle thread, or the thread sees the task. A thread
- * sleeps only after looking (q_peek), so one that lost the try-lock to
- * another consumer finds the task still there and does not sleep. (The
+ * sleeps only when a pop made after its fence found the queue empty (or
+ * half pushed: that producer will see it); one that lost the try-lock to
+ * another consumer naps briefly instead, as that consumer may leave a task
+ * behind. (The
  * process-wide barrier the core's lock uses would spare producers the
  * fence, but it costs 10-20 us with other threads running, on every park.)
  *
@@ -103,13 +105,20 @@ static void q_unlock(struct cancel_pool *p)
     atomic_store_explicit(&p->qlock, 0, memory_order_release);
 }
 
-/* Pops the oldest task, or returns NULL if the queue is empty, half pushed,
- * or being popped by another thread. */
-static struct cancel_task *q_pop(struct cancel_pool *p)
+/* Why q_pop found nothing. */
+enum pop_miss {
+    POP_EMPTY, /* the queue is empty, or half pushed (its producer will wake an idle thread) */
+    POP_BUSY,  /* another thread is popping */
+};
+
+/* Pops the oldest task, or returns NULL (and says why in *miss). */
+static struct cancel_task *q_pop_why(struct cancel_pool *p, enum pop_miss *miss)
 {
+    *miss = POP_BUSY;
     /* acquire: pairs with q_unlock's release. */
     if (atomic_exchange_explicit(&p->qlock, 1, memory_order_acquire) != 0)
         return NULL;
+    *miss = POP_EMPTY;
     struct cancel__qnode *head = atomic_load_explicit(&p->head, memory_order_relaxed);
     /* acquire: pairs with the producer's store of the link (q_link). */
     struct cancel__qnode *next = atomic_load_explicit(&head->next, memory_order_acquire);
@@ -136,6 +145,12 @@ static struct cancel_task *q_pop(struct cancel_pool *p)
 empty:
     q_unlock(p);
     return NULL;
+}
+
+static struct cancel_task *q_pop(struct cancel_pool *p)
+{
+    enum pop_miss miss;
+    return q_pop_why(p, &miss);
 }
 
 /* ------------------------------------------------------------------------
@@ -205,15 +220,38 @@ static void wake_all(struct cancel_pool *p)
     }
 }
 
-/* Lists the thread as idle and tells whether it may sleep: false if work
- * (or the end of the pool) came meanwhile. */
-static bool idle_prepare(struct cancel__worker *w)
+/* What an idle thread does next. */
+enum idle {
+    IDLE_SLEEP, /* until woken: a producer sees us */
+    IDLE_NAP,   /* briefly: another thread held the queue, and may leave a task behind */
+    IDLE_GOT,   /* run the task it popped */
+    IDLE_EXIT,  /* the pool is going */
+};
+#define NAP_NS (100 * 1000)
+
+/* Lists the thread as idle, then pops once more: only a pop that finds the
+ * queue empty (or half pushed: its producer, after linking, sees us idle)
+ * lets it sleep for good. The caller unlists itself afterwards
+ * (idle_remove) in every case. */
+static enum idle idle_prepare(struct cancel__worker *w, struct cancel_task **t)
 {
     idle_add(w);
     /* seq_cst: our half of the parking pair (see the top): the increment
      * of nidle comes before the look at the queue. */
     atomic_thread_fence(memory_order_seq_cst);
-    return !q_peek(w->pool) && !atomic_load_explicit(&w->pool->exiting, memory_order_acquire);
+    if (atomic_load_explicit(&w->pool->exiting, memory_order_acquire))
+        return IDLE_EXIT;
+    enum pop_miss miss;
+    *t = q_pop_why(w->pool, &miss);
+    return *t ? IDLE_GOT : miss == POP_BUSY ? IDLE_NAP : IDLE_SLEEP;
+}
+
+/* After idle_prepare popped a task: unlist, and pass on a wake-up that a
+ * producer meant for its own task, which we are not taking. */
+static void idle_got(struct cancel__worker *w)
+{
+    if (!idle_remove(w) && q_peek(w->pool))
+        wake_one(w->pool);
 }
 
 /* ------------------------------------------------------------------------
@@ -950,12 +988,29 @@ int cancel__wait(const struct cancel__waitable *wb, cancel_token wait_tok, int64
                 cancel__cpu_relax();
             continue;
         }
-        if (w && !idle_prepare(w)) {
-            owed = !idle_remove(w);
-            continue;
+        int64_t until = u.kernel_deadline;
+        if (w) {
+            struct cancel_task *t;
+            enum idle next = idle_prepare(w, &t);
+            if (next == IDLE_GOT) {
+                idle_got(w);
+                owed = false;
+                w->last_end = CANCEL__NO_TIME;
+                if (me)
+                    atomic_store_explicit(&me->nested_in, wb->what, memory_order_relaxed);
+                run_task(w, t);
+                if (me)
+                    atomic_store_explicit(&me->nested_in, NULL, memory_order_relaxed);
+                continue;
+            }
+            if (next == IDLE_NAP) {
+                int64_t soon = cancel__clock_ns() + NAP_NS;
+                if (until < 0 || soon < until)
+                    until = soon;
+            }
         }
         cancel__blocked_enter(wb->what, -1);
-        cancel__parker_sleep(word, u.kernel_deadline);
+        cancel__parker_sleep(word, until);
         cancel__blocked_leave();
         if (w)
             owed = !idle_remove(w);
@@ -1031,8 +1086,21 @@ static void *worker_main(void *arg)
         if (atomic_load_explicit(&p->exiting, memory_order_acquire) && !q_peek(p))
             break;
         atomic_exchange_explicit(w->parker, 0, memory_order_acquire);
-        if (idle_prepare(w))
+        switch (idle_prepare(w, &t)) {
+        case IDLE_GOT:
+            idle_got(w);
+            run_task(w, t);
+            spins = 0;
+            continue;
+        case IDLE_SLEEP:
             cancel__parker_sleep(w->parker, -1);
+            break;
+        case IDLE_NAP:
+            cancel__parker_sleep(w->parker, cancel__clock_ns() + NAP_NS);
+            break;
+        case IDLE_EXIT:
+            break;
+        }
         idle_remove(w);
         spins = 0;
     }
