@@ -1,9 +1,10 @@
 /*
  * Groups: structured concurrency on a pool (errgroup with fail fast).
  *
- * A group is a source (linked to its parent and to the pool's source), two
- * counters, and the list of every task it spawned, kept for reports until
- * the group is freed. `spawned` (with the CLOSED and FREEING flags) is
+ * A group is a source (hanging from an outer source, which is linked to its
+ * parent and to the pool's source: see cancel__group_cancel), two counters,
+ * and the list of every task it spawned, whose records (in slabs of the
+ * group) are kept for reports until the group is freed. `spawned` (with the CLOSED and FREEING flags) is
  * written by spawners, `ended` (with WAITERS) by whoever ends a task, each
  * on its own cache line; the group has no task left when they are equal.
  *
@@ -26,6 +27,11 @@
  * first_error (first in time) and only that task fails the group's source,
  * so the cause its siblings see and the error cancel_group_wait returns are
  * the same failure (unless the group was cancelled otherwise first).
+ *
+ * Lifetime: the group holds its pool's memory; each record holds its slab
+ * (a record still in a pool's queue outlives the group, and so does its
+ * slab). The group's registration (on the outer source) may touch the
+ * group: cancel_group_free unregisters it before anything is freed.
  *
  * Nesting: a group created by a task with that task's token as parent is a
  * child of the task (tasks' `children`); one whose parent token is another
