@@ -268,6 +268,28 @@ static void fmt_at(char *buf, size_t size, int64_t t, int64_t epoch)
     fmt_dur(buf + 1, size - 1, t - epoch);
 }
 
+/* A name for the text report: control characters shown as \n, \t or \xNN,
+ * so that a name cannot break the table or talk to a terminal. */
+static void fmt_name(char *buf, size_t size, const char *name)
+{
+    if (!name) {
+        snprintf(buf, size, "(unnamed)");
+        return;
+    }
+    size_t n = 0;
+    for (const unsigned char *p = (const unsigned char *)name; *p && n + 5 < size; p++) {
+        if (*p == '\n')
+            n += (size_t)snprintf(buf + n, size - n, "\\n");
+        else if (*p == '\t')
+            n += (size_t)snprintf(buf + n, size - n, "\\t");
+        else if (*p < 0x20 || *p == 0x7f)
+            n += (size_t)snprintf(buf + n, size - n, "\\x%02x", *p);
+        else
+            buf[n++] = (char)*p;
+    }
+    buf[n] = '\0';
+}
+
 static void fmt_blocked(char *buf, size_t size, const char *what, int fd)
 {
     if (fd >= 0)
@@ -286,10 +308,15 @@ static void fmt_cause(char *buf, size_t size, cancel_cause c)
         const char *s = signal_name(c.code);
         n += s ? snprintf(buf + n, size - (size_t)n, " SIG%s", s) : snprintf(buf + n, size - (size_t)n, " %d", c.code);
     }
-    if (c.message && (size_t)n < size)
-        n += snprintf(buf + n, size - (size_t)n, " \"%s\"", c.message);
-    if (c.origin && (size_t)n < size)
-        snprintf(buf + n, size - (size_t)n, " (origin \"%s\")", c.origin);
+    char text[CELL];
+    if (c.message && (size_t)n < size) {
+        fmt_name(text, sizeof text, c.message);
+        n += snprintf(buf + n, size - (size_t)n, " \"%s\"", text);
+    }
+    if (c.origin && (size_t)n < size) {
+        fmt_name(text, sizeof text, c.origin);
+        snprintf(buf + n, size - (size_t)n, " (origin \"%s\")", text);
+    }
 }
 
 enum { COL_TASK, COL_STATE, COL_RESULT, COL_QUEUED, COL_STARTED, COL_ENDED, COL_RESPONSE, COL_CPU, COL_NOTE, NCOL };
@@ -299,7 +326,7 @@ static const char *const col_title[NCOL] = {"TASK",  "STATE",    "RESULT",    "Q
 
 static void task_cells(char cells[NCOL][CELL], const struct snap *s, int64_t epoch, bool first_failure)
 {
-    snprintf(cells[COL_TASK], CELL, "%s", s->rec->name ? s->rec->name : "(unnamed)");
+    fmt_name(cells[COL_TASK], CELL, s->rec->name);
     snprintf(cells[COL_STATE], CELL, "%s", state_name(s->state));
     if (s->state >= CANCEL_TASK_COMPLETED) {
         const char *e = errno_name(s->result);
@@ -389,8 +416,9 @@ static int text_group(FILE *f, const struct cancel_group *g, int64_t epoch, int6
         int k = snprintf(cause, sizeof cause, "; cancelled at %s: ", at);
         fmt_cause(cause + k, sizeof cause - (size_t)k, cc);
     }
-    fprintf(f, "%*sgroup \"%s\": %s%s\n", indent, "", g->name ? g->name : "(unnamed)", group_state(g, result),
-            cause);
+    char name[CELL];
+    fmt_name(name, sizeof name, g->name);
+    fprintf(f, "%*sgroup \"%s\": %s%s\n", indent, "", name, group_state(g, result), cause);
     int64_t grace = atomic_load_explicit(&g->grace, memory_order_relaxed);
     char gr[64];
     fmt_dur(gr, sizeof gr, grace);
