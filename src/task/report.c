@@ -244,6 +244,8 @@ static const char *group_state(const struct cancel_group *g, int result)
 
 /* ---- text ---- */
 
+#define CELL 200 /* the longest cell, names included */
+
 static void fmt_dur(char *buf, size_t size, int64_t ns)
 {
     if (ns == CANCEL__NO_TIME)
@@ -322,7 +324,6 @@ static void fmt_cause(char *buf, size_t size, cancel_cause c)
 enum { COL_TASK, COL_STATE, COL_RESULT, COL_QUEUED, COL_STARTED, COL_ENDED, COL_RESPONSE, COL_CPU, COL_NOTE, NCOL };
 static const char *const col_title[NCOL] = {"TASK",  "STATE",    "RESULT",    "QUEUED", "STARTED",
                                             "ENDED", "RESPONSE", "CPU AFTER", "NOTE"};
-#define CELL 200
 
 static void task_cells(char cells[NCOL][CELL], const struct snap *s, int64_t epoch, bool first_failure)
 {
