@@ -594,6 +594,90 @@ static void churn(void)
     cancel_pool_free(p);
 }
 
+/* Several threads create, cancel, wait and free groups on one pool, some
+ * nested in the tasks of a long-lived group, while another thread keeps
+ * taking reports of that group: reports, nesting and frees race. */
+struct stress {
+    cancel_pool *pool;
+    cancel_group *top;
+    _Atomic int stop;
+    _Atomic int reports;
+};
+static int stress_leaf(void *arg, cancel_token tok)
+{
+    (void)arg;
+    for (volatile int i = 0; i < 200 && !cancel_token_is_requested(tok); i++) {
+    }
+    return cancel_token_check(tok);
+}
+static int stress_nest(void *arg, cancel_token tok)
+{
+    struct stress *st = arg;
+    cancel_group *g = cancel_group_new(st->pool, tok, "nested");
+    if (!g)
+        return errno;
+    for (int i = 0; i < 4; i++)
+        (void)cancel_group_spawn(g, stress_leaf, NULL, "leaf");
+    static _Thread_local uint64_t rng = 12345;
+    if (test_rand(&rng) % 2)
+        cancel_group_cancel(g);
+    int r = cancel_group_wait(g);
+    CHECK(r == 0 || r == ECANCELED);
+    cancel_group_free(g);
+    return 0;
+}
+static void *stress_driver(void *arg)
+{
+    struct stress *st = arg;
+    uint64_t rng = (uintptr_t)&rng;
+    for (int i = 0; i < TEST_SCALE(2000); i++) {
+        int r = cancel_group_spawn(st->top, stress_nest, st, "nester");
+        CHECK(r == 0);
+        cancel_group *g = cancel_group_new(st->pool, cancel_group_token(st->top), "side");
+        CHECK(g);
+        int n = 1 + (int)(test_rand(&rng) % 8);
+        for (int k = 0; k < n; k++)
+            CHECK_EQ(cancel_group_spawn(g, k % 3 ? stress_leaf : stress_nest, st, "side task"), 0);
+        test_jitter(&rng, 1000);
+        if (test_rand(&rng) % 3 == 0)
+            cancel_group_cancel(g);
+        if (test_rand(&rng) % 2)
+            (void)cancel_group_wait(g);
+        cancel_group_free(g);
+    }
+    return NULL;
+}
+static void *stress_reporter(void *arg)
+{
+    struct stress *st = arg;
+    FILE *devnull = fopen("/dev/null", "w");
+    while (!atomic_load(&st->stop)) {
+        CHECK_EQ(cancel_group_report(st->top, devnull, atomic_load(&st->reports) % 2), 0);
+        cancel_group_stats s;
+        CHECK_EQ(cancel_group_stats_get(st->top, &s), 0);
+        atomic_fetch_add(&st->reports, 1);
+    }
+    fclose(devnull);
+    return NULL;
+}
+static void concurrent_groups_and_reports(void)
+{
+    struct stress st = {cancel_pool_new(3, "stress"), NULL, 0, 0};
+    st.top = cancel_group_new(st.pool, CANCEL_TOKEN_NONE, "top");
+    pthread_t rep = test_spawn(stress_reporter, &st);
+    pthread_t d[3];
+    for (int i = 0; i < 3; i++)
+        d[i] = test_spawn(stress_driver, &st);
+    for (int i = 0; i < 3; i++)
+        test_join(d[i]);
+    CHECK_EQ(cancel_group_wait(st.top), 0);
+    atomic_store(&st.stop, 1);
+    test_join(rep);
+    CHECK(atomic_load(&st.reports) > 0);
+    cancel_group_free(st.top);
+    cancel_pool_free(st.pool);
+}
+
 int main(void)
 {
     RUN(bad_input);
@@ -610,6 +694,7 @@ int main(void)
     RUN(stragglers);
     RUN(blocked_in_is_reported);
     RUN(churn);
+    RUN(concurrent_groups_and_reports);
     CHECK_EQ(cancel_quiesce(CANCEL_INFINITE), 0);
     return 0;
 }
