@@ -3,10 +3,11 @@
  * neither full nor empty, sleeping on futexes when it is.
  *
  * The ring. Each slot carries a sequence number saying whose turn it is
- * (the scheme of Dmitry Vyukov's bounded MPMC queue): a slot at index i is
- * free for the push at position p (p % cap == i) when seq == p, holds that
- * push's item when seq == p + 1, and is free again for position p + cap when
- * the pop sets seq = p + cap. A producer claims position `tail` by a CAS
+ * (the scheme of Dmitry Vyukov's bounded MPMC queue, counting in steps of
+ * two so that a capacity of 1 works too): a slot at index i is free for the
+ * push at position p (p % cap == i) when seq == 2p, holds that push's item
+ * when seq == 2p + 1, and is free again for position p + cap when the pop
+ * sets seq = 2(p + cap). A producer claims position `tail` by a CAS
  * only once it saw the slot free, writes the item, then publishes seq; a
  * consumer claims `head` only once it saw the slot full. So a claim never
  * fails after it is made: a push that returns an error never claimed a slot
@@ -118,7 +119,7 @@ cancel_queue *cancel_queue_new(size_t capacity)
     q->pow2 = (capacity & (capacity - 1)) == 0;
     q->slots = q->ring;
     for (size_t i = 0; i < capacity; i++) {
-        atomic_init(&q->ring[i].seq, i);
+        atomic_init(&q->ring[i].seq, 2 * i);
         q->ring[i].item = NULL;
     }
     atomic_init(&q->tail, 0);
@@ -207,7 +208,7 @@ static inline int try_push(cancel_queue *q, void *item)
         /* acquire: pairs with the release in try_pop that freed the slot:
          * the consumer's read of the old item is done before we overwrite it. */
         size_t seq = atomic_load_explicit(&sl->seq, memory_order_acquire);
-        intptr_t dif = (intptr_t)(seq - pos);
+        intptr_t dif = (intptr_t)(seq - 2 * pos);
         if (dif == 0) {
             /* relaxed: the slot's seq carries the ordering; the CAS only
              * decides who owns the position (and fails once CLOSED is set). */
@@ -223,7 +224,7 @@ static inline int try_push(cancel_queue *q, void *item)
     sl->item = item;
     /* release: pairs with the acquire load in try_pop: the item (and what
      * the producer did before) is visible to the consumer. */
-    atomic_store_explicit(&sl->seq, pos + 1, memory_order_release);
+    atomic_store_explicit(&sl->seq, 2 * pos + 1, memory_order_release);
     notify(&q->cons);
     return 0;
 }
@@ -238,7 +239,7 @@ static inline int try_pop(cancel_queue *q, void **item)
         sl = slot_at(q, pos);
         /* acquire: pairs with the producer's release publication. */
         size_t seq = atomic_load_explicit(&sl->seq, memory_order_acquire);
-        intptr_t dif = (intptr_t)(seq - (pos + 1));
+        intptr_t dif = (intptr_t)(seq - (2 * pos + 1));
         if (dif == 0) {
             if (atomic_compare_exchange_weak_explicit(&q->head, &pos, pos + 1, memory_order_relaxed,
                                                       memory_order_relaxed))
@@ -257,7 +258,7 @@ static inline int try_pop(cancel_queue *q, void **item)
     *item = sl->item;
     /* release: our read of the item comes before the slot's next producer
      * overwrites it (its acquire load in try_push). */
-    atomic_store_explicit(&sl->seq, pos + q->cap, memory_order_release);
+    atomic_store_explicit(&sl->seq, 2 * (pos + q->cap), memory_order_release);
     notify(&q->prod);
     return 0;
 }
@@ -269,10 +270,10 @@ static bool ready(cancel_queue *q, bool push)
 {
     if (push) {
         size_t t = atomic_load_explicit(&q->tail, memory_order_acquire);
-        return !(t & CLOSED) && atomic_load_explicit(&slot_at(q, t)->seq, memory_order_acquire) == t;
+        return !(t & CLOSED) && atomic_load_explicit(&slot_at(q, t)->seq, memory_order_acquire) == 2 * t;
     }
     size_t h = atomic_load_explicit(&q->head, memory_order_acquire);
-    return atomic_load_explicit(&slot_at(q, h)->seq, memory_order_acquire) == h + 1;
+    return atomic_load_explicit(&slot_at(q, h)->seq, memory_order_acquire) == 2 * h + 1;
 }
 
 #ifndef SPIN_ROUNDS
