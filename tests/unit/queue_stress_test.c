@@ -17,7 +17,7 @@ enum { PRODUCERS = 3, CONSUMERS = 3, WORKERS = PRODUCERS + CONSUMERS, CAPACITY =
 
 struct worker {
     cancel_source *_Atomic src; /* the token of its current call */
-    _Atomic int pinned;         /* the chaos thread is cancelling src: do not free it */
+    _Atomic int pinned;         /* threads cancelling src: do not free it meanwhile */
     uint64_t rng;
     long ok, cancelled, timedout;
 };
@@ -39,6 +39,10 @@ static cancel_token renew(struct worker *w)
     cancel_source_free(old);
     cancel_source *src = cancel_source_new();
     CHECK(src);
+    /* Half the sources also cancel themselves soon, from the library
+     * thread: cancellations at moments no other thread chooses. */
+    if (test_rand(&w->rng) % 2)
+        CHECK_EQ(cancel_source_cancel_after(src, (int64_t)(test_rand(&w->rng) % 200000)), 0);
     atomic_store(&w->src, src);
     return cancel_source_token(src);
 }
@@ -53,6 +57,27 @@ static int64_t pick_timeout(struct worker *w)
     default:
         return CANCEL_INFINITE;
     }
+}
+
+/* Workers cancel each other's current call now and then (sync or async),
+ * so that cancellations come at a rate that follows the work, whatever the
+ * scheduler gives the chaos thread. */
+static void cancel_someone(struct worker *self)
+{
+    if (test_rand(&self->rng) % 8)
+        return;
+    struct worker *w = &workers[test_rand(&self->rng) % WORKERS];
+    if (w == self)
+        return;
+    atomic_fetch_add(&w->pinned, 1);
+    cancel_source *src = atomic_load(&w->src);
+    if (src) {
+        if (test_rand(&self->rng) % 2)
+            cancel_source_cancel(src);
+        else
+            cancel_source_cancel_async(src);
+    }
+    atomic_fetch_sub(&w->pinned, 1);
 }
 
 static void count(struct worker *w, int e)
@@ -71,6 +96,7 @@ static void *producer(void *arg)
     long first = (long)(w - workers) * per_producer;
     cancel_token t = renew(w);
     for (long i = first; i < first + per_producer;) {
+        cancel_someone(w);
         int e = cancel_queue_push(t, q, (void *)(uintptr_t)i, pick_timeout(w));
         CHECK(e == 0 || e == ECANCELED || e == ETIMEDOUT);
         count(w, e);
@@ -88,6 +114,7 @@ static void *consumer(void *arg)
     struct worker *w = arg;
     cancel_token t = renew(w);
     for (;;) {
+        cancel_someone(w);
         void *item = (void *)(uintptr_t)0xdeadbeef;
         int e = cancel_queue_pop(t, q, &item, pick_timeout(w));
         CHECK(e == 0 || e == ECANCELED || e == ETIMEDOUT || e == EPIPE);
@@ -114,7 +141,7 @@ static void *chaos(void *arg)
     uint64_t rng = 4242;
     while (atomic_load(&consumers_left) > 0) {
         struct worker *w = &workers[test_rand(&rng) % WORKERS];
-        atomic_store(&w->pinned, 1);
+        atomic_fetch_add(&w->pinned, 1);
         cancel_source *src = atomic_load(&w->src);
         if (src) {
             if (test_rand(&rng) % 2)
@@ -122,7 +149,7 @@ static void *chaos(void *arg)
             else
                 cancel_source_cancel_async(src);
         }
-        atomic_store(&w->pinned, 0);
+        atomic_fetch_sub(&w->pinned, 1);
         test_jitter(&rng, 1000);
         if (test_rand(&rng) % 4 == 0)
             sched_yield();
@@ -130,9 +157,73 @@ static void *chaos(void *arg)
     return NULL;
 }
 
+/* No cancellation, no timeout: only wake-ups keep it going, so a lost one
+ * is a hang, which the watchdog reports. Two producers, two consumers, tiny
+ * capacities: they sleep all the time on both sides. */
+struct plain {
+    cancel_queue *q;
+    long n;
+    _Atomic long sum;
+};
+
+static void *plain_producer(void *arg)
+{
+    struct plain *p = arg;
+    for (long i = 1; i <= p->n; i++)
+        CHECK_EQ(cancel_queue_push(CANCEL_TOKEN_NONE, p->q, (void *)(uintptr_t)i, CANCEL_INFINITE), 0);
+    return NULL;
+}
+
+static void *plain_consumer(void *arg)
+{
+    struct plain *p = arg;
+    long sum = 0;
+    void *item;
+    int e;
+    while ((e = cancel_queue_pop(CANCEL_TOKEN_NONE, p->q, &item, CANCEL_INFINITE)) == 0)
+        sum += (long)(uintptr_t)item;
+    CHECK_EQ(e, EPIPE);
+    atomic_fetch_add(&p->sum, sum);
+    return NULL;
+}
+
+static void join_or_die(pthread_t th, const char *what)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_sec += 60;
+    if (pthread_timedjoin_np(th, NULL, &ts) != 0) {
+        fprintf(stderr, "%s: still blocked after 60 s: a lost wake-up\n", what);
+        abort();
+    }
+}
+
+static void no_lost_wakeups(void)
+{
+    for (size_t cap = 1; cap <= 4; cap++) {
+        struct plain p = {.q = cancel_queue_new(cap), .n = TEST_SCALE(100000)};
+        atomic_init(&p.sum, 0);
+        pthread_t th[4];
+        for (int i = 0; i < 2; i++) {
+            th[i] = test_spawn(plain_producer, &p);
+            th[2 + i] = test_spawn(plain_consumer, &p);
+        }
+        join_or_die(th[0], "a producer");
+        join_or_die(th[1], "a producer");
+        cancel_queue_close(p.q);
+        join_or_die(th[2], "a consumer");
+        join_or_die(th[3], "a consumer");
+        CHECK_EQ(atomic_load(&p.sum), 2 * (p.n * (p.n + 1) / 2));
+        cancel_queue_free(p.q);
+    }
+}
+
 int main(void)
 {
-    per_producer = TEST_SCALE(200000);
+    fprintf(stderr, "-- no_lost_wakeups\n");
+    no_lost_wakeups();
+    fprintf(stderr, "-- random_cancellation\n");
+    per_producer = TEST_SCALE(50000);
     long total = PRODUCERS * per_producer;
     seen = calloc((size_t)total, sizeof *seen);
     CHECK(seen);
