@@ -76,9 +76,10 @@ extern "C" {
  *   EINVAL     a NULL cond or mutex, or a negative timeout other than
  *              CANCEL_INFINITE;
  *   ENOMEM     the manual clock is on and the call's timer could not be made;
- *   another error of pthread_cond_clockwait, passed through (EPERM: an
- *              error-checking mutex the caller does not hold; EOWNERDEAD for
- *              a robust mutex, which is then held).
+ *   another error of pthread_cond_clockwait, passed through, ahead of
+ *              ECANCELED and ETIMEDOUT (EPERM: an error-checking mutex the
+ *              caller does not hold; EOWNERDEAD for a robust mutex, which
+ *              is then held).
  *
  * No wake-up is lost: a broadcast or signal made by a thread that locked
  * `mutex` after the caller's predicate check reaches the caller, and so does

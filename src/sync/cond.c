@@ -151,6 +151,8 @@ int cancel_cond_wait(cancel_token tok, pthread_cond_t *cond, pthread_mutex_t *mu
 
     int why = cancel__until_check(&u);
     cancel__until_end(&u);
+    if (r != 0 && r != ETIMEDOUT)
+        return r; /* EPERM, EOWNERDEAD: news about the mutex the caller must not miss */
     if (why)
         return why; /* ECANCELED wins over a wake-up; ETIMEDOUT over a spurious one */
     if (r == ETIMEDOUT)
