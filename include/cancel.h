@@ -225,15 +225,15 @@ CANCEL_API bool cancel_source_fail(cancel_source *src, int code, const char *mes
  * before it returns; the callbacks run soon on the library thread. Returns
  * true if this call won (see cancel_source_cancel). Linked descendants are
  * cancelled by the library thread too, as it walks the tree, shortly after
- * this returns. AS-safe: it uses only
- * lock-free atomic operations, the futex and write system calls, and a
- * lock-free queue linked through the source itself, allocates nothing and
- * takes no lock; errno is preserved. The library thread exists whenever a
- * callback can be pending (it is started by the first registration in the
- * process), with two exceptions: if pthread_create fails, it is tried again
- * by the next registration and callbacks wait until then; and in a child
- * process after fork() it is started again by the next registration, linked
- * source or deadline there. Thread-safe. */
+ * this returns. AS-safe: it uses only lock-free atomic operations, the futex
+ * and write system calls, and a lock-free queue linked through the source
+ * itself, allocates nothing and takes no lock; errno is preserved. The
+ * library thread exists whenever a callback can be pending (it is started
+ * by the first registration in the process), with three exceptions, when
+ * the callbacks wait in the queue for its next start (by the next
+ * registration, linked source or deadline): if pthread_create failed; in a
+ * child process after fork(); and after cancel_quiesce stopped it.
+ * Thread-safe. */
 CANCEL_API bool cancel_source_cancel_async(cancel_source *src);
 
 /* Like cancel_source_cancel_async with reason SIGNAL and code `signo`: what a
@@ -437,6 +437,9 @@ typedef struct cancel_stats {
     bool thread_running;      /* the library thread is running */
     size_t slow_callbacks;    /* callbacks that ran longer than the threshold of
                                  cancel_set_slow_callback_threshold, since the start */
+    size_t watched_fds;       /* descriptors the library thread watches: two per token
+                                 exported or received across a process boundary
+                                 (<cancel/process.h>) until it is settled */
 } cancel_stats;
 
 /* Fills *out. Returns 0 or EINVAL. Thread-safe. */

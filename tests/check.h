@@ -7,6 +7,7 @@
 #define CANCEL_TEST_CHECK_H
 
 #include <cancel.h>
+#include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>
 #include <sched.h>
@@ -15,7 +16,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
 #include <time.h>
+#include <unistd.h>
 
 #define CHECK(cond)                                                                     \
     do {                                                                                \
@@ -124,6 +127,23 @@ static inline void test_gate_wait(test_gate *g)
         pthread_cond_wait(&g->cv, &g->mu);
     pthread_mutex_unlock(&g->mu);
 }
+/* Waits at most `ns` for the gate; false if it did not open in time (the
+ * bound turns a hang into a failure with a message, never into a pass). */
+static inline bool test_gate_wait_for(test_gate *g, int64_t ns)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    int64_t t = (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec + ns;
+    ts.tv_sec = (time_t)(t / 1000000000);
+    ts.tv_nsec = (long)(t % 1000000000);
+    pthread_mutex_lock(&g->mu);
+    int rc = 0;
+    while (!g->open && rc == 0)
+        rc = pthread_cond_clockwait(&g->cv, &g->mu, CLOCK_MONOTONIC, &ts);
+    int o = g->open;
+    pthread_mutex_unlock(&g->mu);
+    return o;
+}
 static inline int test_gate_is_open(test_gate *g)
 {
     pthread_mutex_lock(&g->mu);
@@ -145,18 +165,46 @@ static inline void test_count(void *arg)
     atomic_fetch_add((_Atomic int *)arg, 1);
 }
 
-/* Returns once the library thread has run everything queued or fired before
- * the call (it works in order) and is idle. */
+/* Polls `pred` (every 100 us) until it holds or `ns` passed: a positive
+ * signal with a bound. Returns whether it held. */
+static inline bool test_wait_until(bool (*pred)(void *), void *arg, int64_t ns)
+{
+    int64_t end = test_now_ns() + ns;
+    while (!pred(arg)) {
+        if (test_now_ns() > end)
+            return false;
+        test_sleep_ns(100 * 1000);
+    }
+    return true;
+}
+
+/* The calling thread's id, and whether thread `*tidp` of this process is
+ * asleep (state S in /proc): a positive signal that it blocked. */
+static inline int test_tid(void)
+{
+    return (int)syscall(SYS_gettid);
+}
+static inline bool test_thread_sleeps(void *tidp)
+{
+    char path[64], buf[512];
+    snprintf(path, sizeof path, "/proc/self/task/%d/stat", *(int *)tidp);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return false;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    char *p = strrchr(buf, ')');
+    return p && p[1] == ' ' && p[2] == 'S';
+}
+
+/* Returns once the library thread has run everything queued before the call
+ * (cancel_quiesce: the library's own answer; EBUSY only says deadlines are
+ * still armed, so the thread stays). */
 static inline void test_drain_library_thread(void)
 {
-    test_gate done = TEST_GATE_INIT;
-    cancel_source *s = cancel_source_new();
-    cancel_registration r;
-    CHECK_EQ(cancel_register(cancel_source_token(s), &r, test_gate_open_cb, &done), 0);
-    cancel_source_cancel_async(s);
-    test_gate_wait(&done);
-    cancel_unregister(&r); /* returns once the callback has returned */
-    cancel_source_free(s);
+    int rc = cancel_quiesce(CANCEL_INFINITE);
+    CHECK(rc == 0 || rc == EBUSY);
 }
 
 /* Start/join helpers. */

@@ -85,12 +85,9 @@ static bool closes_cycle(const void *me, const void *target)
     return false;
 }
 
-void cancel__callback_returned_locked(struct cancel_source *s, struct cancel__reg *r)
+void cancel__callback_waiters_wake_locked(struct cancel_source *s, struct cancel__reg *r)
 {
     _Atomic uint32_t *w = cancel__word(s);
-    /* The bit is set and cleared only under the lock we hold. */
-    if (!(atomic_load_explicit(w, memory_order_relaxed) & ST_UNREG_WAITERS))
-        return;
     /* Their wait is over now, even before they run: a cycle check must not
      * count it. */
     pthread_mutex_lock(&graph_mu);

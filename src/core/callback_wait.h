@@ -16,8 +16,15 @@ static inline struct cancel__frame *cancel__running_frame(struct cancel_source *
 }
 
 /* The dispatcher's side, under s->lock: r's callback returned; wakes the
- * threads waiting for it. */
-CANCEL_HIDDEN void cancel__callback_returned_locked(struct cancel_source *s, struct cancel__reg *r);
+ * threads waiting for it. Inline: it is on the path of every callback, and
+ * almost always nobody waits. */
+CANCEL_HIDDEN void cancel__callback_waiters_wake_locked(struct cancel_source *s, struct cancel__reg *r);
+static inline void cancel__callback_returned_locked(struct cancel_source *s, struct cancel__reg *r)
+{
+    /* The bit is set and cleared only under the lock the caller holds. */
+    if (cancel__unlikely(atomic_load_explicit(cancel__word(s), memory_order_relaxed) & ST_UNREG_WAITERS))
+        cancel__callback_waiters_wake_locked(s, r);
+}
 
 /* The unregistering side, under s->lock held as *held (released while
  * sleeping): waits until r's callback, running on another thread, returned.

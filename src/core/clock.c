@@ -17,34 +17,33 @@
 #include <limits.h>
 #include <pthread.h>
 
-#define OFF INT64_MIN
+#define OFF CANCEL__CLOCK_OFF
 
 /* seq_cst: the sleepers' Dekker argument above (a plain load on x86). No
  * other data hangs on it: fired deadlines are ordered by the timer lock. */
-static _Atomic int64_t manual = OFF;
+_Atomic int64_t cancel__manual_now = OFF;
 
 static pthread_mutex_t sleepers_mu = PTHREAD_MUTEX_INITIALIZER;
 static struct cancel__sleeper *sleepers; /* under sleepers_mu */
 
 int64_t cancel_now(void)
 {
-    int64_t m = atomic_load(&manual);
-    return cancel__likely(m == OFF) ? cancel__clock_ns() : m;
+    return cancel__now();
 }
 
 bool cancel_clock_is_manual(void)
 {
-    return atomic_load_explicit(&manual, memory_order_relaxed) != OFF;
+    return atomic_load_explicit(&cancel__manual_now, memory_order_relaxed) != OFF;
 }
 
 bool cancel__clock_set_manual(bool on)
 {
-    int64_t m = atomic_load_explicit(&manual, memory_order_relaxed);
+    int64_t m = atomic_load_explicit(&cancel__manual_now, memory_order_relaxed);
     for (;;) {
         if ((m != OFF) == on)
             return false;
         int64_t next = on ? cancel__clock_ns() : OFF;
-        if (atomic_compare_exchange_weak_explicit(&manual, &m, next, memory_order_seq_cst,
+        if (atomic_compare_exchange_weak_explicit(&cancel__manual_now, &m, next, memory_order_seq_cst,
                                                   memory_order_relaxed))
             return true;
     }
@@ -52,14 +51,14 @@ bool cancel__clock_set_manual(bool on)
 
 bool cancel__clock_move(int64_t ns)
 {
-    int64_t m = atomic_load_explicit(&manual, memory_order_relaxed);
+    int64_t m = atomic_load_explicit(&cancel__manual_now, memory_order_relaxed);
     for (;;) {
         if (m == OFF)
             return false;
         int64_t next = cancel__add_sat(m, ns);
         if (next == OFF)
             next = OFF + 1;
-        if (atomic_compare_exchange_weak_explicit(&manual, &m, next, memory_order_seq_cst,
+        if (atomic_compare_exchange_weak_explicit(&cancel__manual_now, &m, next, memory_order_seq_cst,
                                                   memory_order_relaxed))
             return true;
     }

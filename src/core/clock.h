@@ -7,6 +7,16 @@
 
 #include "source.h"
 
+/* cancel_now() for the core's own use, inline: the manual clock's reading,
+ * or CLOCK_MONOTONIC when it is CANCEL__CLOCK_OFF. */
+#define CANCEL__CLOCK_OFF INT64_MIN
+extern CANCEL_HIDDEN _Atomic int64_t cancel__manual_now;
+static inline int64_t cancel__now(void)
+{
+    int64_t m = atomic_load(&cancel__manual_now); /* seq_cst: see clock.c */
+    return cancel__likely(m == CANCEL__CLOCK_OFF) ? cancel__clock_ns() : m;
+}
+
 /* Switches the manual clock on (frozen at the current reading) or off.
  * Returns false if it already was in that state. */
 CANCEL_HIDDEN bool cancel__clock_set_manual(bool on);

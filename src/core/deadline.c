@@ -35,7 +35,7 @@ int cancel_source_cancel_after(cancel_source *s, int64_t delay_ns)
      * times cheaper here, but it may lag by more than its resolution when
      * ticks are late, and a deadline must never fire early.) */
     bool wake;
-    int err = cancel__timer_arm(s, cancel__add_sat(cancel_now(), delay_ns), &wake);
+    int err = cancel__timer_arm(s, cancel__add_sat(cancel__now(), delay_ns), &wake);
     if (err == 0)
         cancel__worker_filed(wake);
     return err;
@@ -186,7 +186,7 @@ void cancel_clock_advance(int64_t ns)
         cancel__worker_post(due);
         due = n;
     }
-    cancel__clock_wake_sleepers(cancel_now());
+    cancel__clock_wake_sleepers(cancel__now());
     if (fired)
         cancel__worker_drain();
 }

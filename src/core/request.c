@@ -90,6 +90,47 @@ bool cancel_source_fail(cancel_source *s, int code, const char *message)
     return true;
 }
 
+bool cancel__cancel_with_cause(struct cancel_source *s, cancel_reason reason, int code, const char *message,
+                               const char *origin)
+{
+    if (atomic_load_explicit(cancel__word(s), memory_order_relaxed) & (ST_REQUESTED | ST_DEAD))
+        return false;
+    int saved = errno;
+    struct cancel__extra *ex = cancel__extra_get(s);
+    char *msg = ex && message && reason == CANCEL_REASON_FAILED ? strdup(message) : NULL;
+    char *org = ex && origin ? strdup(origin) : NULL;
+    uint32_t lost = message && reason == CANCEL_REASON_FAILED && !msg ? ST_MESSAGE_LOST : 0;
+    errno = saved;
+    int signo = reason == CANCEL_REASON_SIGNAL && code > 0 && code < 256 ? code : 0;
+    cancel__held held = cancel__source_lock(s);
+    bool won = false;
+    if (!(atomic_load_explicit(cancel__word(s), memory_order_relaxed) & (ST_REQUESTED | ST_DEAD))) {
+        /* Written before the CAS that publishes them, as in fail. */
+        if (reason == CANCEL_REASON_FAILED)
+            s->code = code;
+        if (msg)
+            ex->message = msg;
+        if (org)
+            ex->origin = org;
+        won = cancel__mark(s, ST_REQUESTED | lost | cancel__reason_bits(reason, signo));
+        if (!won) {
+            if (msg)
+                ex->message = NULL;
+            if (org)
+                ex->origin = NULL;
+        }
+    }
+    cancel__source_unlock(s, held);
+    if (!won) {
+        free(msg);
+        free(org);
+        return false;
+    }
+    cancel__retain(s);
+    cancel__dispatch(s);
+    return true;
+}
+
 /* Sets REQUESTED with `bits` and hands the dispatch to the library thread.
  * AS-safe; errno preserved. */
 bool cancel__cancel_async(struct cancel_source *s, uint32_t bits)

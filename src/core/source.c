@@ -7,6 +7,7 @@
  * thread may legally look at the source (borrowed tokens die with it), so
  * there is nobody to tell.
  */
+#include "clock.h"
 #include "link.h"
 #include "lock.h"
 #include "ref.h"
@@ -186,7 +187,7 @@ int cancel_source_get_info(const cancel_source *cs, cancel_source_info *out)
     if (!(st & ST_REQUESTED)) {
         int64_t d = cancel__timer_deadline(s);
         if (d != CANCEL_INFINITE) {
-            int64_t left = d - cancel_now();
+            int64_t left = d - cancel__now();
             out->deadline_ns = left < 0 ? 0 : left;
         }
     }

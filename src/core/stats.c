@@ -12,5 +12,6 @@ int cancel_get_stats(cancel_stats *out)
     out->deadlines_pending = cancel__timer_pending();
     out->thread_running = cancel__worker_running();
     out->slow_callbacks = cancel__slow_callbacks();
+    out->watched_fds = cancel__watch_count();
     return 0;
 }

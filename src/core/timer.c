@@ -40,6 +40,7 @@
  * cancel_source_free, which reads the slot with acquire, either sees it and
  * waits for the timer lock, or sees that reference.
  */
+#include "clock.h"
 #include "timer.h"
 
 #include "lock.h"
@@ -327,7 +328,7 @@ int cancel__timer_arm(struct cancel_source *s, int64_t deadline, bool *wake)
         return ECANCELED;
     }
     if (!T.started)
-        advance(cancel_now());
+        advance(cancel__now());
     /* A cancel that sets REQUESTED just after our check above may find its
      * entry not yet filed: the entry then stays live until it expires (its
      * mark loses, harmlessly) or the source is freed. Closing that window
@@ -444,13 +445,15 @@ struct cancel_source *cancel__timer_fire_due(int64_t *next_deadline)
 {
     struct cancel_source *fired = NULL, **fired_tail = &fired;
     cancel__lock(&T.lock);
-    int64_t now = cancel_now(), retry = INT64_MAX;
+    int64_t now = cancel__now(), retry = INT64_MAX;
     unsigned l, j;
     bool refile;
     int64_t t;
     if (!T.started)
         advance(now);
-    while ((t = next_event(&l, &j, &refile)) <= now) {
+    /* (With nothing pending, next_event's INT64_MAX is no event, even when
+     * the manual clock has been advanced to the end of time.) */
+    while (T.count && (t = next_event(&l, &j, &refile)) <= now) {
         struct bucket *b = &T.b[l][j];
         advance(t);
         if (!refile) {

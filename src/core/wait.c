@@ -32,7 +32,7 @@ bool cancel_token_wait(cancel_token tok, int64_t timeout_ns)
         return false;
     struct cancel__sleeper z = {w, CANCEL_INFINITE, NULL, NULL};
     if (timeout_ns != CANCEL_INFINITE) {
-        z.deadline = cancel__add_sat(cancel_now(), timeout_ns);
+        z.deadline = cancel__add_sat(cancel__now(), timeout_ns);
         cancel__clock_sleeper_add(&z);
     }
 
@@ -48,7 +48,7 @@ bool cancel_token_wait(cancel_token tok, int64_t timeout_ns)
             break;
         }
         bool manual = cancel_clock_is_manual();
-        if (z.deadline != CANCEL_INFINITE && cancel_now() >= z.deadline) {
+        if (z.deadline != CANCEL_INFINITE && cancel__now() >= z.deadline) {
             result = false;
             break;
         }

@@ -103,7 +103,7 @@ static bool drain_queue(void)
     return any;
 }
 
-static size_t watch_count(void)
+size_t cancel__watch_count(void)
 {
     pthread_mutex_lock(&watch_mu);
     size_t n = nwatches;
@@ -133,8 +133,16 @@ static void sleep_or_serve(uint32_t seq, int64_t next)
         (void)r;
         return;
     }
-    struct cancel__watch *w = key;
-    w->ready(w);
+    /* Taking watch_mu orders this after the watch was added (its owner's
+     * writes to it are visible), and finds it still watched: only this
+     * thread removes watches, so it cannot go away meanwhile. */
+    struct cancel__watch *w = key, *x;
+    pthread_mutex_lock(&watch_mu);
+    for (x = watches; x && x != w; x = x->next) {
+    }
+    pthread_mutex_unlock(&watch_mu);
+    if (x)
+        w->ready(w);
 }
 
 static void *worker_main(void *unused)
@@ -164,10 +172,13 @@ static void *worker_main(void *unused)
         }
         int stop = atomic_load(&stop_req);
         /* Claimed by CAS: a stopper that gave up waiting withdraws it the
-         * same way, so exactly one of us decides. */
-        if (stop != STOP_NONE && atomic_compare_exchange_strong(&stop_req, &stop, STOP_NONE)) {
+         * same way, so exactly one of us decides. Not while the queue has
+         * work: that is run first (a post after the claim is run by the
+         * stopper once we are gone). */
+        if (stop != STOP_NONE && !atomic_load(&queue) &&
+            atomic_compare_exchange_strong(&stop_req, &stop, STOP_NONE)) {
             /* `running` is clear by now (see the top of the file). */
-            bool idle = !atomic_load(&queue) && cancel__timer_pending() == 0 && watch_count() == 0;
+            bool idle = cancel__timer_pending() == 0 && cancel__watch_count() == 0;
             if (idle || stop == STOP_FORCED) {
                 atomic_store(&stop_result, RESULT_STOPPED);
                 cancel__futex_wake(&stop_result, INT_MAX);
@@ -246,16 +257,6 @@ int cancel__worker_ensure(void)
     }
     pthread_mutex_unlock(&start_mu);
     return err;
-}
-
-void cancel__worker_filed(bool wake)
-{
-    if (cancel__unlikely(!cancel__worker_running())) {
-        (void)cancel__worker_ensure(); /* on failure, the next filer tries again */
-        wake = true;
-    }
-    if (wake)
-        cancel__worker_kick();
 }
 
 int cancel__watch_add(struct cancel__watch *w)
@@ -354,7 +355,7 @@ static int quiesce(int64_t timeout_ns, bool force)
     if (!atomic_load(&cancel__worker_running_flag)) {
         /* No thread: run what waits for one here. */
         drain_queue();
-        err = cancel__timer_pending() || watch_count() ? EBUSY : 0;
+        err = cancel__timer_pending() || cancel__watch_count() ? EBUSY : 0;
         pthread_mutex_unlock(&start_mu);
         return err;
     }

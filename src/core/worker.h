@@ -27,7 +27,7 @@ CANCEL_HIDDEN int cancel__worker_ensure(void);
 /* After filing something the thread must serve (a deadline, a watch): makes
  * sure a thread that was just stopped by cancel_quiesce is started again,
  * and wakes it. */
-CANCEL_HIDDEN void cancel__worker_filed(bool wake);
+static inline void cancel__worker_filed(bool wake);
 /* Queues a retained, marked source for dispatch on the library thread. AS-safe. */
 CANCEL_HIDDEN void cancel__worker_post(struct cancel_source *s);
 /* Returns once every source queued before the call was dispatched: waits
@@ -49,7 +49,21 @@ struct cancel__watch {
 /* Starts watching. 0, or EMFILE/ENFILE/ENOMEM (the poller could not be made),
  * or the error of starting the thread. */
 CANCEL_HIDDEN int cancel__watch_add(struct cancel__watch *w);
-/* Stops watching; only from a `ready` handler, on the library thread. */
+/* Descriptors watched now. */
+CANCEL_HIDDEN size_t cancel__watch_count(void);
+/* Stops watching: from a `ready` handler on the library thread, or from any
+ * thread when the watch's descriptor cannot have become ready yet (then no
+ * handler of it can be running). */
 CANCEL_HIDDEN void cancel__watch_remove(struct cancel__watch *w);
+
+static inline void cancel__worker_filed(bool wake)
+{
+    if (cancel__unlikely(!cancel__worker_running())) {
+        (void)cancel__worker_ensure(); /* on failure, the next filer tries again */
+        wake = true;
+    }
+    if (wake)
+        cancel__worker_kick();
+}
 
 #endif

@@ -130,7 +130,7 @@ int main(int argc, char **argv)
     (void)argc;
     N = TEST_SCALE(1000000);
     /* Warm up what the library keeps for the process: the library thread and
-     * the deadline heap's smallest array. */
+     * the timing wheel's smallest bucket array. */
     cancel_source *w = cancel_source_new();
     cancel_registration r;
     cancel_register(cancel_source_token(w), &r, test_never, NULL);

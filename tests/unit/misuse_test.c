@@ -99,6 +99,16 @@ static void calls_after_free(void)
     cancel_token_release(t);
 }
 
+static void name_after_free(void)
+{
+    cancel_source *s = cancel_source_new();
+    CHECK_EQ(cancel_source_set_name(s, "gone"), 0);
+    cancel_token t = cancel_token_retain(cancel_source_token(s));
+    cancel_source_free(s);
+    CHECK(cancel_source_name(s) == NULL); /* release: refused, not the freed name */
+    cancel_token_release(t);
+}
+
 static void unregister_never_registered(void)
 {
     cancel_source *s = cancel_source_new();
@@ -124,6 +134,10 @@ int main(void)
     fprintf(stderr, "CANCEL_DEBUG=%d\n", CANCEL_DEBUG);
     expect(double_free_with_retained_token, "double free");
     expect(calls_after_free, "after cancel_source_free");
+    expect(name_after_free, "cancel_source_name");
+    /* The rest are undefined behaviour in release builds (use after free,
+     * corrupted lists): only debug builds promise a report, so only they
+     * run them (docs/design.md, Misuse). */
     if (CANCEL_DEBUG) {
         /* undefined in release builds: only debug builds can promise a report */
         expect(double_free, "double free");

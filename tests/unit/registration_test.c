@@ -4,6 +4,21 @@
 #include <cancel.h>
 #include <errno.h>
 
+#include "source.h" /* white box: ST_UNREG_WAITERS says an unregister sleeps */
+
+/* A positive signal that some thread sleeps in cancel_unregister waiting for
+ * a callback of `src` (the bit is set under the source lock just before
+ * sleeping): what tests wait for instead of sleeping and hoping. */
+static bool unregister_sleeps_on(void *src)
+{
+    return atomic_load(&((struct cancel_source *)src)->head.cancel__word) & ST_UNREG_WAITERS;
+}
+static void wait_unregister_sleeps_on(cancel_source *src)
+{
+    CHECK(test_wait_until(unregister_sleeps_on, src, 20LL * 1000000000));
+}
+
+
 static void einval_for_bad_arguments(void)
 {
     cancel_source *s = cancel_source_new();
@@ -181,8 +196,9 @@ static void *cancel_thread(void *arg)
 }
 static void *opener_thread(void *arg)
 {
-    test_sleep_ns(20 * 1000 * 1000);
-    test_gate_open(&((struct blocker *)arg)->finish);
+    struct blocker *b = arg;
+    wait_unregister_sleeps_on(b->src); /* the unregister under test is waiting */
+    test_gate_open(&b->finish);
     return NULL;
 }
 static void unregister_waits_for_running_callback(void)
@@ -395,6 +411,130 @@ static void mutual_unregister_never_deadlocks(void)
     fprintf(stderr, "   EDEADLK returned in %d rounds\n", deadlocks_seen);
 }
 
+/* The deadlock rule, forced: A's callback (thread TA) waits in
+ * cancel_unregister for B's running callback (thread TB); B's callback then
+ * unregisters A's: waiting would close the cycle, so it returns false with
+ * EDEADLK at once, and A's wait ends when B's callback returns. */
+struct forced {
+    cancel_source *src;
+    cancel_registration reg;
+    struct forced *peer;
+    test_gate started;
+    int result, err;
+};
+static void forced_a(void *arg)
+{
+    struct forced *a = arg;
+    test_gate_open(&a->started);
+    test_gate_wait(&a->peer->started); /* B's callback runs on TB */
+    errno = 0;
+    a->result = cancel_unregister(&a->peer->reg); /* waits for it */
+    a->err = errno;
+}
+static void forced_b(void *arg)
+{
+    struct forced *b = arg;
+    test_gate_open(&b->started);
+    test_gate_wait(&b->peer->started);
+    wait_unregister_sleeps_on(b->src); /* A's callback waits for this one now */
+    errno = 0;
+    b->result = cancel_unregister(&b->peer->reg);
+    b->err = errno;
+}
+static void *cancel_forced(void *arg)
+{
+    cancel_source_cancel(((struct forced *)arg)->src);
+    return NULL;
+}
+static void deadlock_rule_forced(void)
+{
+    for (int i = 0; i < 20; i++) {
+        struct forced a = {cancel_source_new(), {{0}}, NULL, TEST_GATE_INIT, -1, -1};
+        struct forced b = {cancel_source_new(), {{0}}, NULL, TEST_GATE_INIT, -1, -1};
+        a.peer = &b;
+        b.peer = &a;
+        CHECK_EQ(cancel_register(cancel_source_token(a.src), &a.reg, forced_a, &a), 0);
+        CHECK_EQ(cancel_register(cancel_source_token(b.src), &b.reg, forced_b, &b), 0);
+        pthread_t ta = test_spawn(cancel_forced, &a), tb = test_spawn(cancel_forced, &b);
+        test_join(tb);
+        test_join(ta);
+        CHECK_EQ(b.result, 0);
+        CHECK_EQ(b.err, EDEADLK); /* refused: it would have waited forever */
+        CHECK_EQ(a.result, 0);    /* B's callback had started: not removed... */
+        CHECK_EQ(a.err, 0);       /* ...and A waited for it, no EDEADLK */
+        cancel_source_free(a.src);
+        cancel_source_free(b.src);
+    }
+}
+
+/* A callback nested in another on the same thread (a cancel called from a
+ * callback) may unregister the outer one: it does not wait for itself. */
+struct nested {
+    cancel_source *outer_src, *inner_src;
+    cancel_registration outer, inner;
+    int result;
+};
+static void inner_cb(void *arg)
+{
+    struct nested *n = arg;
+    n->result = cancel_unregister(&n->outer); /* the outer runs below us: false, no wait */
+}
+static void outer_cb(void *arg)
+{
+    struct nested *n = arg;
+    CHECK_EQ(cancel_register(cancel_source_token(n->inner_src), &n->inner, inner_cb, n), 0);
+    cancel_source_cancel(n->inner_src); /* runs inner_cb here, nested */
+}
+static void nested_callback_unregisters_outer(void)
+{
+    struct nested n = {cancel_source_new(), cancel_source_new(), {{0}}, {{0}}, -1};
+    CHECK_EQ(cancel_register(cancel_source_token(n.outer_src), &n.outer, outer_cb, &n), 0);
+    cancel_source_cancel(n.outer_src); /* returns: nothing waited for itself */
+    CHECK_EQ(n.result, 0);
+    cancel_source_free(n.inner_src);
+    cancel_source_free(n.outer_src);
+}
+
+/* cancel_token_wait from inside a callback (of another source): it blocks
+ * and wakes like anywhere else. */
+struct waits_inside {
+    cancel_source *other;
+    int woke;
+    test_gate waiting;
+};
+static void wait_inside_cb(void *arg)
+{
+    struct waits_inside *w = arg;
+    CHECK(!cancel_token_wait(cancel_source_token(w->other), 0));
+    test_gate_open(&w->waiting);
+    w->woke = cancel_token_wait(cancel_source_token(w->other), 20LL * 1000000000);
+}
+static bool word_has_waiters(void *src)
+{
+    return atomic_load(&((struct cancel_source *)src)->head.cancel__word) & ST_WAITERS;
+}
+static void *cancel_after_waiter(void *arg)
+{
+    struct waits_inside *w = arg;
+    test_gate_wait(&w->waiting);
+    CHECK(test_wait_until(word_has_waiters, w->other, 20LL * 1000000000)); /* it sleeps */
+    cancel_source_cancel(w->other);
+    return NULL;
+}
+static void token_wait_inside_callback(void)
+{
+    struct waits_inside w = {cancel_source_new(), -1, TEST_GATE_INIT};
+    cancel_source *s = cancel_source_new();
+    cancel_registration r;
+    CHECK_EQ(cancel_register(cancel_source_token(s), &r, wait_inside_cb, &w), 0);
+    pthread_t t = test_spawn(cancel_after_waiter, &w);
+    cancel_source_cancel(s);
+    test_join(t);
+    CHECK_EQ(w.woke, 1);
+    cancel_source_free(s);
+    cancel_source_free(w.other);
+}
+
 /* Pitfall: cancel racing an unregister that then frees the registrant. */
 struct registrant {
     cancel_registration reg;
@@ -448,19 +588,22 @@ static void cancel_racing_unregister_and_free(void)
 static cancel_source *dsrc, *esrc;
 static cancel_registration d1_reg, d2_reg, e_reg;
 static _Atomic int d1_started, e_started, e_finished, d2_saw_running;
+static bool flag_set(void *f)
+{
+    return atomic_load((_Atomic int *)f);
+}
 static void d1_cb(void *arg)
 {
     (void)arg;
     atomic_store(&d1_started, 1);
-    test_sleep_ns(5 * 1000 * 1000);
+    wait_unregister_sleeps_on(dsrc); /* E waits for this callback now */
 }
 static void d2_cb(void *arg)
 {
     (void)arg;
-    while (!atomic_load(&e_started)) {
-    }
+    CHECK(test_wait_until(flag_set, &e_started, 20LL * 1000000000));
     errno = 0;
-    cancel_unregister(&e_reg);
+    cancel_unregister(&e_reg); /* E's wait for d1 is over: no cycle, so wait */
     CHECK(errno != EDEADLK);
     if (!atomic_load(&e_finished))
         atomic_store(&d2_saw_running, 1);
@@ -469,10 +612,9 @@ static void e_cb(void *arg)
 {
     (void)arg;
     atomic_store(&e_started, 1);
-    while (!atomic_load(&d1_started)) {
-    }
+    CHECK(test_wait_until(flag_set, &d1_started, 20LL * 1000000000));
     cancel_unregister(&d1_reg); /* waits for d1_cb on the other thread */
-    test_sleep_ns(10 * 1000 * 1000);
+    wait_unregister_sleeps_on(esrc); /* and now D waits for us */
     atomic_store(&e_finished, 1);
 }
 static void *cancel_src(void *arg)
@@ -507,9 +649,11 @@ struct twice {
     int returned_early;
     pthread_mutex_t mu;
 };
+static _Atomic int twice_tids[2], twice_n;
 static void *unregister_twice(void *arg)
 {
     struct twice *t = arg;
+    atomic_store(&twice_tids[atomic_fetch_add(&twice_n, 1)], test_tid());
     cancel_unregister(&t->b.reg);
     pthread_mutex_lock(&t->mu);
     t->returned_early += !atomic_load(&t->b.finished);
@@ -523,8 +667,19 @@ static void concurrent_unregisters_all_wait(void)
     CHECK_EQ(cancel_register(cancel_source_token(t.b.src), &t.b.reg, blocking_cb, &t.b), 0);
     pthread_t c = test_spawn(cancel_thread, &t.b);
     test_gate_wait(&t.b.started);
+    atomic_store(&twice_n, 0);
+    atomic_store(&twice_tids[0], 0);
+    atomic_store(&twice_tids[1], 0);
     pthread_t u1 = test_spawn(unregister_twice, &t), u2 = test_spawn(unregister_twice, &t);
-    test_sleep_ns(10 * 1000 * 1000);
+    /* Both are asleep in cancel_unregister (a thread that returned early
+     * would never be seen asleep, and its early return is counted below). */
+    wait_unregister_sleeps_on(t.b.src);
+    for (int k = 0; k < 2; k++) {
+        while (!atomic_load(&twice_tids[k]))
+            test_sleep_ns(100 * 1000);
+        int tid = atomic_load(&twice_tids[k]);
+        test_wait_until(test_thread_sleeps, &tid, 5LL * 1000000000);
+    }
     test_gate_open(&t.b.finish);
     test_join(u1);
     test_join(u2);
@@ -555,8 +710,9 @@ static void *cancel_reuse(void *arg)
 }
 static void *open_finish_later(void *arg)
 {
-    test_sleep_ns(10 * 1000 * 1000);
-    test_gate_open(&((struct reuse *)arg)->b.finish);
+    struct reuse *u = arg;
+    wait_unregister_sleeps_on(u->b.src);
+    test_gate_open(&u->b.finish);
     return NULL;
 }
 static void waiting_unregister_leaves_storage_alone(void)
@@ -610,6 +766,9 @@ int main(void)
     RUN(callback_frees_source_and_registrations);
     RUN(registrations_do_not_pile_up);
     RUN(mutual_unregister_never_deadlocks);
+    RUN(deadlock_rule_forced);
+    RUN(nested_callback_unregisters_outer);
+    RUN(token_wait_inside_callback);
     RUN(cancel_racing_unregister_and_free);
     RUN(finished_wait_is_no_cycle);
     RUN(concurrent_unregisters_all_wait);

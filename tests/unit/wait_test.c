@@ -4,6 +4,7 @@
 #include <cancel.h>
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <sys/resource.h>
 #include <unistd.h>
@@ -37,13 +38,22 @@ struct waiter {
     cancel_token tok;
     test_gate started;
     int result;
+    _Atomic int tid;
 };
 static void *wait_forever(void *arg)
 {
     struct waiter *w = arg;
+    atomic_store(&w->tid, test_tid());
     test_gate_open(&w->started);
     w->result = cancel_token_wait(w->tok, CANCEL_INFINITE);
     return NULL;
+}
+/* A positive signal that the waiter is asleep in cancel_token_wait. */
+static void wait_asleep(struct waiter *w)
+{
+    test_gate_wait(&w->started);
+    int tid = atomic_load(&w->tid);
+    CHECK(test_wait_until(test_thread_sleeps, &tid, 20LL * 1000000000));
 }
 
 static void cancel_wakes_every_waiter(void)
@@ -52,11 +62,11 @@ static void cancel_wakes_every_waiter(void)
     struct waiter w[4];
     pthread_t th[4];
     for (int i = 0; i < 4; i++) {
-        w[i] = (struct waiter){cancel_source_token(s), TEST_GATE_INIT, -1};
+        w[i] = (struct waiter){cancel_source_token(s), TEST_GATE_INIT, -1, 0};
         th[i] = test_spawn(wait_forever, &w[i]);
-        test_gate_wait(&w[i].started);
     }
-    test_sleep_ns(5 * 1000 * 1000); /* let them block (not required for correctness) */
+    for (int i = 0; i < 4; i++)
+        wait_asleep(&w[i]); /* the wake-up is what is tested */
     cancel_source_cancel(s);
     for (int i = 0; i < 4; i++) {
         test_join(th[i]);
@@ -65,16 +75,21 @@ static void cancel_wakes_every_waiter(void)
     cancel_source_free(s);
 }
 
+/* A waiter on a retained token is woken, with false, when the source is
+ * freed uncancelled (a borrowed token would die with the source: only a
+ * retained one may be used across cancel_source_free). */
 static void free_wakes_waiters_with_false(void)
 {
     cancel_source *s = cancel_source_new();
-    struct waiter w = {cancel_source_token(s), TEST_GATE_INIT, -1};
+    cancel_token kept = cancel_token_retain(cancel_source_token(s));
+    struct waiter w = {kept, TEST_GATE_INIT, -1, 0};
     pthread_t th = test_spawn(wait_forever, &w);
-    test_gate_wait(&w.started);
-    test_sleep_ns(5 * 1000 * 1000);
-    cancel_source_free(s); /* the waiter holds its own reference meanwhile */
+    wait_asleep(&w);
+    cancel_source_free(s);
     test_join(th);
     CHECK_EQ(w.result, 0);
+    CHECK(!cancel_token_can_be_canceled(kept));
+    cancel_token_release(kept);
 }
 
 /* Pitfall 18: lost wake-ups. Many wait/cancel races; a watchdog is the
@@ -171,10 +186,13 @@ static void fd_errors(void)
     CHECK(getrlimit(RLIMIT_NOFILE, &old) == 0);
     int fds[64], n = 0;
     low = old;
+    int spare = open("/dev/null", O_RDONLY | O_CLOEXEC); /* not fd 0: it may be closed */
+    CHECK(spare >= 0);
     low.rlim_cur = (rlim_t)open_fds() + 2;
     CHECK(setrlimit(RLIMIT_NOFILE, &low) == 0);
-    while (n < 64 && (fds[n] = dup(0)) >= 0)
+    while (n < 64 && (fds[n] = dup(spare)) >= 0)
         n++;
+    CHECK(n > 0);
     cancel_source *s = cancel_source_new();
     cancel_token t = cancel_source_token(s);
     errno = 0;
@@ -190,6 +208,7 @@ static void fd_errors(void)
     cancel_source_free(s);
     while (n > 0)
         close(fds[--n]);
+    close(spare);
     CHECK(setrlimit(RLIMIT_NOFILE, &old) == 0);
 }
 
@@ -217,6 +236,52 @@ static void fd_creation_races_cancel(void)
     }
 }
 
+/* Two threads race to make the descriptor: both get the winner's, and the
+ * loser's eventfd is closed through the C library, so that ThreadSanitizer
+ * sees the close: a descriptor number reused right after by a thread that
+ * never synchronised with the loser (here: a pipe) is no data race. (With a
+ * raw close system call, TSan reports one in the reusing thread.) */
+struct fd_race {
+    cancel_token tok;
+    test_gate go, exit;
+    int fd[2];
+    _Atomic int made;
+};
+static void *make_fd(void *arg)
+{
+    struct fd_race *r = arg;
+    test_gate_wait(&r->go);
+    int fd = cancel_token_fd(r->tok);
+    r->fd[atomic_fetch_add_explicit(&r->made, 1, memory_order_relaxed) & 1] = fd;
+    test_gate_wait(&r->exit);
+    return NULL;
+}
+static void fd_creation_races_creation(void)
+{
+    for (int i = 0; i < TEST_SCALE(500); i++) {
+        cancel_source *s = cancel_source_new();
+        struct fd_race r = {cancel_source_token(s), TEST_GATE_INIT, TEST_GATE_INIT, {-1, -1}, 0};
+        pthread_t ta = test_spawn(make_fd, &r), tb = test_spawn(make_fd, &r);
+        test_gate_open(&r.go);
+        /* relaxed on purpose: no happens-before with the loser's close */
+        while (atomic_load_explicit(&r.made, memory_order_relaxed) < 2)
+            sched_yield();
+        int p[2];
+        CHECK(pipe(p) == 0); /* likely the number the loser closed */
+        char c = 'x';
+        CHECK(write(p[1], &c, 1) == 1);
+        CHECK(read(p[0], &c, 1) == 1);
+        close(p[0]);
+        close(p[1]);
+        test_gate_open(&r.exit);
+        test_join(ta);
+        test_join(tb);
+        CHECK(r.fd[0] >= 0);
+        CHECK_EQ(r.fd[0], r.fd[1]); /* at most one per source */
+        cancel_source_free(s);
+    }
+}
+
 int main(void)
 {
     RUN(wait_returns_at_once_when_decided);
@@ -229,5 +294,6 @@ int main(void)
     RUN(fd_of_freed_source);
     RUN(fd_errors);
     RUN(fd_creation_races_cancel);
+    RUN(fd_creation_races_creation);
     return 0;
 }

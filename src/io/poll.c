@@ -1,0 +1,174 @@
+/*
+ * cancel_io_poll and cancel_sleep.
+ *
+ * Locking and lifetime: nothing shared but the token (see wait.c for its
+ * descriptor and the reference held while waiting). cancel_io_poll copies
+ * the caller's array with the token's descriptor appended, on the stack up to
+ * 15 entries, from the heap beyond; the copy never outlives the call.
+ * cancel_sleep waits on the token's futex (cancel_token_wait), which needs no
+ * descriptor, and holds nothing of its own.
+ */
+#include "wait.h"
+
+#include "cancel/io.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#define POLL_STACK 16
+
+int cancel_io_poll(cancel_token tok, struct pollfd *fds, nfds_t nfds, int64_t timeout_ns)
+{
+    if (cancel_token_is_requested(tok)) {
+        errno = ECANCELED;
+        return -1;
+    }
+    if (nfds > 0 && !fds) {
+        errno = EFAULT;
+        return -1;
+    }
+    int saved = errno;
+    struct cancel__io_wait w;
+    int err = cancel__io_wait_begin(&w, tok, timeout_ns);
+    if (err) {
+        errno = err;
+        return -1;
+    }
+    int result = -1;
+    if (timeout_ns == 0) {
+        while ((result = poll(fds, nfds, 0)) < 0 && errno == EINTR) {
+        }
+        err = result < 0 ? errno : 0;
+        goto out;
+    }
+    struct pollfd stack[POLL_STACK], *p = stack;
+    if (nfds >= POLL_STACK) {
+        p = nfds < ((size_t)-1) / sizeof *p - 1 ? malloc((nfds + 1) * sizeof *p) : NULL;
+        if (!p) {
+            err = ENOMEM;
+            goto out;
+        }
+    }
+    if (nfds)
+        memcpy(p, fds, nfds * sizeof *p);
+    nfds_t n = nfds;
+    if (w.tfd >= 0)
+        p[n++] = (struct pollfd){w.tfd, POLLIN, 0};
+    cancel__blocked_enter("cancel_io_poll", nfds == 1 ? fds[0].fd : -1);
+    for (;;) {
+        struct timespec ts;
+        int r = ppoll(p, n, cancel__until_timespec(&w.u, &ts), NULL);
+        if (r < 0) {
+            if (errno == EINTR)
+                continue;
+            err = errno;
+            break;
+        }
+        if (n > nfds && p[nfds].revents) {
+            r--;
+            err = cancel__until_check(&w.u);
+            if (err == ECANCELED)
+                break;
+            if (err == ETIMEDOUT) {
+                err = 0;
+                result = r;
+                break;
+            }
+            /* The source was freed uncancelled: stop watching it. */
+            n = nfds;
+        }
+        if (r > 0) {
+            result = r;
+            break;
+        }
+        if (r == 0) {
+            err = cancel__until_check(&w.u);
+            if (err == ETIMEDOUT) {
+                err = 0;
+                result = 0;
+                break;
+            }
+            if (err)
+                break;
+        }
+    }
+    cancel__blocked_leave();
+    for (nfds_t i = 0; i < nfds; i++)
+        fds[i].revents = err ? 0 : p[i].revents;
+    if (p != stack)
+        free(p);
+out:
+    cancel__io_wait_end(&w);
+    if (err) {
+        errno = err;
+        return -1;
+    }
+    errno = saved;
+    return result;
+}
+
+/* Sleeps until `deadline` on cancel_now()'s clock, with nothing to cancel
+ * it: the token cannot be cancelled (any more). */
+static void sleep_until(int64_t deadline)
+{
+    if (!cancel_clock_is_manual()) {
+        if (deadline == CANCEL_INFINITE) {
+            for (;;)
+                pause();
+        }
+        struct timespec ts = {(time_t)(deadline / 1000000000), (long)(deadline % 1000000000)};
+        while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) != 0) {
+        }
+        return;
+    }
+    /* The manual clock: a private source's token, waited on with the time
+     * left, wakes when the clock is moved past it. Without memory, the
+     * real clock's sleep is the best we can do. */
+    cancel_source *own = cancel_source_new();
+    if (!own) {
+        struct timespec ts = {0, 1000000};
+        nanosleep(&ts, NULL);
+        return;
+    }
+    while (deadline == CANCEL_INFINITE || cancel_now() < deadline)
+        cancel_token_wait(cancel_source_token(own),
+                          deadline == CANCEL_INFINITE ? CANCEL_INFINITE : deadline - cancel_now());
+    cancel_source_free(own);
+}
+
+int cancel_sleep(cancel_token tok, int64_t ns)
+{
+    if (cancel_token_is_requested(tok))
+        return ECANCELED;
+    if (ns < 0 && ns != CANCEL_INFINITE)
+        return EINVAL;
+    if (ns == 0)
+        return 0;
+    int saved = errno;
+    int64_t deadline = ns == CANCEL_INFINITE ? CANCEL_INFINITE : cancel__add_sat(cancel_now(), ns);
+    int err = 0;
+    cancel__blocked_enter("cancel_sleep", -1);
+    for (;;) {
+        if (!cancel_token_can_be_canceled(tok)) {
+            /* CANCEL_TOKEN_NONE, or its source was freed uncancelled:
+             * sleep the rest. */
+            if (deadline == CANCEL_INFINITE || cancel_now() < deadline)
+                sleep_until(deadline);
+            break;
+        }
+        int64_t left = deadline == CANCEL_INFINITE ? CANCEL_INFINITE : deadline - cancel_now();
+        if (left != CANCEL_INFINITE && left <= 0)
+            break;
+        if (cancel_token_wait(tok, left)) {
+            err = ECANCELED;
+            break;
+        }
+    }
+    cancel__blocked_leave();
+    errno = saved;
+    return err;
+}

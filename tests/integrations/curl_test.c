@@ -1,0 +1,396 @@
+/* libcancel-curl against the real libcurl and a local HTTP server. */
+#include "check.h"
+#include "http_server.h"
+
+#include <cancel/curl.h>
+
+static http_server server;
+
+/* What the user's callbacks saw. */
+struct seen {
+    char body[256];
+    size_t body_len;
+    size_t bytes;      /* every body byte, kept or not */
+    int progress;      /* calls of the user's progress callback */
+    int sockets;       /* sockets curl opened */
+    test_gate first;   /* opened by the first body bytes */
+    cancel_source *src; /* if set: how many callbacks it had at the first bytes */
+    size_t registrations;
+};
+
+static size_t on_write(char *p, size_t size, size_t n, void *arg)
+{
+    struct seen *s = arg;
+    size_t len = size * n;
+    size_t keep = len < sizeof s->body - 1 - s->body_len ? len : sizeof s->body - 1 - s->body_len;
+    memcpy(s->body + s->body_len, p, keep);
+    s->body_len += keep;
+    s->body[s->body_len] = '\0';
+    if (s->bytes == 0 && s->src != NULL) {
+        cancel_source_info info;
+        CHECK_EQ(cancel_source_get_info(s->src, &info), 0);
+        s->registrations = info.registrations;
+    }
+    s->bytes += len;
+    test_gate_open(&s->first);
+    return len;
+}
+
+static int on_progress(void *arg, curl_off_t dt, curl_off_t dn, curl_off_t ut, curl_off_t un)
+{
+    (void)dt, (void)dn, (void)ut, (void)un;
+    ((struct seen *)arg)->progress++;
+    return 0;
+}
+
+static curl_socket_t on_open(void *arg, curlsocktype purpose, struct curl_sockaddr *a)
+{
+    (void)purpose;
+    ((struct seen *)arg)->sockets++;
+    return socket(a->family, a->socktype, a->protocol);
+}
+
+/* An easy handle with every callback of ours set, and a private pointer. */
+static CURL *new_easy(struct seen *s, const char *path)
+{
+    char url[128];
+    http_url(&server, path, url, sizeof url);
+    CURL *e = curl_easy_init();
+    CHECK(e != NULL);
+    curl_easy_setopt(e, CURLOPT_URL, url);
+    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_write);
+    curl_easy_setopt(e, CURLOPT_WRITEDATA, s);
+    curl_easy_setopt(e, CURLOPT_NOPROGRESS, 0L);
+    curl_easy_setopt(e, CURLOPT_XFERINFOFUNCTION, on_progress);
+    curl_easy_setopt(e, CURLOPT_XFERINFODATA, s);
+    curl_easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, on_open);
+    curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, s);
+    curl_easy_setopt(e, CURLOPT_PRIVATE, (char *)s);
+    return e;
+}
+
+static void reset_seen(struct seen *s)
+{
+    s->body[0] = '\0';
+    s->body_len = 0;
+    s->bytes = 0;
+    s->progress = 0;
+    s->sockets = 0;
+    s->first = (test_gate)TEST_GATE_INIT;
+    s->src = NULL;
+    s->registrations = 0;
+}
+
+static void set_path(CURL *e, const char *path)
+{
+    char url[128];
+    http_url(&server, path, url, sizeof url);
+    curl_easy_setopt(e, CURLOPT_URL, url);
+}
+
+/* The handle still works, with every option the user set: callbacks and
+ * private pointer. */
+static void check_handle_intact(CURL *e, struct seen *s)
+{
+    reset_seen(s);
+    set_path(e, "/fast");
+    cancel_source *src = cancel_source_new();
+    CHECK_EQ(cancel_curl_perform(cancel_source_token(src), e), CURLE_OK);
+    cancel_source_free(src);
+    CHECK_STR(s->body, "hello");
+    CHECK(s->progress > 0);
+    char *priv = NULL;
+    CHECK_EQ(curl_easy_getinfo(e, CURLINFO_PRIVATE, &priv), CURLE_OK);
+    CHECK(priv == (char *)s);
+    long code = 0;
+    curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &code);
+    CHECK_EQ(code, 200);
+    /* and plain curl_easy_perform too */
+    reset_seen(s);
+    CHECK_EQ(curl_easy_perform(e), CURLE_OK);
+    CHECK_STR(s->body, "hello");
+    CHECK(s->progress > 0);
+}
+
+static void performs_like_easy_perform(void)
+{
+    struct seen s;
+    reset_seen(&s);
+    CURL *e = new_easy(&s, "/fast");
+    CHECK_EQ(cancel_curl_perform(CANCEL_TOKEN_NONE, e), CURLE_OK);
+    CHECK_STR(s.body, "hello");
+    CHECK_EQ(s.sockets, 1);
+    set_path(e, "/missing");
+    CHECK_EQ(cancel_curl_perform(CANCEL_TOKEN_NONE, e), CURLE_OK);
+    long code = 0;
+    curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &code);
+    CHECK_EQ(code, 404);
+    curl_easy_setopt(e, CURLOPT_FAILONERROR, 1L);
+    CHECK_EQ(cancel_curl_perform(CANCEL_TOKEN_NONE, e), CURLE_HTTP_RETURNED_ERROR);
+    curl_easy_cleanup(e);
+}
+
+static void already_cancelled_starts_nothing(void)
+{
+    struct seen s;
+    reset_seen(&s);
+    CURL *e = new_easy(&s, "/fast");
+    cancel_source *src = cancel_source_new();
+    cancel_source_cancel(src);
+    CHECK_EQ(cancel_curl_perform(cancel_source_token(src), e), CURLE_ABORTED_BY_CALLBACK);
+    CHECK_EQ(s.sockets, 0); /* no connection */
+    CHECK_EQ(s.bytes, 0);
+    CHECK_EQ(s.progress, 0); /* no callback of the user ran */
+    cancel_source_free(src);
+    check_handle_intact(e, &s);
+    curl_easy_cleanup(e);
+}
+
+struct canceller {
+    cancel_source *src;
+    test_gate *when;     /* cancel once this opens */
+    int async;           /* cancel_async instead of cancel */
+    int64_t cancelled_at;
+};
+
+static void *cancel_when(void *arg)
+{
+    struct canceller *c = arg;
+    test_gate_wait(c->when);
+    c->cancelled_at = test_now_ns();
+    if (c->async)
+        cancel_source_cancel_async(c->src);
+    else
+        cancel_source_cancel(c->src);
+    return NULL;
+}
+
+/* Cancels mid-body from another thread: the call returns with
+ * CURLE_ABORTED_BY_CALLBACK, the connection is closed, and the same handle
+ * then completes a request. With /stall the server sends nothing after the
+ * first bytes and never closes: only the token can end the call. */
+static void cancel_mid_body(const char *path, int async)
+{
+    struct seen s;
+    reset_seen(&s);
+    CURL *e = new_easy(&s, path);
+    cancel_source *src = cancel_source_new();
+    s.src = src;
+    struct canceller c = {src, &s.first, async, 0};
+    int closed = http_get(&server, &server.closed);
+    pthread_t t = test_spawn(cancel_when, &c);
+    CHECK_EQ(cancel_curl_perform(cancel_source_token(src), e), CURLE_ABORTED_BY_CALLBACK);
+    int64_t returned = test_now_ns();
+    test_join(t);
+    CHECK(cancel_token_is_requested(cancel_source_token(src)));
+    CHECK(s.bytes > 0 && s.bytes < 1000);
+    /* What makes it prompt: the wait is woken through a callback on the
+     * token (the printed latency shows the effect; bench/ measures it). */
+    CHECK_EQ(s.registrations, 1);
+    fprintf(stderr, "   %s%s: cancel to return %.1f us\n", path, async ? " (async)" : "",
+            (double)(returned - c.cancelled_at) / 1e3);
+    /* The aborted transfer's connection is closed. */
+    http_wait_count(&server, &server.closed, closed + 1);
+    cancel_source_free(src);
+    check_handle_intact(e, &s);
+    curl_easy_cleanup(e);
+}
+
+static void cancel_while_server_silent(void)
+{
+    cancel_mid_body("/stall", 0);
+    cancel_mid_body("/stall", 1);
+}
+
+static void cancel_while_body_flows(void)
+{
+    cancel_mid_body("/slow/100000", 0);
+}
+
+/* A deadline on the token ends a transfer the server never finishes. */
+static void deadline_ends_transfer(void)
+{
+    struct seen s;
+    reset_seen(&s);
+    CURL *e = new_easy(&s, "/stall");
+    cancel_source *src = cancel_source_new_child(CANCEL_TOKEN_NONE, 50 * 1000 * 1000, "request");
+    CHECK(src != NULL);
+    CHECK_EQ(cancel_curl_perform(cancel_source_token(src), e), CURLE_ABORTED_BY_CALLBACK);
+    cancel_cause cause = cancel_token_cause(cancel_source_token(src));
+    CHECK_EQ(cause.reason, CANCEL_REASON_TIMEOUT);
+    cancel_source_free(src);
+    check_handle_intact(e, &s);
+    curl_easy_cleanup(e);
+}
+
+/* A source freed uncancelled mid-transfer: the transfer goes on to its end. */
+struct freer {
+    cancel_source *src;
+    test_gate *when;
+};
+static void *free_when(void *arg)
+{
+    struct freer *f = arg;
+    test_gate_wait(f->when);
+    cancel_source_free(f->src);
+    return NULL;
+}
+
+static void freed_source_lets_transfer_finish(void)
+{
+    struct seen s;
+    reset_seen(&s);
+    CURL *e = new_easy(&s, "/slow/40");
+    cancel_source *src = cancel_source_new();
+    cancel_token tok = cancel_token_retain(cancel_source_token(src));
+    struct freer f = {src, &s.first};
+    pthread_t t = test_spawn(free_when, &f);
+    CHECK_EQ(cancel_curl_perform(tok, e), CURLE_OK);
+    test_join(t);
+    CHECK_EQ(s.bytes, 40);
+    cancel_token_release(tok);
+    curl_easy_cleanup(e);
+}
+
+static void bad_arguments(void)
+{
+    CHECK_EQ(cancel_curl_perform(CANCEL_TOKEN_NONE, NULL), CURLE_BAD_FUNCTION_ARGUMENT);
+    struct seen s;
+    reset_seen(&s);
+    CURL *e = new_easy(&s, "/fast");
+    CURLM *m = curl_multi_init();
+    CHECK_EQ(curl_multi_add_handle(m, e), CURLM_OK);
+    CHECK_EQ(cancel_curl_perform(CANCEL_TOKEN_NONE, e), CURLE_FAILED_INIT);
+    CHECK_EQ(curl_multi_remove_handle(m, e), CURLM_OK);
+    curl_multi_cleanup(m);
+    check_handle_intact(e, &s);
+    curl_easy_cleanup(e);
+}
+
+/* The header's advice: a share handle keeps connections across calls. */
+static void share_keeps_connections(void)
+{
+    struct seen s;
+    reset_seen(&s);
+    CURL *e = new_easy(&s, "/fast");
+    CURLSH *sh = curl_share_init();
+    curl_share_setopt(sh, CURLSHOPT_SHARE, CURL_LOCK_DATA_CONNECT);
+    curl_easy_setopt(e, CURLOPT_SHARE, sh);
+    int accepted = http_get(&server, &server.accepted);
+    for (int i = 0; i < 3; i++)
+        CHECK_EQ(cancel_curl_perform(CANCEL_TOKEN_NONE, e), CURLE_OK);
+    CHECK_EQ(s.sockets, 1);
+    CHECK_EQ(http_get(&server, &server.accepted), accepted + 1);
+    curl_easy_cleanup(e);
+    curl_share_cleanup(sh);
+}
+
+/* A cancellation racing the end of short transfers: either result, and the
+ * handle always works afterwards. */
+struct racer {
+    cancel_source *_Atomic src;
+    _Atomic int go;
+    _Atomic int stop;
+    uint64_t rng;
+};
+static void *race_cancel(void *arg)
+{
+    struct racer *r = arg;
+    for (;;) {
+        int g;
+        while ((g = atomic_load(&r->go)) == 0)
+            sched_yield();
+        if (g < 0)
+            return NULL;
+        test_jitter(&r->rng, 1u << (test_rand(&r->rng) % 20)); /* log-uniform: every scale */
+        cancel_source_cancel(atomic_load(&r->src));
+        atomic_store(&r->go, 0);
+    }
+}
+
+static void race_with_end_of_transfer(void)
+{
+    struct seen s;
+    reset_seen(&s);
+    CURL *e = new_easy(&s, "/fast");
+    struct racer r = {NULL, 0, 0, 0x9e3779b97f4a7c15u};
+    pthread_t t = test_spawn(race_cancel, &r);
+    int n = TEST_SCALE(300), ok = 0, aborted = 0;
+    for (int i = 0; i < n; i++) {
+        cancel_source *src = cancel_source_new();
+        atomic_store(&r.src, src);
+        reset_seen(&s);
+        atomic_store(&r.go, 1);
+        CURLcode rc = cancel_curl_perform(cancel_source_token(src), e);
+        while (atomic_load(&r.go) != 0)
+            sched_yield();
+        if (rc == CURLE_OK) {
+            ok++;
+            CHECK_STR(s.body, "hello");
+        } else {
+            CHECK_EQ(rc, CURLE_ABORTED_BY_CALLBACK);
+            aborted++;
+        }
+        cancel_source_free(src);
+        if (i % 10 == 0)
+            check_handle_intact(e, &s);
+    }
+    atomic_store(&r.go, -1);
+    test_join(t);
+    fprintf(stderr, "   %d completed, %d aborted\n", ok, aborted);
+    curl_easy_cleanup(e);
+}
+
+/* cancel_curl_multi_wakeup drives a program's own multi loop. */
+static void wakeup_callback_for_own_loop(void)
+{
+    struct seen s;
+    reset_seen(&s);
+    CURL *e = new_easy(&s, "/stall");
+    CURLM *m = curl_multi_init();
+    curl_multi_add_handle(m, e);
+    cancel_source *src = cancel_source_new();
+    cancel_token tok = cancel_source_token(src);
+    cancel_registration reg;
+    CHECK_EQ(cancel_register(tok, &reg, cancel_curl_multi_wakeup, m), 0);
+    struct canceller c = {src, &s.first, 0, 0};
+    pthread_t t = test_spawn(cancel_when, &c);
+    int running = 1;
+    while (running && !cancel_token_is_requested(tok)) {
+        curl_multi_perform(m, &running);
+        curl_multi_poll(m, NULL, 0, 60 * 1000, NULL);
+    }
+    test_join(t);
+    CHECK(cancel_token_is_requested(tok));
+    CHECK(!cancel_unregister(&reg));
+    curl_multi_remove_handle(m, e);
+    curl_multi_cleanup(m);
+    cancel_source_free(src);
+    curl_easy_cleanup(e);
+}
+
+int main(void)
+{
+    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
+        fprintf(stderr, "curl_global_init failed: skipped\n");
+        return 77;
+    }
+    if (http_start(&server) != 0) {
+        fprintf(stderr, "no loopback socket: skipped\n");
+        return 77;
+    }
+    RUN(performs_like_easy_perform);
+    RUN(already_cancelled_starts_nothing);
+    RUN(cancel_while_server_silent);
+    RUN(cancel_while_body_flows);
+    RUN(deadline_ends_transfer);
+    RUN(freed_source_lets_transfer_finish);
+    RUN(bad_arguments);
+    RUN(share_keeps_connections);
+    RUN(race_with_end_of_transfer);
+    RUN(wakeup_callback_for_own_loop);
+    http_stop(&server);
+    curl_global_cleanup();
+    cancel_quiesce(CANCEL_INFINITE);
+    return 0;
+}

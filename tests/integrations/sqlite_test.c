@@ -1,0 +1,555 @@
+/* libcancel-sqlite against the real SQLite. */
+#include "check.h"
+
+#include <cancel/sqlite.h>
+#include <unistd.h>
+
+/* A query that never ends by itself: if the call returns, the token did it. */
+static const char FOREVER[] =
+    "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c";
+
+static char db_path[256];
+
+/* A WAL database: a checkpoint that has frames to copy tests SQLite's
+ * interrupt flag without clearing it first, which makes it the observer of
+ * a pending interrupt (a statement would clear the flag when it starts). */
+static sqlite3 *open_db(void)
+{
+    sqlite3 *db;
+    unlink(db_path);
+    char wal[300];
+    snprintf(wal, sizeof wal, "%s-wal", db_path);
+    unlink(wal);
+    CHECK_EQ(sqlite3_open(db_path, &db), SQLITE_OK);
+    CHECK_EQ(sqlite3_exec(db,
+                          "PRAGMA journal_mode=WAL; PRAGMA wal_autocheckpoint=0; PRAGMA synchronous=OFF;"
+                          "CREATE TABLE t(x INTEGER UNIQUE); INSERT INTO t VALUES (1), (2), (3);",
+                          NULL, NULL, NULL),
+             SQLITE_OK);
+    return db;
+}
+
+/* Writes a frame to the WAL, so that the next checkpoint has work. */
+static int next_row = 1000;
+static void prime(sqlite3 *db)
+{
+    char sql[64];
+    snprintf(sql, sizeof sql, "INSERT INTO t VALUES (%d)", next_row++);
+    CHECK_EQ(sqlite3_exec(db, sql, NULL, NULL, NULL), SQLITE_OK);
+}
+
+/* No interrupt is pending: the checkpoint (primed) is not interrupted. */
+static void check_no_pending(sqlite3 *db)
+{
+    CHECK_EQ(sqlite3_wal_checkpoint_v2(db, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL), SQLITE_OK);
+}
+
+/* And the connection runs the next statement. */
+static void check_usable(sqlite3 *db)
+{
+    sqlite3_stmt *st;
+    CHECK_EQ(sqlite3_prepare_v2(db, "SELECT count(*) FROM t", -1, &st, NULL), SQLITE_OK);
+    CHECK_EQ(sqlite3_step(st), SQLITE_ROW);
+    CHECK_EQ(sqlite3_finalize(st), SQLITE_OK);
+}
+
+static void observer_sees_a_pending_interrupt(void)
+{
+    sqlite3 *db = open_db();
+    prime(db);
+    sqlite3_interrupt(db);
+    CHECK_EQ(sqlite3_wal_checkpoint_v2(db, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL),
+             SQLITE_INTERRUPT);
+    sqlite3_close(db);
+}
+
+static void steps_like_sqlite3_step(void)
+{
+    sqlite3 *db = open_db();
+    sqlite3_stmt *st;
+    CHECK_EQ(sqlite3_prepare_v2(db, "SELECT x FROM t ORDER BY x", -1, &st, NULL), SQLITE_OK);
+    cancel_source *src = cancel_source_new();
+    int n = 0, rc;
+    while ((rc = cancel_sqlite_step(cancel_source_token(src), st)) == SQLITE_ROW)
+        CHECK_EQ(sqlite3_column_int(st, 0), ++n);
+    CHECK_EQ(rc, SQLITE_DONE);
+    CHECK_EQ(n, 3);
+    CHECK_EQ(sqlite3_reset(st), SQLITE_OK);
+    CHECK_EQ(cancel_sqlite_step(CANCEL_TOKEN_NONE, st), SQLITE_ROW);
+    sqlite3_finalize(st);
+    CHECK_EQ(cancel_sqlite_step(CANCEL_TOKEN_NONE, NULL), SQLITE_MISUSE);
+    cancel_source_info info;
+    cancel_source_get_info(src, &info);
+    CHECK_EQ(info.registrations, 0); /* nothing left on the token */
+    cancel_source_free(src);
+    sqlite3_close(db);
+}
+
+static int count_rows(sqlite3 *db, const char *where)
+{
+    char sql[128];
+    snprintf(sql, sizeof sql, "SELECT count(*) FROM t WHERE %s", where);
+    sqlite3_stmt *st;
+    CHECK_EQ(sqlite3_prepare_v2(db, sql, -1, &st, NULL), SQLITE_OK);
+    CHECK_EQ(sqlite3_step(st), SQLITE_ROW);
+    int n = sqlite3_column_int(st, 0);
+    sqlite3_finalize(st);
+    return n;
+}
+
+static void already_cancelled_runs_nothing(void)
+{
+    sqlite3 *db = open_db();
+    cancel_source *src = cancel_source_new();
+    cancel_source_cancel(src);
+    cancel_token tok = cancel_source_token(src);
+    sqlite3_stmt *st;
+    CHECK_EQ(sqlite3_prepare_v2(db, "INSERT INTO t VALUES (42)", -1, &st, NULL), SQLITE_OK);
+    CHECK_EQ(cancel_sqlite_step(tok, st), SQLITE_INTERRUPT);
+    CHECK(!sqlite3_stmt_busy(st));
+    CHECK_EQ(sqlite3_stmt_status(st, SQLITE_STMTSTATUS_VM_STEP, 0), 0);
+    sqlite3_finalize(st);
+    char *msg = NULL;
+    CHECK_EQ(cancel_sqlite_exec(tok, db, "INSERT INTO t VALUES (43)", NULL, NULL, &msg),
+             SQLITE_INTERRUPT);
+    CHECK_STR(msg, "interrupted");
+    sqlite3_free(msg);
+    CHECK_EQ(count_rows(db, "x IN (42, 43)"), 0);
+    cancel_source_free(src);
+    sqlite3_close(db);
+}
+
+/* The test's own progress handler (user state, which the calls never
+ * touch) tells when the query is running. */
+struct running {
+    test_gate started;
+};
+static int on_progress(void *arg)
+{
+    test_gate_open(&((struct running *)arg)->started);
+    return 0;
+}
+
+struct canceller {
+    cancel_source *src;
+    test_gate *when;
+    int async;
+    int64_t at;
+};
+static void *cancel_when(void *arg)
+{
+    struct canceller *c = arg;
+    test_gate_wait(c->when);
+    c->at = test_now_ns();
+    if (c->async)
+        cancel_source_cancel_async(c->src);
+    else
+        cancel_source_cancel(c->src);
+    return NULL;
+}
+
+/* A recursive CTE that never ends, interrupted from another thread; the
+ * next statement on the same connection succeeds. */
+static void long_query_interrupted(int async)
+{
+    sqlite3 *db = open_db();
+    prime(db);
+    struct running r = {TEST_GATE_INIT};
+    sqlite3_progress_handler(db, 1000, on_progress, &r);
+    sqlite3_stmt *st;
+    CHECK_EQ(sqlite3_prepare_v2(db, FOREVER, -1, &st, NULL), SQLITE_OK);
+    cancel_source *src = cancel_source_new();
+    struct canceller c = {src, &r.started, async, 0};
+    pthread_t t = test_spawn(cancel_when, &c);
+    CHECK_EQ(cancel_sqlite_step(cancel_source_token(src), st), SQLITE_INTERRUPT);
+    int64_t back = test_now_ns();
+    test_join(t);
+    fprintf(stderr, "   %s: cancel to return %.1f us\n", async ? "async" : "sync",
+            (double)(back - c.at) / 1e3);
+    CHECK_EQ(sqlite3_errcode(db), SQLITE_INTERRUPT);
+    CHECK_STR(sqlite3_errmsg(db), "interrupted");
+    check_no_pending(db);
+    CHECK_EQ(sqlite3_reset(st), SQLITE_OK); /* reset by the call already (header) */
+    sqlite3_finalize(st);
+    sqlite3_progress_handler(db, 0, NULL, NULL);
+    check_usable(db);
+    cancel_source_free(src);
+    sqlite3_close(db);
+}
+
+static void long_query_interrupted_sync(void)
+{
+    long_query_interrupted(0);
+}
+static void long_query_interrupted_async(void)
+{
+    long_query_interrupted(1);
+}
+
+static void long_exec_interrupted(void)
+{
+    sqlite3 *db = open_db();
+    prime(db);
+    struct running r = {TEST_GATE_INIT};
+    sqlite3_progress_handler(db, 1000, on_progress, &r);
+    cancel_source *src = cancel_source_new();
+    struct canceller c = {src, &r.started, 0, 0};
+    pthread_t t = test_spawn(cancel_when, &c);
+    char *msg = NULL;
+    CHECK_EQ(cancel_sqlite_exec(cancel_source_token(src), db, FOREVER, NULL, NULL, &msg),
+             SQLITE_INTERRUPT);
+    test_join(t);
+    CHECK_STR(msg, "interrupted");
+    CHECK_STR(sqlite3_errmsg(db), "interrupted");
+    sqlite3_free(msg);
+    check_no_pending(db);
+    sqlite3_progress_handler(db, 0, NULL, NULL);
+    check_usable(db);
+    CHECK_EQ(cancel_sqlite_exec(CANCEL_TOKEN_NONE, db, "SELECT 1", NULL, NULL, NULL), SQLITE_OK);
+    cancel_source_free(src);
+    sqlite3_close(db);
+}
+
+/* A deadline on the token (the library thread cancels). */
+static void deadline_interrupts(void)
+{
+    sqlite3 *db = open_db();
+    sqlite3_stmt *st;
+    CHECK_EQ(sqlite3_prepare_v2(db, FOREVER, -1, &st, NULL), SQLITE_OK);
+    cancel_source *src = cancel_source_new_child(CANCEL_TOKEN_NONE, 20 * 1000 * 1000, "query");
+    CHECK_EQ(cancel_sqlite_step(cancel_source_token(src), st), SQLITE_INTERRUPT);
+    CHECK_EQ(cancel_token_cause(cancel_source_token(src)).reason, CANCEL_REASON_TIMEOUT);
+    sqlite3_finalize(st);
+    check_usable(db);
+    cancel_source_free(src);
+    sqlite3_close(db);
+}
+
+/* cancel_now(): an SQL function that cancels (or frees) the test's source
+ * in the middle of a step, on the stepping thread: the callback then runs
+ * inline, inside the step, at a known point. */
+struct fn_ctx {
+    cancel_source *src;
+    int free_it;
+    int value;
+};
+static void cancel_now_fn(sqlite3_context *ctx, int argc, sqlite3_value **argv)
+{
+    (void)argc, (void)argv;
+    struct fn_ctx *f = sqlite3_user_data(ctx);
+    if (f->src != NULL) {
+        if (f->free_it)
+            cancel_source_free(f->src);
+        else
+            cancel_source_cancel(f->src);
+        f->src = NULL;
+    }
+    sqlite3_result_int(ctx, f->value);
+}
+
+static sqlite3 *open_db_fn(struct fn_ctx *f)
+{
+    sqlite3 *db = open_db();
+    CHECK_EQ(sqlite3_create_function(db, "cancel_now", 0, SQLITE_UTF8, f, cancel_now_fn, NULL, NULL),
+             SQLITE_OK);
+    return db;
+}
+
+/* The interrupt lands after the VM's last check: the step still produces a
+ * row. The call gives the row up (resets the statement, SQLITE_INTERRUPT)
+ * so that the late interrupt cannot fail the statement's next step. */
+static void late_interrupt_on_a_row(void)
+{
+    struct fn_ctx f = {NULL, 0, 7};
+    sqlite3 *db = open_db_fn(&f);
+    prime(db);
+    sqlite3_stmt *st;
+    CHECK_EQ(sqlite3_prepare_v2(db, "SELECT cancel_now()", -1, &st, NULL), SQLITE_OK);
+    f.src = cancel_source_new();
+    cancel_source *src = f.src;
+    CHECK_EQ(cancel_sqlite_step(cancel_source_token(src), st), SQLITE_INTERRUPT);
+    CHECK(!sqlite3_stmt_busy(st));
+    check_no_pending(db);
+    /* without the books, this step would fail with SQLITE_INTERRUPT */
+    CHECK_EQ(sqlite3_step(st), SQLITE_ROW);
+    CHECK_EQ(sqlite3_column_int(st, 0), 7);
+    sqlite3_finalize(st);
+    cancel_source_free(src);
+    sqlite3_close(db);
+}
+
+/* The same on a statement that then finishes: SQLITE_DONE or
+ * SQLITE_INTERRUPT, and nothing pending either way. */
+static void late_interrupt_on_done(void)
+{
+    struct fn_ctx f = {NULL, 0, 50};
+    sqlite3 *db = open_db_fn(&f);
+    prime(db);
+    sqlite3_stmt *st;
+    CHECK_EQ(sqlite3_prepare_v2(db, "INSERT INTO t VALUES (cancel_now())", -1, &st, NULL), SQLITE_OK);
+    f.src = cancel_source_new();
+    cancel_source *src = f.src;
+    int rc = cancel_sqlite_step(cancel_source_token(src), st);
+    CHECK(rc == SQLITE_DONE || rc == SQLITE_INTERRUPT);
+    fprintf(stderr, "   result %s\n", rc == SQLITE_DONE ? "SQLITE_DONE" : "SQLITE_INTERRUPT");
+    check_no_pending(db);
+    sqlite3_finalize(st);
+    check_usable(db);
+    cancel_source_free(src);
+    sqlite3_close(db);
+}
+
+/* A step that fails (constraint) while the interrupt lands: the error is
+ * reported with its message, and nothing is pending. */
+static void late_interrupt_on_error(void)
+{
+    struct fn_ctx f = {NULL, 0, 1}; /* 1 is already in t: UNIQUE fails */
+    sqlite3 *db = open_db_fn(&f);
+    sqlite3_extended_result_codes(db, 1);
+    prime(db);
+    sqlite3_stmt *st;
+    CHECK_EQ(sqlite3_prepare_v2(db, "INSERT INTO t VALUES (cancel_now())", -1, &st, NULL), SQLITE_OK);
+    f.src = cancel_source_new();
+    cancel_source *src = f.src;
+    int rc = cancel_sqlite_step(cancel_source_token(src), st);
+    fprintf(stderr, "   result %d\n", rc);
+    if (rc != SQLITE_INTERRUPT) {
+        CHECK_EQ(rc, SQLITE_CONSTRAINT_UNIQUE);
+        CHECK_EQ(sqlite3_extended_errcode(db), SQLITE_CONSTRAINT_UNIQUE);
+        CHECK_STR(sqlite3_errmsg(db), "UNIQUE constraint failed: t.x");
+    }
+    check_no_pending(db);
+    sqlite3_finalize(st);
+    check_usable(db);
+    cancel_source_free(src);
+    sqlite3_close(db);
+}
+
+/* A source freed uncancelled mid-step: the step goes on. */
+static void freed_source_lets_step_finish(void)
+{
+    struct fn_ctx f = {NULL, 1, 9};
+    sqlite3 *db = open_db_fn(&f);
+    sqlite3_stmt *st;
+    CHECK_EQ(sqlite3_prepare_v2(db, "SELECT cancel_now()", -1, &st, NULL), SQLITE_OK);
+    f.src = cancel_source_new();
+    cancel_token tok = cancel_token_retain(cancel_source_token(f.src));
+    CHECK_EQ(cancel_sqlite_step(tok, st), SQLITE_ROW);
+    CHECK_EQ(sqlite3_column_int(st, 0), 9);
+    CHECK_EQ(cancel_sqlite_step(tok, st), SQLITE_DONE);
+    sqlite3_finalize(st);
+    cancel_token_release(tok);
+    sqlite3_close(db);
+}
+
+/* SQLite's rule, as the header states it: another active statement of the
+ * connection is interrupted too. */
+static void other_active_statement_is_interrupted_too(void)
+{
+    sqlite3 *db = open_db();
+    sqlite3_stmt *outer, *inner;
+    CHECK_EQ(sqlite3_prepare_v2(db, "SELECT x FROM t", -1, &outer, NULL), SQLITE_OK);
+    CHECK_EQ(sqlite3_step(outer), SQLITE_ROW);
+    struct running r = {TEST_GATE_INIT};
+    sqlite3_progress_handler(db, 1000, on_progress, &r);
+    CHECK_EQ(sqlite3_prepare_v2(db, FOREVER, -1, &inner, NULL), SQLITE_OK);
+    cancel_source *src = cancel_source_new();
+    struct canceller c = {src, &r.started, 0, 0};
+    pthread_t t = test_spawn(cancel_when, &c);
+    CHECK_EQ(cancel_sqlite_step(cancel_source_token(src), inner), SQLITE_INTERRUPT);
+    test_join(t);
+    sqlite3_progress_handler(db, 0, NULL, NULL);
+    CHECK_EQ(sqlite3_step(outer), SQLITE_INTERRUPT);
+    sqlite3_finalize(inner);
+    sqlite3_finalize(outer);
+    check_usable(db); /* once none is active, the next statement runs */
+    cancel_source_free(src);
+    sqlite3_close(db);
+}
+
+struct rows {
+    int n;
+    int abort_at;
+    cancel_source *cancel_at_first;
+    char seen[128];
+};
+static int on_row(void *arg, int ncol, char **vals, char **names)
+{
+    struct rows *r = arg;
+    CHECK_EQ(ncol, 2);
+    CHECK_STR(names[0], "x");
+    CHECK_STR(names[1], "y");
+    CHECK(vals[2] == NULL);
+    size_t len = strlen(r->seen);
+    snprintf(r->seen + len, sizeof r->seen - len, "%s:%s;", vals[0], vals[1] ? vals[1] : "NULL");
+    if (r->cancel_at_first != NULL)
+        cancel_source_cancel(r->cancel_at_first);
+    return ++r->n == r->abort_at;
+}
+
+static void exec_like_sqlite3_exec(void)
+{
+    sqlite3 *db = open_db();
+    struct rows r = {0, 0, NULL, ""};
+    char *msg = (char *)1;
+    CHECK_EQ(cancel_sqlite_exec(CANCEL_TOKEN_NONE, db,
+                                "  -- a comment\n CREATE TABLE u(x, y); INSERT INTO u VALUES (1, 'a'), (2, NULL);"
+                                "SELECT x, y FROM u ORDER BY x;  ",
+                                on_row, &r, &msg),
+             SQLITE_OK);
+    CHECK(msg == NULL);
+    CHECK_STR(r.seen, "1:a;2:NULL;");
+    /* the callback aborts */
+    r = (struct rows){0, 1, NULL, ""};
+    CHECK_EQ(cancel_sqlite_exec(CANCEL_TOKEN_NONE, db, "SELECT x, y FROM u ORDER BY x", on_row, &r, &msg),
+             SQLITE_ABORT);
+    CHECK_STR(msg, "query aborted");
+    sqlite3_free(msg);
+    CHECK_EQ(r.n, 1);
+    /* an error */
+    CHECK_EQ(cancel_sqlite_exec(CANCEL_TOKEN_NONE, db, "SELECT * FROM nowhere", NULL, NULL, &msg),
+             SQLITE_ERROR);
+    CHECK_STR(msg, "no such table: nowhere");
+    sqlite3_free(msg);
+    CHECK_EQ(cancel_sqlite_exec(CANCEL_TOKEN_NONE, db, "INSERT INTO t VALUES (1)", NULL, NULL, &msg),
+             SQLITE_CONSTRAINT);
+    CHECK_STR(msg, "UNIQUE constraint failed: t.x");
+    sqlite3_free(msg);
+    CHECK_EQ(cancel_sqlite_exec(CANCEL_TOKEN_NONE, db, NULL, NULL, NULL, NULL), SQLITE_OK);
+    CHECK_EQ(cancel_sqlite_exec(CANCEL_TOKEN_NONE, NULL, "SELECT 1", NULL, NULL, NULL), SQLITE_MISUSE);
+    sqlite3_close(db);
+}
+
+/* A cancellation from the row callback stops the statement and the script:
+ * the statements after it do not run. */
+static void exec_cancelled_from_callback(void)
+{
+    sqlite3 *db = open_db();
+    prime(db);
+    CHECK_EQ(sqlite3_exec(db, "CREATE TABLE u(x, y); INSERT INTO u VALUES (1, 'a'), (2, 'b');", NULL,
+                          NULL, NULL),
+             SQLITE_OK);
+    prime(db);
+    cancel_source *src = cancel_source_new();
+    struct rows r = {0, 0, src, ""};
+    char *msg = NULL;
+    CHECK_EQ(cancel_sqlite_exec(cancel_source_token(src), db,
+                                "SELECT x, y FROM u ORDER BY x; INSERT INTO t VALUES (77);", on_row,
+                                &r, &msg),
+             SQLITE_INTERRUPT);
+    CHECK_EQ(r.n, 1);
+    CHECK_STR(msg, "interrupted");
+    sqlite3_free(msg);
+    check_no_pending(db);
+    CHECK_EQ(count_rows(db, "x = 77"), 0);
+    cancel_source_free(src);
+    sqlite3_close(db);
+}
+
+/* Cancellation racing the end of steps, many times: each result is the
+ * step's or SQLITE_INTERRUPT, and no interrupt is ever left pending. */
+struct racer {
+    cancel_source *_Atomic src;
+    _Atomic int go;
+    uint64_t rng;
+};
+static void *race_cancel(void *arg)
+{
+    struct racer *r = arg;
+    for (;;) {
+        int g;
+        while ((g = atomic_load(&r->go)) == 0)
+            sched_yield();
+        if (g < 0)
+            return NULL;
+        test_jitter(&r->rng, 1u << (test_rand(&r->rng) % 17)); /* log-uniform: every scale */
+        cancel_source_cancel(atomic_load(&r->src));
+        atomic_store(&r->go, 0);
+    }
+}
+
+static void race_with_end_of_steps(int use_exec)
+{
+    sqlite3 *db = open_db();
+    sqlite3_stmt *st;
+    CHECK_EQ(sqlite3_prepare_v2(db, "SELECT x FROM t WHERE x < 4", -1, &st, NULL), SQLITE_OK);
+    struct racer r = {NULL, 0, 0x2545f4914f6cdd1du};
+    pthread_t t = test_spawn(race_cancel, &r);
+    int n = TEST_SCALE(3000), interrupted = 0, completed = 0;
+    for (int i = 0; i < n; i++) {
+        prime(db);
+        cancel_source *src = cancel_source_new();
+        atomic_store(&r.src, src);
+        atomic_store(&r.go, 1);
+        int rc;
+        if (use_exec) {
+            rc = cancel_sqlite_exec(cancel_source_token(src), db,
+                                    "SELECT x FROM t WHERE x < 4; SELECT 1", NULL, NULL, NULL);
+            CHECK(rc == SQLITE_OK || rc == SQLITE_INTERRUPT);
+            rc = rc == SQLITE_OK ? SQLITE_DONE : rc;
+        } else {
+            int rows = 0;
+            while ((rc = cancel_sqlite_step(cancel_source_token(src), st)) == SQLITE_ROW)
+                rows++;
+            CHECK(rc == SQLITE_DONE || rc == SQLITE_INTERRUPT);
+            if (rc == SQLITE_DONE)
+                CHECK_EQ(rows, 3);
+            sqlite3_reset(st);
+        }
+        while (atomic_load(&r.go) != 0)
+            sched_yield();
+        if (rc == SQLITE_DONE)
+            completed++;
+        else
+            interrupted++;
+        /* the canceller is done: whatever it did is in */
+        check_no_pending(db);
+        cancel_source_free(src);
+    }
+    atomic_store(&r.go, -1);
+    test_join(t);
+    fprintf(stderr, "   %d completed, %d interrupted\n", completed, interrupted);
+    check_usable(db);
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+}
+
+static void race_steps(void)
+{
+    race_with_end_of_steps(0);
+}
+static void race_exec(void)
+{
+    race_with_end_of_steps(1);
+}
+
+int main(void)
+{
+    const char *dir = getenv("TMPDIR");
+    snprintf(db_path, sizeof db_path, "%s/cancel-sqlite-test-%d.db", dir ? dir : "/tmp", (int)getpid());
+    fprintf(stderr, "SQLite %s\n", sqlite3_libversion());
+    RUN(observer_sees_a_pending_interrupt);
+    RUN(steps_like_sqlite3_step);
+    RUN(already_cancelled_runs_nothing);
+    RUN(long_query_interrupted_sync);
+    RUN(long_query_interrupted_async);
+    RUN(long_exec_interrupted);
+    RUN(deadline_interrupts);
+    RUN(late_interrupt_on_a_row);
+    RUN(late_interrupt_on_done);
+    RUN(late_interrupt_on_error);
+    RUN(freed_source_lets_step_finish);
+    RUN(other_active_statement_is_interrupted_too);
+    RUN(exec_like_sqlite3_exec);
+    RUN(exec_cancelled_from_callback);
+    RUN(race_steps);
+    RUN(race_exec);
+    unlink(db_path);
+    char wal[300];
+    snprintf(wal, sizeof wal, "%s-wal", db_path);
+    unlink(wal);
+    snprintf(wal, sizeof wal, "%s-shm", db_path);
+    unlink(wal);
+    cancel_quiesce(CANCEL_INFINITE);
+    return 0;
+}
