@@ -9,13 +9,17 @@
  *     (every call passing a live token) beside a mutex+condvar ring written
  *     here and GLib's GAsyncQueue (unbounded) when GLib was found at build
  *     time;
- *  3. uncontended semaphore post + wait beside POSIX sem_post + sem_wait.
+ *  3. the cost of one operation on one thread, nothing contended: semaphore
+ *     beside POSIX's, queue with a live token beside CANCEL_TOKEN_NONE (what
+ *     being cancellable costs) and beside the mutex+condvar ring.
  *
  * Each measurement is repeated with the contenders in rotation; medians are
  * printed with their ratio. On a shared machine trust the ratios more than
  * the absolute figures.
  *
- *   sync_bench [repeats [sections]]   (default 5; sections: any of queue,latency,sem)
+ *   sync_bench [repeats [sections]]   (default 5; sections: any of queue,latency,uncontended)
+ *   sync_bench syscalls KIND N        N uncancelled operations, to count system calls:
+ *       strace -c -f sync_bench syscalls queue-wait 20000   (sync_bench syscalls: the kinds)
  */
 #define _GNU_SOURCE
 #include <cancel.h>
@@ -477,44 +481,221 @@ static void throughput(void)
 }
 
 /* ------------------------------------------------------------------------
- * 3. Uncontended semaphore
+ * 3. One thread, nothing contended: the cost of an operation itself
  * ------------------------------------------------------------------------ */
 
-static void semaphore(void)
+enum { UNC_N = 1 << 20, UNC_BATCH = 512 };
+static cancel_source *unc_src;
+static cancel_sem *unc_sem;
+static sem_t unc_psem;
+static cancel_queue *unc_q;
+static struct mring *unc_ring;
+
+static double unc_sem_op(void)
 {
-    enum { N = 10000000 };
-    cancel_source *src = cancel_source_new();
-    cancel_token tok = cancel_source_token(src);
-    cancel_sem *s = cancel_sem_new(0);
-    sem_t ps;
-    sem_init(&ps, 0, 0);
+    cancel_token tok = cancel_source_token(unc_src);
+    int64_t t0 = now_ns();
+    for (int i = 0; i < UNC_N; i++) {
+        cancel_sem_post(unc_sem);
+        cancel_sem_wait(tok, unc_sem, CANCEL_INFINITE);
+    }
+    return (double)(now_ns() - t0) / UNC_N;
+}
+static double unc_psem_op(void)
+{
+    int64_t t0 = now_ns();
+    for (int i = 0; i < UNC_N; i++) {
+        sem_post(&unc_psem);
+        sem_wait(&unc_psem);
+    }
+    return (double)(now_ns() - t0) / UNC_N;
+}
+/* Batches of pushes then pops, so that the ring is really walked. */
+static double unc_queue(cancel_token tok)
+{
+    void *item;
+    int64_t t0 = now_ns();
+    for (int i = 0; i < UNC_N / UNC_BATCH; i++) {
+        for (int k = 0; k < UNC_BATCH; k++)
+            cancel_queue_push(tok, unc_q, (void *)(uintptr_t)k, CANCEL_INFINITE);
+        for (int k = 0; k < UNC_BATCH; k++)
+            cancel_queue_pop(tok, unc_q, &item, CANCEL_INFINITE);
+    }
+    return (double)(now_ns() - t0) / UNC_N;
+}
+static double unc_queue_live(void)
+{
+    return unc_queue(cancel_source_token(unc_src));
+}
+static double unc_queue_none(void)
+{
+    return unc_queue(CANCEL_TOKEN_NONE);
+}
+static double unc_ring_op(void)
+{
+    int64_t t0 = now_ns();
+    for (int i = 0; i < UNC_N / UNC_BATCH; i++) {
+        for (int k = 0; k < UNC_BATCH; k++)
+            mring_push(unc_ring, (void *)(uintptr_t)k);
+        for (int k = 0; k < UNC_BATCH; k++)
+            mring_pop(unc_ring);
+    }
+    return (double)(now_ns() - t0) / UNC_N;
+}
+
+static void unc_row(const char *what, double (*ours)(void), const char *base_name, double (*base)(void))
+{
     double a[64], b[64];
     for (int r = 0; r < repeats; r++) {
-        int64_t t0 = now_ns();
-        for (int i = 0; i < N; i++) {
-            cancel_sem_post(s);
-            cancel_sem_wait(tok, s, CANCEL_INFINITE);
-        }
-        int64_t t1 = now_ns();
-        for (int i = 0; i < N; i++) {
-            sem_post(&ps);
-            sem_wait(&ps);
-        }
-        int64_t t2 = now_ns();
-        a[r] = (double)(t1 - t0) / N;
-        b[r] = (double)(t2 - t1) / N;
+        a[r] = ours();
+        b[r] = base();
     }
     double ma = median(a, repeats), mb = median(b, repeats);
-    printf("\nuncontended semaphore (ns per post + wait)\n");
-    printf("%-34s %8.2f   %-28s %8.2f   %5.2fx\n", "cancel_sem_post + cancel_sem_wait", ma,
-           "sem_post + sem_wait (POSIX)", mb, ma / mb);
-    cancel_sem_free(s);
-    sem_destroy(&ps);
+    printf("%-40s %8.2f   %-34s %8.2f   %5.2fx\n", what, ma, base_name, mb, ma / mb);
+    fflush(stdout);
+}
+
+static void uncontended(void)
+{
+    unc_src = cancel_source_new();
+    unc_sem = cancel_sem_new(0);
+    sem_init(&unc_psem, 0, 0);
+    unc_q = cancel_queue_new(CAPACITY);
+    unc_ring = mring_new(CAPACITY);
+    printf("\none thread, nothing contended (ns per pair of operations, medians of %d)\n", repeats);
+    unc_row("cancel_sem_post + cancel_sem_wait", unc_sem_op, "sem_post + sem_wait (POSIX)", unc_psem_op);
+    unc_row("cancel_queue push + pop, live token", unc_queue_live, "same, CANCEL_TOKEN_NONE", unc_queue_none);
+    unc_row("cancel_queue push + pop, live token", unc_queue_live, "mutex+condvar ring push + pop", unc_ring_op);
+    cancel_sem_free(unc_sem);
+    sem_destroy(&unc_psem);
+    cancel_queue_free(unc_q);
+    mring_free(unc_ring);
+    cancel_source_free(unc_src);
+}
+
+/* ------------------------------------------------------------------------
+ * System calls: N uncancelled operations of one kind, to count with
+ * strace -c -f (the ping-pong kinds make each wait block, or nearly).
+ * ------------------------------------------------------------------------ */
+
+struct pp {
+    const char *kind;
+    long n;
+    cancel_token tok;
+    cancel_sem *csem[2];
+    sem_t psem[2];
+    cancel_queue *cq[2];
+    struct mring *mr[2];
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    long sent; /* under mu: messages sent so far, for the cond kinds */
+};
+
+static void pp_send(struct pp *p, int to, long i)
+{
+    if (!strcmp(p->kind, "sem-wait")) {
+        cancel_sem_post(p->csem[to]);
+    } else if (!strcmp(p->kind, "raw-sem-wait")) {
+        sem_post(&p->psem[to]);
+    } else if (!strcmp(p->kind, "queue-wait")) {
+        cancel_queue_push(p->tok, p->cq[to], (void *)(uintptr_t)i, CANCEL_INFINITE);
+    } else if (!strcmp(p->kind, "raw-queue-wait")) {
+        mring_push(p->mr[to], (void *)(uintptr_t)i);
+    } else { /* cond-wait, raw-cond-wait */
+        (void)to;
+        (void)i;
+        pthread_mutex_lock(&p->mu);
+        p->sent++;
+        pthread_cond_broadcast(&p->cv);
+        pthread_mutex_unlock(&p->mu);
+    }
+}
+
+static void pp_recv(struct pp *p, int me, long i)
+{
+    if (!strcmp(p->kind, "sem-wait")) {
+        cancel_sem_wait(p->tok, p->csem[me], CANCEL_INFINITE);
+    } else if (!strcmp(p->kind, "raw-sem-wait")) {
+        while (sem_wait(&p->psem[me]) != 0) {
+        }
+    } else if (!strcmp(p->kind, "queue-wait")) {
+        void *item;
+        cancel_queue_pop(p->tok, p->cq[me], &item, CANCEL_INFINITE);
+    } else if (!strcmp(p->kind, "raw-queue-wait")) {
+        mring_pop(p->mr[me]);
+    } else {
+        bool ours = !strcmp(p->kind, "cond-wait");
+        pthread_mutex_lock(&p->mu);
+        while (p->sent < 2 * i + 2 - me) { /* the partner (me 1) waits for message 2i+1, main for 2i+2 */
+            if (ours)
+                cancel_cond_wait(p->tok, &p->cv, &p->mu, CANCEL_INFINITE);
+            else
+                pthread_cond_wait(&p->cv, &p->mu);
+        }
+        pthread_mutex_unlock(&p->mu);
+    }
+}
+
+static void *pp_partner(void *arg)
+{
+    struct pp *p = arg;
+    for (long i = 0; i < p->n; i++) {
+        pp_recv(p, 1, i);
+        pp_send(p, 0, i);
+    }
+    return NULL;
+}
+
+static int syscalls(const char *kind, long n)
+{
+    cancel_source *src = cancel_source_new();
+    struct pp p = {.kind = kind, .n = n, .tok = cancel_source_token(src)};
+    pthread_mutex_init(&p.mu, NULL);
+    pthread_cond_init(&p.cv, NULL);
+    for (int i = 0; i < 2; i++) {
+        p.csem[i] = cancel_sem_new(0);
+        sem_init(&p.psem[i], 0, 0);
+        p.cq[i] = cancel_queue_new(CAPACITY);
+        p.mr[i] = mring_new(CAPACITY);
+    }
+    if (!strcmp(kind, "sem-ready") || !strcmp(kind, "raw-sem-ready")) {
+        bool ours = !strcmp(kind, "sem-ready");
+        for (long i = 0; i < n; i++) {
+            if (ours) {
+                cancel_sem_post(p.csem[0]);
+                cancel_sem_wait(p.tok, p.csem[0], CANCEL_INFINITE);
+            } else {
+                sem_post(&p.psem[0]);
+                sem_wait(&p.psem[0]);
+            }
+        }
+    } else if (!strcmp(kind, "queue-ready")) {
+        void *item;
+        for (long i = 0; i < n; i++) {
+            cancel_queue_push(p.tok, p.cq[0], NULL, CANCEL_INFINITE);
+            cancel_queue_pop(p.tok, p.cq[0], &item, CANCEL_INFINITE);
+        }
+    } else if (strstr("sem-wait raw-sem-wait queue-wait raw-queue-wait cond-wait raw-cond-wait", kind)) {
+        pthread_t th;
+        pthread_create(&th, NULL, pp_partner, &p);
+        for (long i = 0; i < n; i++) {
+            pp_send(&p, 1, i);
+            pp_recv(&p, 0, i);
+        }
+        pthread_join(th, NULL);
+    } else {
+        fprintf(stderr, "kinds: sem-ready raw-sem-ready queue-ready, and ping-pongs between two threads: sem-wait "
+                        "raw-sem-wait queue-wait raw-queue-wait cond-wait raw-cond-wait\n");
+        return 2;
+    }
     cancel_source_free(src);
+    return 0;
 }
 
 int main(int argc, char **argv)
 {
+    if (argc > 1 && strcmp(argv[1], "syscalls") == 0)
+        return argc == 4 ? syscalls(argv[2], atol(argv[3])) : 2;
     if (argc > 1)
         repeats = atoi(argv[1]);
     if (repeats < 1 || repeats > 64)
@@ -528,7 +709,7 @@ int main(int argc, char **argv)
         throughput();
     if (!*only || strstr(only, "latency"))
         latency();
-    if (!*only || strstr(only, "sem"))
-        semaphore();
+    if (!*only || strstr(only, "uncontended"))
+        uncontended();
     return 0;
 }
