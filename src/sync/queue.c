@@ -23,26 +23,34 @@
  *
  * Sleeping. Two sides: consumers sleep on `cons` (the queue is empty),
  * producers on `prod` (it is full). Each side has a futex word `seq`, bumped
- * by every wake-up, and a count of `sleepers`. After a push publishes its
- * slot it reads cons.sleepers, and wakes one consumer if any; a consumer
- * about to sleep first counts itself in cons.sleepers, then reads seq, then
- * tries once more, then sleeps on seq. This is a Dekker handshake (store the
- * slot, load the count; store the count, load the slot) and needs a
- * store-load fence on both sides: either the pusher sees the sleeper or the
- * sleeper sees the item. The fence is asymmetric (platform.h): the pusher,
- * on every operation, pays a compiler barrier; the rare thread about to
- * sleep issues the process-wide barrier (membarrier). Without membarrier
- * both sides use full fences. A wake-up bumps seq before the futex call, so
- * a sleeper that read seq before the bump does not sleep. Pops and
- * producers mirror all of this.
+ * by every wake-up, and a state word: the number of counted sleepers and a
+ * SIGNALED bit. A thread about to sleep counts itself, issues a fence, reads
+ * seq, tries once more, and sleeps on seq (a bump after its read makes the
+ * futex return at once). After a push publishes its slot it issues a fence
+ * and reads cons.state; if a consumer is counted, it sets SIGNALED and, if
+ * the bit was clear, bumps seq and wakes one. Counting and publishing form a
+ * Dekker handshake (store the count, load the slot; store the slot, load the
+ * count), hence the fences: either the pusher sees the sleeper or the
+ * sleeper sees the item. They are asymmetric (platform.h): the pusher, on
+ * every operation, pays a compiler barrier; the rare thread about to sleep
+ * issues the process-wide barrier (membarrier). Without membarrier both are
+ * full fences. Pops and producers mirror all of this.
  *
- * Wake-ups can be absorbed: a consumer woken for the item at position p+1
- * finds p still in flight (claimed, not yet published) and sleeps again;
- * p's publication then wakes one consumer for two items. So a sleeper that
- * succeeds wakes another sleeper if more is ready, and a sleeper that leaves
- * without success (cancelled, timed out) passes its wake-up on if something
- * is ready: with these, an item that is ready while a consumer sleeps always
- * has an awake consumer coming for it.
+ * SIGNALED says "a wake-up is on its way": while it is set, pushes wake
+ * nobody, so a burst of pushes onto a queue whose consumer is waking up
+ * makes one system call, not one each. Each sleeper answers it: after
+ * reading seq, before trying, it clears the bit (an RMW). A signaller whose
+ * RMW comes after that clear bumps seq after the sleeper's read, so the
+ * sleeper does not sleep through it; one whose RMW came before made its
+ * item visible first (acq_rel on both RMWs), so the try sees it. A sleeper
+ * that leaves clears the bit too, then, if others sleep and the next slot
+ * of its side is ready, signals one of them: a push may have skipped its
+ * wake-up for the bit it cleared, and a wake-up can be absorbed (a consumer
+ * woken for the item at position p+1 finds p still being written and sleeps
+ * again; p's publication then signals once for two items). A sleeper that
+ * leaves without success (cancelled, timed out) hands on the wake-up it may
+ * have been given the same way. With these, an item that is ready while a
+ * consumer sleeps always has a consumer coming for it.
  *
  * Cancellation costs nothing on the fast path: an inline check of the token
  * before trying. Only a call about to sleep registers a callback on its
@@ -80,7 +88,7 @@ struct slot {
 
 struct side {
     _Atomic uint32_t seq;   /* futex word of this side's sleepers; bumped by each wake-up */
-    _Atomic uint32_t state; /* sleepers * SLEEPER | SIGNALED */
+    _Atomic uint32_t state; /* counted sleepers * SLEEPER | SIGNALED; RMW by sleepers and signallers */
 };
 
 struct cancel_queue {
@@ -302,7 +310,11 @@ static int wait_slow(cancel_token tok, cancel_queue *q, bool push, void *in, voi
              * bumps seq after our read (so our sleep does not miss it); one
              * whose fetch_or came before is seen by our attempt below. */
             seq = atomic_load_explicit(&sd->seq, memory_order_acquire);
-            transition(sd, 0);
+            /* relaxed: if the bit reads clear, a signaller that sets it
+             * bumps seq after our read (had we read its bump, acquire would
+             * show us its bit). */
+            if (atomic_load_explicit(&sd->state, memory_order_relaxed) & SIGNALED)
+                transition(sd, 0);
         }
         int why = cancel__until_check(&u);
         if (why == ECANCELED) {
