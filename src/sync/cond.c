@@ -4,11 +4,13 @@
  * Locking and lifetime. The caller's mutex is held on entry and on every
  * return; pthread_cond_clockwait releases and retakes it. The waiter
  * registers one callback on the until-token (block.h) just before it
- * sleeps; the callback's state (struct waiter) lives on the waiter's stack,
- * and the waiter unregisters, which waits for a running callback, before it
- * returns, so the callback never outlives it. The callback takes no lock:
- * the canceller may hold the caller's mutex (a documented use), and the
- * library thread must never block on a user's lock.
+ * sleeps, through a hook (hook.h); the callback's state (struct waiter)
+ * lives on the waiter's stack. The callback sets hook.done once its
+ * broadcast has returned, and the waiter does not return before that (the
+ * caller may destroy the condvar as soon as it has), nor before the
+ * callback is unregistered if it never ran. The callback takes no lock: the
+ * canceller may hold the caller's mutex (a documented use), and the library
+ * thread must never block on a user's lock.
  *
  * The lost wake-up. A cancellation may come while the waiter is between
  * its last check of the token and its entry into pthread_cond_wait. A
@@ -24,8 +26,13 @@
  * the owner is someone else the broadcast reaches the waiter. The waiter
  * sets `returned` as soon as pthread_cond_clockwait returns, so a callback
  * that finds the waiter owning the mutex again (woken by someone else) stops
- * waiting; the waiter's unregister then waits for the callback to return.
- * The callback never waits on anything the canceller holds.
+ * waiting and broadcasts nothing. Nothing the callback waits for depends on
+ * the canceller: the waiter crosses the window without blocking.
+ *
+ * The cost: the waiter, woken by the broadcast, waits for the broadcast to
+ * return on the canceller's side (a system call that, on a virtual machine,
+ * returns microseconds after the wake-up it made): the one place where the
+ * cancel-to-return latency exceeds the raw condvar's (docs/sync.md).
  *
  * Where the owner cannot be read (a C library other than glibc, or glibc's
  * lock elision, which leaves the field empty: the waiter checks at entry that
