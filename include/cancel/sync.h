@@ -28,15 +28,19 @@
  * cancellation and success arrive together, cancellation wins: a call that
  * returns ECANCELED consumed nothing. A retained token whose source is freed
  * uncancelled during a wait simply stops mattering: the call waits for its
- * other conditions. None of the calls allocates on its success path, and
- * none makes a system call unless it must sleep or wake a sleeper.
+ * other conditions. No call makes a system call unless it must sleep or
+ * wake a sleeper, and none allocates, except that a call that sleeps on the
+ * manual clock makes a child source for its timeout, and the first sleep in
+ * the process starts the library thread (its first registration does).
  *
  * Blocking: a call that must sleep registers one callback on the token for
  * the duration of the sleep (never on its fast path) and marks the thread
- * as blocked in it. Waits sleep on a futex; signals do not interrupt them
- * (EINTR is retried, never returned). Callers may have pthread cancellation
- * disabled; none of these calls is a pthread cancellation point except
- * cancel_cond_wait, which calls pthread_cond_clockwait.
+ * as blocked in it. The semaphore and the queue sleep on a futex, use no
+ * descriptor, and are not pthread cancellation points; signals do not
+ * interrupt them (EINTR is retried, never returned). cancel_cond_wait is a
+ * pthread cancellation point, as pthread_cond_wait is: a thread cancelled
+ * in it leaves nothing registered and holds the mutex, for its cleanup
+ * handlers. The library itself never uses pthread_cancel.
  *
  * From a callback: cancel_sem_post and cancel_queue_close may be called from
  * a cancellation callback (they never block). The waits may be too, but a

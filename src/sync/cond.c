@@ -101,6 +101,30 @@ static void wake(void *arg)
     atomic_store_explicit(&w->hook.done, 1, memory_order_release);
 }
 
+struct ending {
+    struct waiter *w;
+    struct cancel__until *u;
+};
+
+/* After pthread_cond_clockwait returned (or the thread was cancelled in
+ * it): nothing of the wait is left behind. Returns why it should end. */
+static int end_wait_check(struct ending *e)
+{
+    /* release: pairs with the callback's acquire load; from here the
+     * callback need not wait for us. */
+    atomic_store_explicit(&e->w->returned, 1, memory_order_release);
+    cancel__blocked_leave();
+    cancel__hook_disarm(&e->w->hook, cancel__until_token(e->u)); /* the callback is through with w */
+    int why = cancel__until_check(e->u);
+    cancel__until_end(e->u);
+    return why;
+}
+
+static void end_wait(void *arg)
+{
+    end_wait_check(arg);
+}
+
 static struct timespec to_timespec(int64_t ns)
 {
     return (struct timespec){(time_t)(ns / 1000000000), (long)(ns % 1000000000)};
@@ -143,21 +167,20 @@ int cancel_cond_wait(cancel_token tok, pthread_cond_t *cond, pthread_mutex_t *mu
             deadline = slice;
     }
     cancel__blocked_enter("cancel_cond_wait", -1);
+    struct ending end = {&w, &u};
     int r;
+    /* pthread_cond_wait is a pthread cancellation point: if the thread is
+     * cancelled there (the mutex is then held again), end() unhooks us as
+     * a return does, so that nothing points into this frame afterwards. */
+    pthread_cleanup_push(end_wait, &end);
     if (deadline < 0) {
         r = pthread_cond_wait(cond, mutex);
     } else {
         struct timespec ts = to_timespec(deadline);
         r = pthread_cond_clockwait(cond, mutex, CLOCK_MONOTONIC, &ts);
     }
-    /* release: pairs with the callback's acquire load; from here the
-     * callback need not wait for us. */
-    atomic_store_explicit(&w.returned, 1, memory_order_release);
-    cancel__blocked_leave();
-    cancel__hook_disarm(&w.hook, wt); /* the callback is through with w */
-
-    int why = cancel__until_check(&u);
-    cancel__until_end(&u);
+    pthread_cleanup_pop(0);
+    int why = end_wait_check(&end);
     if (r != 0 && r != ETIMEDOUT)
         return r; /* EPERM, EOWNERDEAD: news about the mutex the caller must not miss */
     if (why)

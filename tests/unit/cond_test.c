@@ -217,6 +217,53 @@ static void cancel_while_holding_the_mutex(void)
     }
 }
 
+/* pthread_cond_wait is a pthread cancellation point, and so is this call:
+ * a thread cancelled in it leaves nothing registered (the callback would
+ * otherwise write into a dead frame) and the mutex held, as POSIX says. */
+static void unlock_cleanup(void *m)
+{
+    pthread_mutex_unlock(m);
+}
+
+static void *cancellable_waiter(void *arg)
+{
+    struct waiter *w = arg;
+    probe_arm(&w->p);
+    CHECK_EQ(pthread_mutex_lock(w->mu), 0);
+    pthread_cleanup_push(unlock_cleanup, w->mu);
+    while (!*w->pred && cancel_cond_wait(w->tok, w->cv, w->mu, w->timeout) == 0) {
+    }
+    pthread_cleanup_pop(1);
+    return NULL;
+}
+
+static void pthread_cancel_in_the_wait(void)
+{
+    pthread_mutex_t *m = new_mutex(PTHREAD_MUTEX_ERRORCHECK);
+    pthread_cond_t cv = PTHREAD_COND_INITIALIZER;
+    bool pred = false;
+    for (int timed = 0; timed < 2; timed++) {
+        cancel_source *src = cancel_source_new();
+        struct waiter w = {.tok = cancel_source_token(src), .cv = &cv, .mu = m, .pred = &pred,
+                           .timeout = timed ? 3600LL * 1000 * 1000 * 1000 : CANCEL_INFINITE};
+        atomic_init(&w.p.word, NULL);
+        pthread_t th = test_spawn(cancellable_waiter, &w);
+        probe_wait_blocked(&w.p, "cancel_cond_wait");
+        CHECK_EQ(pthread_cancel(th), 0);
+        void *ret;
+        CHECK_EQ(pthread_join(th, &ret), 0);
+        CHECK(ret == PTHREAD_CANCELED);
+        cancel_source_info info;
+        CHECK_EQ(cancel_source_get_info(src, &info), 0);
+        CHECK_EQ(info.registrations, 0);
+        cancel_source_cancel(src); /* runs nothing: ASan would see a write into the dead frame */
+        CHECK_EQ(pthread_mutex_lock(m), 0); /* the cleanup unlocked it */
+        CHECK_EQ(pthread_mutex_unlock(m), 0);
+        cancel_source_free(src);
+    }
+    free_mutex(m);
+}
+
 /* A retained token whose source is freed uncancelled: the wait goes on
  * until a signal, without ECANCELED. */
 static void source_freed_mid_wait(void)
@@ -384,6 +431,7 @@ int main(void)
     RUN(cancel_while_blocked);
     RUN(cancel_while_holding_the_mutex);
     RUN(source_freed_mid_wait);
+    RUN(pthread_cancel_in_the_wait);
     RUN(timeout_manual_clock);
     RUN(cancel_races_predicate_check);
     RUN(destroy_after_cancel);
