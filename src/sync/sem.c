@@ -138,15 +138,15 @@ static int wait_slow(cancel_token tok, cancel_sem *sem, int64_t timeout_ns)
         err = cancel__until_check(&u);
         if (err == ECANCELED)
             break; /* cancellation wins over a unit */
-        /* Take a unit (and stop sleeping), or count ourselves a sleeper;
-         * either way clear SIGNALED. */
+        /* Take a unit (and stop sleeping), or count ourselves a sleeper
+         * unless the time is up; either way clear SIGNALED. */
         uint64_t s = atomic_load_explicit(&sem->state, memory_order_relaxed), n;
         do {
             if (COUNT(s) > 0)
                 n = (s - 1 - (sleeping ? SLEEPER : 0)) & ~SIGNALED;
-            else if (!sleeping)
+            else if (!sleeping && !err)
                 n = (s + SLEEPER) & ~SIGNALED;
-            else if (s & SIGNALED)
+            else if (sleeping && (s & SIGNALED))
                 n = s & ~SIGNALED;
             else
                 break;
@@ -159,9 +159,9 @@ static int wait_slow(cancel_token tok, cancel_sem *sem, int64_t timeout_ns)
             took = true;
             break;
         }
-        sleeping = true;
         if (err) /* ETIMEDOUT */
             break;
+        sleeping = true;
         if (!registered) {
             cancel__hook_arm(&hook, wt, &sem->seq, NULL, NULL, false);
             registered = true;
