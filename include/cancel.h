@@ -413,6 +413,41 @@ CANCEL_API bool cancel_unregister(cancel_registration *reg);
 CANCEL_API bool cancel_unregister_nowait(cancel_registration *reg);
 
 /* ------------------------------------------------------------------------
+ * Watching a descriptor on the library thread: for adapters that must act
+ * when a descriptor turns readable (a child process ended: its pidfd) with
+ * no thread of their own.
+ * ------------------------------------------------------------------------ */
+
+/* Storage for one watch, provided by the caller (nothing is allocated). */
+typedef struct cancel_fd_watch {
+    void *cancel__private[5];
+} cancel_fd_watch;
+
+/* What runs when the descriptor is ready. */
+typedef void cancel_fd_fn(cancel_fd_watch *watch, void *arg);
+
+/* Runs fn(watch, arg) on the library thread whenever `fd` is readable or
+ * hung up, until cancel_unwatch_fd. Level-triggered: fn must consume what
+ * made it ready, or unwatch, or it runs again at once. fn shares the library
+ * thread with every asynchronous callback and deadline: keep it short, never
+ * block. The descriptor must stay open while watched; a watched descriptor
+ * keeps the library thread running (cancel_quiesce reports EBUSY); after
+ * fork() the child watches nothing. Returns 0, EINVAL (NULL watch or fn,
+ * negative fd), EEXIST (fd already watched), EPERM (fd cannot be watched:
+ * a regular file), EBADF, EMFILE/ENFILE/ENOMEM (the library thread's epoll
+ * instance could not be made), or EAGAIN (the thread could not be started).
+ * Thread-safe. */
+CANCEL_API int cancel_watch_fd(cancel_fd_watch *watch, int fd, cancel_fd_fn *fn, void *arg);
+
+/* Stops watching. Returns true if it was watched. Called from any thread
+ * but the library thread, it waits until a running fn of this watch has
+ * returned, so that what `arg` points to may be freed afterwards (so do not
+ * call it holding a lock fn takes); called from fn itself, or anything else
+ * on the library thread, it does not wait. The storage is the caller's again
+ * when it returns. Thread-safe. */
+CANCEL_API bool cancel_unwatch_fd(cancel_fd_watch *watch);
+
+/* ------------------------------------------------------------------------
  * Observability.
  * ------------------------------------------------------------------------ */
 

@@ -52,19 +52,20 @@
  * then reports ECHILD; signalling the group is no longer safe from reuse of
  * the id either, so do not do that while processes of this library live.
  *
- * The reaper. A child still running when it is freed is watched by a thread
- * of this library, "cancel-reaper", started on demand: it reaps freed
- * children as they end and exits once none is left. A freed child that
- * ignores term_signal is held (running, then reaped) until its grace ends;
- * with an infinite grace, until it exits by itself. cancel_quiesce does not
- * stop the reaper, and the library must not be unloaded (dlclose) while it
- * runs.
+ * Reaping in the background. A child still running when it is freed is
+ * watched by the library thread (cancel_watch_fd on its pidfd), which reaps
+ * it once it ends: no thread of its own. A freed child that ignores
+ * term_signal is held (running, then reaped) until its grace ends; with an
+ * infinite grace, until it exits by itself. Meanwhile the library thread
+ * stays: cancel_quiesce returns EBUSY, and cancel_stats.watched_fds counts
+ * it.
  *
  * Descriptors. Each process holds one descriptor (a pidfd) from spawn to
- * free, or until the reaper has reaped it. Calls that may need a descriptor,
- * and so may return EMFILE or ENFILE: cancel_process_spawn (the pidfd) and
- * cancel_process_wait (the wait token's descriptor, cancel_token_fd, made
- * once per source). The reaper uses one more while it runs.
+ * free, or until it is reaped in the background. Calls that may need a
+ * descriptor, and so may return EMFILE or ENFILE: cancel_process_spawn (the
+ * pidfd) and cancel_process_wait (the wait token's descriptor,
+ * cancel_token_fd, made once per source). The first watched descriptor
+ * makes the library thread an epoll instance and a wake-up descriptor.
  *
  * fork. A process object belongs to the process that spawned it. In a child
  * of fork it is to be freed, which releases the copy and signals nothing;
@@ -138,10 +139,16 @@ typedef struct cancel_process_options {
                           PATH is searched with the caller's PATH either way. */
     bool own_group;    /* the child leads a new process group and signals go to
                           the group (default true) */
+    bool share_token;  /* the child inherits the spawn token (default false): a
+                          descriptor from cancel_token_export_fd, its number in
+                          the child's environment as CANCEL_TOKEN_FD, so that a
+                          child written with libcancel calls
+                          cancel_source_new_inherited and stops on the same
+                          request with the same cause, not only on SIGTERM */
 } cancel_process_options;
 
 /* The defaults above, positionally so that C and C++ accept it. */
-#define CANCEL_PROCESS_OPTIONS_INIT {SIGTERM, INT64_C(5000000000), -1, -1, -1, NULL, NULL, true}
+#define CANCEL_PROCESS_OPTIONS_INIT {SIGTERM, INT64_C(5000000000), -1, -1, -1, NULL, NULL, true, false}
 
 /* Starts `file` with arguments `argv` (NULL-terminated; argv[0] is the
  * program's name), searching PATH as execvp and posix_spawnp do when `file`
@@ -172,7 +179,7 @@ CANCEL_API int cancel_process_spawn(cancel_token tok, const char *file, char *co
                                     const cancel_process_options *opts, cancel_process **out);
 
 /* The child's process id, or -1 for NULL. Once the child is reaped (by a
- * wait, or by the reaper) the id may belong to another process: do not
+ * wait, or in the background) the id may belong to another process: do not
  * signal it yourself, use cancel_process_signal. Thread-safe, no side
  * effect. */
 CANCEL_API pid_t cancel_process_pid(const cancel_process *p);
@@ -214,11 +221,11 @@ CANCEL_API int cancel_process_signal(cancel_process *p, int sig);
 
 /* Releases the process. A child that still runs is terminated as on
  * cancellation (term_signal, SIGKILL after the grace; nothing more if its
- * token had already done so) and reaped in the background by the reaper
- * (see the opening comment), so that it never lingers as a zombie; a child
- * that already exited is reaped here. Its status is lost. If the reaper
- * cannot be started (no thread or descriptor left), free sends SIGKILL and
- * waits for the child to end. NULL is a no-op. Not to be called twice, nor
+ * token had already done so) and reaped in the background by the library
+ * thread (see the opening comment), so that it never lingers as a zombie; a
+ * child that already exited is reaped here. Its status is lost. If it cannot
+ * be watched (no descriptor, or the library thread cannot be started), free
+ * sends SIGKILL and waits for the child to end. NULL is a no-op. Not to be called twice, nor
  * concurrently with other calls on the same process. Thread-safe otherwise;
  * may be called from a callback (it waits for nothing but this process's
  * own short callbacks, except in the fallback above). */

@@ -55,6 +55,8 @@ static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
 static pthread_mutex_t watch_mu = PTHREAD_MUTEX_INITIALIZER;
 static struct cancel__watch *watches;          /* under watch_mu */
 static size_t nwatches;                        /* under watch_mu */
+static struct cancel__watch *serving;          /* under watch_mu: whose handler runs now */
+static pthread_cond_t served = PTHREAD_COND_INITIALIZER; /* serving went back to NULL */
 static _Atomic int poller = -1, poller_wake = -1;
 static char poller_wake_key;                   /* the epoll key of poller_wake */
 
@@ -140,9 +142,16 @@ static void sleep_or_serve(uint32_t seq, int64_t next)
     pthread_mutex_lock(&watch_mu);
     for (x = watches; x && x != w; x = x->next) {
     }
-    pthread_mutex_unlock(&watch_mu);
     if (x)
-        w->ready(w);
+        serving = w; /* a remover on another thread now waits for us */
+    pthread_mutex_unlock(&watch_mu);
+    if (!x)
+        return;
+    w->ready(w);
+    pthread_mutex_lock(&watch_mu);
+    serving = NULL;
+    pthread_cond_broadcast(&served);
+    pthread_mutex_unlock(&watch_mu);
 }
 
 static void *worker_main(void *unused)
@@ -220,6 +229,7 @@ static void atfork_child(void)
     cancel__lock_atfork_child();
     watches = NULL;
     nwatches = 0;
+    serving = NULL;
     int p = atomic_exchange(&poller, -1), pw = atomic_exchange(&poller_wake, -1);
     if (p >= 0)
         cancel__fd_close(p);
@@ -295,18 +305,25 @@ int cancel__watch_add(struct cancel__watch *w)
     return err;
 }
 
-void cancel__watch_remove(struct cancel__watch *w)
+bool cancel__watch_remove(struct cancel__watch *w)
 {
     pthread_mutex_lock(&watch_mu);
-    cancel__poller_del(atomic_load(&poller), w->fd);
     struct cancel__watch **pp = &watches;
     while (*pp && *pp != w)
         pp = &(*pp)->next;
-    if (*pp) {
+    bool found = *pp != NULL;
+    if (found) {
+        cancel__poller_del(atomic_load(&poller), w->fd);
         *pp = w->next;
         nwatches--;
     }
+    /* Its handler runs on the library thread: wait for it to return,
+     * unless we are that thread (called from a handler). */
+    if (atomic_load_explicit(&thread_self, memory_order_relaxed) != cancel__self())
+        while (serving == w)
+            pthread_cond_wait(&served, &watch_mu);
     pthread_mutex_unlock(&watch_mu);
+    return found;
 }
 
 /* Under start_mu, with the thread running: waits until it has run what was

@@ -51,10 +51,10 @@ struct cancel__watch {
 CANCEL_HIDDEN int cancel__watch_add(struct cancel__watch *w);
 /* Descriptors watched now. */
 CANCEL_HIDDEN size_t cancel__watch_count(void);
-/* Stops watching: from a `ready` handler on the library thread, or from any
- * thread when the watch's descriptor cannot have become ready yet (then no
- * handler of it can be running). */
-CANCEL_HIDDEN void cancel__watch_remove(struct cancel__watch *w);
+/* Stops watching. From another thread than the library thread, waits until
+ * a handler of w that is running has returned (so the caller may then free
+ * what it uses). True if w was watched. */
+CANCEL_HIDDEN bool cancel__watch_remove(struct cancel__watch *w);
 
 static inline void cancel__worker_filed(bool wake)
 {

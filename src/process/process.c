@@ -26,38 +26,33 @@
  *    on_cancel: after that nothing but on_grace can touch the object from
  *    elsewhere, and `grace` no longer changes. The object is released (grace
  *    unregistered, timer freed, token released, pidfd closed, memory freed)
- *    once the child is reaped: at once in free if it already ended, else by
- *    the reaper.
+ *    once the child is reaped: at once in free if it already ended, else in
+ *    the background.
  *
- *  - The reaper: one thread, started on demand by free and gone when it has
- *    nothing left, waits with epoll on the pidfds of freed children that
- *    still run. `reaper_mu` guards the list of those children and the
- *    thread's existence; the thread and the epoll set are made with the
- *    first child on the list (its pidfd added before the thread starts, so
- *    the thread never waits on an empty set), and the thread leaves, closing
- *    the set, when it finds the list empty under reaper_mu. p->mu and
- *    reaper_mu are never held together. The thread is detached: nothing
- *    waits for it, and it leaves nothing behind.
+ *  - Reaping in the background needs no thread of ours: free has the
+ *    library thread watch the freed child's pidfd (cancel_watch_fd), and the
+ *    handler, which runs there once the child ended, reaps it and releases
+ *    the object. Until then the library thread stays (cancel_quiesce says
+ *    EBUSY), as for a pending deadline.
  *
- *  - fork: handlers hold reaper_mu across fork; the child forgets the
- *    parent's freed children (closing its copies of their descriptors) and
- *    the reaper, which does not exist there. Objects copied into the child
- *    are recognised by `owner` (the spawner's process id): there, free only
- *    releases the copy and callbacks signal nothing.
+ *  - fork: objects copied into a child of fork are recognised by `owner`
+ *    (the spawner's process id): there, free only releases the copy and
+ *    callbacks signal nothing; the child's library thread watches nothing.
  */
 #include <cancel/process.h>
 
 #include "block/block.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <spawn.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/epoll.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -88,8 +83,8 @@ struct cancel_process {
     int reap_err;       /* once reaped: 0, or ECHILD when someone else reaped it */
     cancel_source *grace; /* the grace timer, once armed (then never changes) */
     cancel_registration grace_reg; /* on grace: on_grace */
-    /* under reaper_mu, while on the reaper's list */
-    struct cancel_process *next;
+    /* once freed running: the library thread watches the pidfd */
+    cancel_fd_watch reap_watch;
 };
 
 static int sys_pidfd_open(pid_t pid)
@@ -229,15 +224,41 @@ static void release(struct cancel_process *p)
  * Spawn.
  * ------------------------------------------------------------------------ */
 
-static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
-static void atfork_setup(void);
 
 static bool bad_fd(int fd)
 {
     return fd < -1;
 }
 
-static int spawn_child(pid_t *pid, const char *file, char *const argv[], const cancel_process_options *o)
+/* The environment for a child sharing the token: `env` without any
+ * CANCEL_TOKEN_FD, plus CANCEL_TOKEN_FD=<fd>. One allocation; NULL if none. */
+static char **env_with_token(char *const *env, int fd)
+{
+    size_t n = 0, bytes = 0;
+    for (char *const *e = env; *e; e++, n++)
+        bytes += strlen(*e) + 1;
+    char **v = malloc((n + 2) * sizeof *v + bytes + 32);
+    if (!v)
+        return NULL;
+    char *text = (char *)(v + n + 2);
+    size_t k = 0;
+    snprintf(text, 32, "CANCEL_TOKEN_FD=%d", fd);
+    v[k++] = text;
+    text += strlen(text) + 1;
+    for (char *const *e = env; *e; e++) {
+        if (strncmp(*e, "CANCEL_TOKEN_FD=", 16) == 0)
+            continue;
+        size_t len = strlen(*e) + 1;
+        memcpy(text, *e, len);
+        v[k++] = text;
+        text += len;
+    }
+    v[k] = NULL;
+    return v;
+}
+
+static int spawn_child(pid_t *pid, const char *file, char *const argv[], const cancel_process_options *o,
+                       cancel_token tok)
 {
     posix_spawnattr_t attr;
     posix_spawn_file_actions_t fa;
@@ -273,8 +294,28 @@ static int spawn_child(pid_t *pid, const char *file, char *const argv[], const c
             err = posix_spawn_file_actions_adddup2(&fa, from[i], i);
     if (!err && o->cwd)
         err = posix_spawn_file_actions_addchdir_np(&fa, o->cwd);
+    /* share_token: the exported descriptor, above the three standard ones
+     * so that no redirection overwrites it, kept open across exec in the
+     * child only (dup2 onto itself), and named in its environment. */
+    int shared = -1;
+    char **env = NULL;
+    if (!err && o->share_token) {
+        int fd = cancel_token_export_fd(tok);
+        shared = fd >= 0 && fd < 3 ? fcntl(fd, F_DUPFD_CLOEXEC, 3) : fd;
+        if (fd >= 0 && fd < 3)
+            close(fd);
+        if (shared < 0)
+            err = errno;
+        else if (!(env = env_with_token(o->envp ? o->envp : environ, shared)))
+            err = ENOMEM;
+        else
+            err = posix_spawn_file_actions_adddup2(&fa, shared, shared);
+    }
     if (!err)
-        err = posix_spawnp(pid, file, &fa, &attr, argv, o->envp ? o->envp : environ);
+        err = posix_spawnp(pid, file, &fa, &attr, argv, env ? env : o->envp ? o->envp : environ);
+    if (shared >= 0)
+        close(shared); /* the child's copy is the one that counts */
+    free(env);
     posix_spawn_file_actions_destroy(&fa);
     posix_spawnattr_destroy(&attr);
     return err;
@@ -294,7 +335,6 @@ int cancel_process_spawn(cancel_token tok, const char *file, char *const argv[],
         bad_fd(o->stdout_fd) || bad_fd(o->stderr_fd))
         return EINVAL;
     int saved = errno;
-    pthread_once(&atfork_once, atfork_setup);
     struct cancel_process *p = calloc(1, sizeof *p);
     if (!p) {
         errno = saved;
@@ -302,7 +342,7 @@ int cancel_process_spawn(cancel_token tok, const char *file, char *const argv[],
     }
     pid_t pid;
     int pidfd = -1;
-    int err = spawn_child(&pid, file, argv, o);
+    int err = spawn_child(&pid, file, argv, o, tok);
     if (!err && (pidfd = sys_pidfd_open(pid)) < 0) {
         /* Unreaped, so its ids are still its own: kill it, reap it. */
         err = errno;
@@ -438,78 +478,24 @@ int cancel_process_signal(cancel_process *p, int sig)
 }
 
 /* ------------------------------------------------------------------------
- * Free and the reaper.
+ * Free, and reaping in the background.
  * ------------------------------------------------------------------------ */
 
-static pthread_mutex_t reaper_mu = PTHREAD_MUTEX_INITIALIZER;
-static struct cancel_process *orphans; /* under reaper_mu: freed, still running */
-static int reaper_ep = -1;             /* under reaper_mu: the epoll set while the thread lives */
-
-static void *reaper_main(void *arg)
+/* On the library thread, once a freed child's pidfd is readable. */
+static void reap_freed(cancel_fd_watch *w, void *arg)
 {
-    int ep = (int)(intptr_t)arg;
-    struct epoll_event ev[16];
-    for (;;) {
-        int n = epoll_wait(ep, ev, 16, -1);
-        bool held = false;
-        for (int i = 0; i < n; i++) {
-            struct cancel_process *p = ev[i].data.ptr;
-            int err, st;
-            if (!reaped(p, true, &err, &st)) {
-                held = true; /* ended, but a tracer holds it (see the wait) */
-                continue;
-            }
-            epoll_ctl(ep, EPOLL_CTL_DEL, p->pidfd, NULL);
-            pthread_mutex_lock(&reaper_mu);
-            struct cancel_process **pp = &orphans;
-            while (*pp != p)
-                pp = &(*pp)->next;
-            *pp = p->next;
-            pthread_mutex_unlock(&reaper_mu);
-            release(p);
-        }
-        if (held) {
-            struct timespec pause = {0, HELD_RETRY_NS};
-            nanosleep(&pause, NULL);
-        }
-        pthread_mutex_lock(&reaper_mu);
-        if (!orphans) {
-            /* The next free starts a new thread with a new set. */
-            reaper_ep = -1;
-            close(ep);
-            pthread_detach(pthread_self());
-            pthread_mutex_unlock(&reaper_mu);
-            return NULL;
-        }
-        pthread_mutex_unlock(&reaper_mu);
+    struct cancel_process *p = arg;
+    int err, st;
+    if (!reaped(p, true, &err, &st)) {
+        /* Ended, but a tracer still holds it (see the wait): look again in
+         * a millisecond. Only while a debugger holds a dead child does this
+         * sleep on the library thread. */
+        struct timespec pause = {0, HELD_RETRY_NS};
+        nanosleep(&pause, NULL);
+        return;
     }
-}
-
-/* Puts p on the reaper's list; false if no reaper could take it. */
-static bool hand_to_reaper(struct cancel_process *p)
-{
-    struct epoll_event ev = {.events = EPOLLIN, .data.ptr = p};
-    bool ok = false;
-    pthread_mutex_lock(&reaper_mu);
-    if (reaper_ep >= 0) {
-        ok = epoll_ctl(reaper_ep, EPOLL_CTL_ADD, p->pidfd, &ev) == 0;
-    } else {
-        int ep = epoll_create1(EPOLL_CLOEXEC);
-        if (ep >= 0 && epoll_ctl(ep, EPOLL_CTL_ADD, p->pidfd, &ev) == 0) {
-            pthread_t t;
-            ok = cancel__thread_start(&t, reaper_main, (void *)(intptr_t)ep, "cancel-reaper") == 0;
-        }
-        if (ok)
-            reaper_ep = ep;
-        else if (ep >= 0)
-            close(ep);
-    }
-    if (ok) {
-        p->next = orphans;
-        orphans = p;
-    }
-    pthread_mutex_unlock(&reaper_mu);
-    return ok;
+    cancel_unwatch_fd(w);
+    release(p);
 }
 
 void cancel_process_free(cancel_process *p)
@@ -523,12 +509,12 @@ void cancel_process_free(cancel_process *p)
     if (ours(p) && !reaped(p, true, &err, &st)) {
         terminate(p);
         if (!reaped(p, true, &err, &st)) {
-            if (hand_to_reaper(p)) {
+            if (cancel_watch_fd(&p->reap_watch, p->pidfd, reap_freed, p) == 0) {
                 errno = saved;
-                return; /* the reaper owns it now */
+                return; /* the library thread reaps and releases it */
             }
-            /* No reaper: end it here. Poll, then reap under the lock, so
-             * that on_grace never signals a reaped child. */
+            /* Nothing can watch it: end it here. Poll, then reap under the
+             * lock, so that on_grace never signals a reaped child. */
             kill_now(p);
             struct pollfd pfd = {p->pidfd, POLLIN, 0};
             struct timespec pause = {0, HELD_RETRY_NS};
@@ -542,36 +528,4 @@ void cancel_process_free(cancel_process *p)
     }
     release(p);
     errno = saved;
-}
-
-/* ------------------------------------------------------------------------
- * fork
- * ------------------------------------------------------------------------ */
-
-static void atfork_prepare(void)
-{
-    pthread_mutex_lock(&reaper_mu);
-}
-
-static void atfork_parent(void)
-{
-    pthread_mutex_unlock(&reaper_mu);
-}
-
-static void atfork_child(void)
-{
-    /* The parent's freed children and its reaper are not this process's:
-     * close our copies of their descriptors and forget them. */
-    for (struct cancel_process *p = orphans; p; p = p->next)
-        close(p->pidfd);
-    orphans = NULL;
-    if (reaper_ep >= 0)
-        close(reaper_ep);
-    reaper_ep = -1;
-    pthread_mutex_unlock(&reaper_mu);
-}
-
-static void atfork_setup(void)
-{
-    pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
 }

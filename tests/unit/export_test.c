@@ -59,17 +59,23 @@ static void report_cause(cancel_token t)
 
 /* ---- child roles ---- */
 
-/* Receives the token, passes it on to a "bottom" child, reaps it. */
+/* Receives the token, passes it on to a "bottom" child through the process
+ * layer (share_token), waits for it. */
 static int role_middle(void)
 {
     cancel_source *s = cancel_source_new_inherited();
     CHECK(s);
-    int fd = cancel_token_export_fd(cancel_source_token(s));
-    CHECK(fd >= 0);
-    pid_t pid = spawn_role("bottom", fd, 1);
-    close(fd);
+    cancel_process_options o = CANCEL_PROCESS_OPTIONS_INIT;
+    o.share_token = true;
+    o.grace_ns = CANCEL_INFINITE; /* the bottom stops on the token itself */
+    o.term_signal = SIGCONT;      /* harmless: it is the token that must stop it */
+    char *argv[] = {(char *)self, "bottom", NULL};
+    cancel_process *p;
+    CHECK_EQ(cancel_process_spawn(cancel_source_token(s), self, argv, &o, &p), 0);
     int status;
-    waitpid(pid, &status, 0);
+    CHECK_EQ(cancel_process_wait(CANCEL_TOKEN_NONE, p, CANCEL_INFINITE, &status), 0);
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0); /* it stopped by itself */
+    cancel_process_free(p);
     cancel_source_free(s);
     return 0;
 }

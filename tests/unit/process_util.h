@@ -178,11 +178,22 @@ static inline int count_threads_named(const char *name)
     return n;
 }
 
-/* Waits (at most PATIENCE_MS) until the reaper thread has gone. */
+/* Descriptors the library thread watches (freed children being reaped). */
+static inline size_t watched(void)
+{
+    cancel_stats st;
+    CHECK_EQ(cancel_get_stats(&st), 0);
+    return st.watched_fds;
+}
+
+/* Waits (at most PATIENCE_MS) until no freed child is being reaped in the
+ * background any more: the library thread watches nothing, and released
+ * everything. No thread of the process layer exists at any time. */
 static inline void wait_no_reaper(void)
 {
-    for (int i = 0; i < PATIENCE_MS && count_threads_named("cancel-reaper") > 0; i++)
+    for (int i = 0; i < PATIENCE_MS && watched() > 0; i++)
         test_sleep_ns(MS);
+    CHECK_EQ(watched(), 0);
     CHECK_EQ(count_threads_named("cancel-reaper"), 0);
 }
 
