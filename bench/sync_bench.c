@@ -39,38 +39,16 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "latency.h"
+
 #ifdef SYNC_BENCH_HAVE_GLIB
 #include <glib.h>
 #endif
 
-static int64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
 
-static void sleep_ns(int64_t ns)
-{
-    struct timespec ts = {(time_t)(ns / 1000000000), (long)(ns % 1000000000)};
-    while (nanosleep(&ts, &ts) != 0) {
-    }
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-static double percentile(double *v, int n, double p)
-{
-    qsort(v, (size_t)n, sizeof *v, cmp_double);
-    int i = (int)(p * (n - 1) + 0.5);
-    return v[i];
-}
 static double median(double *v, int n)
 {
-    qsort(v, (size_t)n, sizeof *v, cmp_double);
+    qsort(v, (size_t)n, sizeof *v, lat_cmp);
     return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
 }
 
@@ -94,7 +72,7 @@ static const char *kind_name[KINDS] = {"raw futex wake", "blocked in cancel_sem_
                                        "blocked in cancel_queue_pop", "blocked in cancel_cond_wait",
                                        "raw pthread_cond_broadcast"};
 
-struct lat {
+struct blocked {
     sem_t go, armed, done;
     enum kind kind;
     _Atomic uint32_t word;
@@ -109,9 +87,9 @@ struct lat {
     bool quit;
 };
 
-static void *lat_waiter(void *arg)
+static void *blocked_waiter(void *arg)
 {
-    struct lat *l = arg;
+    struct blocked *l = arg;
     for (;;) {
         sem_wait(&l->go);
         if (l->quit)
@@ -151,7 +129,7 @@ static void *lat_waiter(void *arg)
         default:
             break;
         }
-        l->t1 = now_ns();
+        l->t1 = lat_now();
         if (l->kind == COND || l->kind == RAW_COND)
             pthread_mutex_unlock(&l->mu);
         l->result = r;
@@ -159,8 +137,8 @@ static void *lat_waiter(void *arg)
     }
 }
 
-/* One sample: the waiter blocks, then we cancel (or wake) it. */
-static double lat_sample(struct lat *l, enum kind k)
+/* One sample: the waiter blocks, then we cancel (or wake) it; in ns. */
+static int64_t blocked_sample(struct blocked *l, enum kind k)
 {
     l->kind = k;
     l->flag = false;
@@ -168,8 +146,8 @@ static double lat_sample(struct lat *l, enum kind k)
     l->src = cancel_source_new();
     sem_post(&l->go);
     sem_wait(&l->armed);
-    sleep_ns(300 * 1000); /* let it fall asleep in the kernel */
-    int64_t t0 = now_ns();
+    lat_sleep_us(300); /* let it fall asleep in the kernel */
+    int64_t t0 = lat_now();
     if (k == RAW_FUTEX) {
         atomic_store(&l->word, 1);
         futex_wake(&l->word);
@@ -187,12 +165,12 @@ static double lat_sample(struct lat *l, enum kind k)
         exit(1);
     }
     cancel_source_free(l->src);
-    return (double)(l->t1 - t0) / 1000.0;
+    return l->t1 - t0;
 }
 
 static void latency(void)
 {
-    struct lat l;
+    struct blocked l;
     memset(&l, 0, sizeof l);
     sem_init(&l.go, 0, 0);
     sem_init(&l.armed, 0, 0);
@@ -202,29 +180,25 @@ static void latency(void)
     pthread_mutex_init(&l.mu, NULL);
     pthread_cond_init(&l.cv, NULL);
     pthread_t th;
-    pthread_create(&th, NULL, lat_waiter, &l);
+    pthread_create(&th, NULL, blocked_waiter, &l);
 
     enum { N = 400 };
-    static double v[KINDS][N];
+    lat v[KINDS] = {{0}};
     for (int k = 0; k < KINDS; k++) /* warm-up: the library thread, the paths */
-        lat_sample(&l, (enum kind)k);
+        blocked_sample(&l, (enum kind)k);
     for (int i = 0; i < N; i++)
         for (int k = 0; k < KINDS; k++)
-            v[k][i] = lat_sample(&l, (enum kind)k);
+            lat_add(&v[k], blocked_sample(&l, (enum kind)k));
 
-    double p50[KINDS], p99[KINDS];
-    for (int k = 0; k < KINDS; k++) {
-        p50[k] = percentile(v[k], N, 0.50);
-        p99[k] = percentile(v[k], N, 0.99);
-    }
-    printf("\ncancel-to-return latency, %d samples each, in rotation (us)\n", N);
-    printf("%-34s %15s   %-18s %15s   %s\n", "waiter", "p50/p99", "baseline", "p50/p99", "ratio p50");
+    printf("\ncancel-to-return latency, %d samples each, the kinds in rotation\n", N);
+    lat_header("waiter");
     for (int k = 1; k < RAW_COND; k++)
-        printf("%-34s %7.2f/%7.2f   %-18s %7.2f/%7.2f   %5.2fx\n", kind_name[k], p50[k], p99[k],
-               kind_name[RAW_FUTEX], p50[RAW_FUTEX], p99[RAW_FUTEX], p50[k] / p50[RAW_FUTEX]);
-    printf("%-34s %7.2f/%7.2f   (for reference: the bare condvar wake-up cancel_cond_wait builds on)\n",
-           kind_name[RAW_COND], p50[RAW_COND], p99[RAW_COND]);
+        lat_row(kind_name[k], &v[k], kind_name[RAW_FUTEX], &v[RAW_FUTEX]);
+    lat_row(kind_name[RAW_COND], &v[RAW_COND], kind_name[RAW_FUTEX], &v[RAW_FUTEX]);
+    printf("(the last row: the bare condvar wake-up that cancel_cond_wait builds on)\n");
     fflush(stdout);
+    for (int k = 0; k < KINDS; k++)
+        free(v[k].us);
 
     l.quit = true;
     sem_post(&l.go);
@@ -409,7 +383,7 @@ static double tp_run(enum impl impl, int pairs, long total, cancel_token tok)
     }
     while (atomic_load(&t.ready) < 2 * pairs)
         sched_yield();
-    int64_t t0 = now_ns();
+    int64_t t0 = lat_now();
     atomic_store_explicit(&t.start, 1, memory_order_release);
     for (int i = 0; i < pairs; i++)
         pthread_join(th[i], NULL);
@@ -417,7 +391,7 @@ static double tp_run(enum impl impl, int pairs, long total, cancel_token tok)
         tp_push(&t, STOP);
     for (int i = 0; i < pairs; i++)
         pthread_join(th[pairs + i], NULL);
-    int64_t t1 = now_ns();
+    int64_t t1 = lat_now();
     uint64_t n = (uint64_t)t.per_producer;
     if (atomic_load(&t.sum) != (uint64_t)pairs * (n * (n + 1) / 2)) {
         fprintf(stderr, "%s: items lost or duplicated\n", impl_name[impl]);
@@ -494,34 +468,34 @@ static struct mring *unc_ring;
 static double unc_sem_op(void)
 {
     cancel_token tok = cancel_source_token(unc_src);
-    int64_t t0 = now_ns();
+    int64_t t0 = lat_now();
     for (int i = 0; i < UNC_N; i++) {
         cancel_sem_post(unc_sem);
         cancel_sem_wait(tok, unc_sem, CANCEL_INFINITE);
     }
-    return (double)(now_ns() - t0) / UNC_N;
+    return (double)(lat_now() - t0) / UNC_N;
 }
 static double unc_psem_op(void)
 {
-    int64_t t0 = now_ns();
+    int64_t t0 = lat_now();
     for (int i = 0; i < UNC_N; i++) {
         sem_post(&unc_psem);
         sem_wait(&unc_psem);
     }
-    return (double)(now_ns() - t0) / UNC_N;
+    return (double)(lat_now() - t0) / UNC_N;
 }
 /* Batches of pushes then pops, so that the ring is really walked. */
 static double unc_queue(cancel_token tok)
 {
     void *item;
-    int64_t t0 = now_ns();
+    int64_t t0 = lat_now();
     for (int i = 0; i < UNC_N / UNC_BATCH; i++) {
         for (int k = 0; k < UNC_BATCH; k++)
             cancel_queue_push(tok, unc_q, (void *)(uintptr_t)k, CANCEL_INFINITE);
         for (int k = 0; k < UNC_BATCH; k++)
             cancel_queue_pop(tok, unc_q, &item, CANCEL_INFINITE);
     }
-    return (double)(now_ns() - t0) / UNC_N;
+    return (double)(lat_now() - t0) / UNC_N;
 }
 static double unc_queue_live(void)
 {
@@ -533,14 +507,14 @@ static double unc_queue_none(void)
 }
 static double unc_ring_op(void)
 {
-    int64_t t0 = now_ns();
+    int64_t t0 = lat_now();
     for (int i = 0; i < UNC_N / UNC_BATCH; i++) {
         for (int k = 0; k < UNC_BATCH; k++)
             mring_push(unc_ring, (void *)(uintptr_t)k);
         for (int k = 0; k < UNC_BATCH; k++)
             mring_pop(unc_ring);
     }
-    return (double)(now_ns() - t0) / UNC_N;
+    return (double)(lat_now() - t0) / UNC_N;
 }
 
 static void unc_row(const char *what, double (*ours)(void), const char *base_name, double (*base)(void))
