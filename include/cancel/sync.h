@@ -148,8 +148,10 @@ CANCEL_API unsigned cancel_sem_value(const cancel_sem *sem);
  * relative to any one consumer's pops. An item is never lost or duplicated:
  * a push that returns an error did not enqueue, a pop that returns an error
  * did not dequeue. Lock-free while neither full nor empty: a push or pop
- * then costs one compare-and-swap on the position plus one fenced store on
- * the item's slot, and makes no system call while nobody sleeps. */
+ * then costs one compare-and-swap on the position and one release store on
+ * the item's slot, and makes no system call while nobody sleeps. A call
+ * about to sleep first issues a process-wide memory barrier (membarrier):
+ * the price of the operations' cheap fence (docs/sync.md). */
 typedef struct cancel_queue cancel_queue;
 
 /* Creates a queue holding at most `capacity` items. Returns NULL with errno

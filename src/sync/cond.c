@@ -82,9 +82,9 @@ static void wake(void *arg)
     struct waiter *w = arg;
     if (w->tid > 0) {
         for (unsigned round = 0;; round++) {
-            /* acquire: pairs with the waiter's release store; nothing to
-             * broadcast then, and w stays valid until we return (the
-             * waiter's unregister waits for us). */
+            /* acquire: pairs with the waiter's release store: it is awake,
+             * nothing to broadcast; w stays valid until we set done (the
+             * waiter's disarm waits for it). */
             if (atomic_load_explicit(&w->returned, memory_order_acquire)) {
                 atomic_store_explicit(&w->hook.done, 1, memory_order_release);
                 return;
