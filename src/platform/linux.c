@@ -109,6 +109,21 @@ int cancel__thread_join(pthread_t t, int64_t abs_deadline_ns)
     return err == 0 ? 0 : ETIMEDOUT;
 }
 
+int cancel__mutex_owner(pthread_mutex_t *m)
+{
+#ifdef __GLIBC__
+    /* glibc writes __owner with plain stores just after taking its lock
+     * word and just before releasing it; reading it atomically makes the
+     * read one load that cannot tear. Acquire: what the releasing thread did
+     * before clearing it is visible (sync/cond.c relies on the condvar's
+     * waiter registration, made before the mutex is released). */
+    return __atomic_load_n(&m->__data.__owner, __ATOMIC_ACQUIRE);
+#else
+    (void)m;
+    return -1;
+#endif
+}
+
 static _Thread_local char self_tag;
 const void *cancel__self(void)
 {

@@ -46,6 +46,15 @@ CANCEL_HIDDEN int cancel__thread_start(pthread_t *out, void *(*fn)(void *), void
  * abs_deadline_ns (-1: forever). Returns 0 or ETIMEDOUT. */
 CANCEL_HIDDEN int cancel__thread_join(pthread_t t, int64_t abs_deadline_ns);
 
+/* The thread id (gettid) of the thread that holds `m`, 0 if it is
+ * unlocked, or -1 where the C library does not record it. glibc records it
+ * in every mutex it locks (pthread_mutex_t.__data.__owner), except when lock
+ * elision is on, which leaves it 0; other C libraries return -1. One
+ * atomic load, no system call, no lock: a snapshot that the owner may change
+ * at any moment. Callers must cope with -1 and with 0 for a held mutex
+ * (sync/cond.c falls back to bounded sleeps then). AS-safe. */
+CANCEL_HIDDEN int cancel__mutex_owner(pthread_mutex_t *m);
+
 /* A per-thread identity: the address of a thread-local object. */
 CANCEL_HIDDEN const void *cancel__self(void);
 
