@@ -16,11 +16,11 @@
 #include <cancel/io.h>      /* cancel_sleep, cancel_io_read */
 #include <cancel/process.h> /* a child process tied to a token */
 #include <cancel/signal.h>  /* Ctrl+C cancels a source */
+#include <cancel/sync.h>    /* a queue between two workers */
 #include <cancel/task.h>    /* the pool, the group, the report */
 
 #include <errno.h>
 #include <getopt.h>
-#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -71,59 +71,33 @@ static int reader(void *arg, cancel_token tok)
 }
 
 /* 3. Periodic work between interruptible sleeps: every 100 ms it hands an
- *    item to the consumer. */
-static struct mailbox {
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    int items;
-    bool closed, poisoned;
-} box = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, false, false};
+ *    item to the consumer through a queue. */
+static cancel_queue *mailbox;
 static int sleeper(void *arg, cancel_token tok)
 {
     (void)arg;
     int err;
+    static int item;
     while ((err = cancel_sleep(tok, 100 * MS)) == 0) {
         if (told_to_fail(SLEEPER))
             return ETIMEDOUT; /* "the upstream stopped answering" */
-        pthread_mutex_lock(&box.mu);
-        box.items++;
-        pthread_cond_signal(&box.cv);
-        pthread_mutex_unlock(&box.mu);
+        if ((err = cancel_queue_push(tok, mailbox, &item, CANCEL_INFINITE)) != 0)
+            break;
     }
     return err; /* ECANCELED */
 }
 
-/* 4. A consumer blocked on a condition variable of its own: a cancellation
- *    callback wakes it. */
-static void close_box(void *arg)
-{
-    (void)arg;
-    pthread_mutex_lock(&box.mu);
-    box.closed = true;
-    pthread_cond_broadcast(&box.cv);
-    pthread_mutex_unlock(&box.mu);
-}
+/* 4. A consumer blocked popping a queue. */
+static int poison; /* the item that makes it fail */
 static int consumer(void *arg, cancel_token tok)
 {
     (void)arg;
-    cancel_registration reg;
-    cancel_register(tok, &reg, close_box, NULL); /* runs at once if already cancelled */
-    int err = 0, eaten = 0;
-    pthread_mutex_lock(&box.mu);
-    while (!err) {
-        if (box.poisoned)
-            err = EBADMSG; /* "a message it cannot read" */
-        else if (box.closed)
-            err = ECANCELED;
-        else if (box.items > 0)
-            box.items--, eaten++;
-        else
-            pthread_cond_wait(&box.cv, &box.mu);
-    }
-    pthread_mutex_unlock(&box.mu);
-    cancel_unregister(&reg); /* after this, nothing of the callback runs */
-    (void)eaten;
-    return err;
+    void *item;
+    int err;
+    while ((err = cancel_queue_pop(tok, mailbox, &item, CANCEL_INFINITE)) == 0)
+        if (item == &poison)
+            return EBADMSG; /* "a message it cannot read" */
+    return err; /* ECANCELED */
 }
 
 /* 5. A child process, `sleep 60`, tied to the token: cancelling it sends
@@ -186,12 +160,8 @@ static void make_it_fail(int w)
     atomic_store(&failing, w);
     if (w == READER)
         (void)!write(pipe_fds[1], "!", 1);
-    if (w == CONSUMER) {
-        pthread_mutex_lock(&box.mu);
-        box.poisoned = true;
-        pthread_cond_broadcast(&box.cv);
-        pthread_mutex_unlock(&box.mu);
-    }
+    if (w == CONSUMER)
+        cancel_queue_push(CANCEL_TOKEN_NONE, mailbox, &poison, 0);
     cancel_process *p = atomic_load(&child_process);
     if (w == CHILD && p)
         cancel_process_signal(p, SIGKILL);
@@ -270,7 +240,8 @@ int main(int argc, char **argv)
     if (cancel_signal_watch_new(root, sigs, 2, CANCEL_SIGNAL_FORCE_SECOND, &watch) != 0)
         fprintf(stderr, "cancel_demo: Ctrl+C will not be caught\n");
     cancel_source *job = cancel_source_new_child(cancel_source_token(root), (int64_t)(timeout * 1e9), "deadline");
-    if (!root || !job || pipe(pipe_fds) != 0) {
+    mailbox = cancel_queue_new(16);
+    if (!root || !job || !mailbox || pipe(pipe_fds) != 0) {
         perror("cancel_demo");
         return 1;
     }
@@ -351,6 +322,7 @@ int main(int argc, char **argv)
     cancel_source_free(job);
     cancel_signal_watch_free(watch);
     cancel_source_free(root);
+    cancel_queue_free(mailbox);
     close(pipe_fds[0]);
     close(pipe_fds[1]);
     if (why.reason == CANCEL_REASON_SIGNAL)
