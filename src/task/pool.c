@@ -1039,15 +1039,19 @@ int cancel_task_wait(cancel_token wait_tok, cancel_task *task, int64_t timeout_n
  * Pools
  * ------------------------------------------------------------------------ */
 
-/* How long an idle thread looks for work before it parks: a wake-up costs
- * a system call on each side, so looking a little pays when tasks come in
- * bursts. A few rounds of pauses: a microsecond or two. Not longer, and no
- * sched_yield: when the pool's threads and the threads that feed them
- * outnumber the CPUs, spinning takes the CPU from the very thread that
- * brings the work; and a thread that yielded before it parked was woken
- * 0.6-1.3 us later by the scheduler (measured: submit-to-start latency). */
+/* How long an idle thread looks for work before it parks. First a few
+ * rounds of pauses, a microsecond or two: work that comes at once. Then,
+ * only if its last park was short (work comes in dense bursts, and each
+ * park costs the producer, often the bottleneck, a wake-up system call), a
+ * few yields: with more threads than CPUs they hand the CPU to the thread
+ * that brings the work instead of spinning against it. After a long park
+ * (work comes rarely, and how soon it starts matters more) it parks again
+ * at once: a thread that yielded before it parked is woken later by the
+ * scheduler (0.6-1.3 us here). */
 #define SPIN_ROUNDS 8
 #define SPIN_PAUSES 8
+#define SPIN_YIELDS 16
+#define SHORT_PARK_NS (100 * 1000)
 
 static void *worker_main(void *arg)
 {
@@ -1071,10 +1075,12 @@ static void *worker_main(void *arg)
             continue;
         }
         w->last_end = CANCEL__NO_TIME;
-        if (spins < SPIN_ROUNDS) {
-            spins++;
-            for (int i = 0; i < SPIN_PAUSES && !q_peek(p); i++)
-                cancel__cpu_relax();
+        if (spins < SPIN_ROUNDS + w->yields) {
+            if (spins++ < SPIN_ROUNDS)
+                for (int i = 0; i < SPIN_PAUSES && !q_peek(p); i++)
+                    cancel__cpu_relax();
+            else
+                sched_yield();
             continue;
         }
         /* acquire: pairs with cancel_pool_free's store, which comes after
@@ -1089,9 +1095,12 @@ static void *worker_main(void *arg)
             run_task(w, t);
             spins = 0;
             continue;
-        case IDLE_SLEEP:
+        case IDLE_SLEEP: {
+            int64_t parked = cancel__clock_ns();
             cancel__parker_sleep(w->parker, -1);
+            w->yields = cancel__clock_ns() - parked < SHORT_PARK_NS ? SPIN_YIELDS : 0;
             break;
+        }
         case IDLE_NAP:
             cancel__parker_sleep(w->parker, cancel__clock_ns() + NAP_NS);
             break;

@@ -87,6 +87,7 @@ struct cancel__worker {
                                             straight on to the next one; else CANCEL__NO_TIME */
     struct cancel__spare *spare;         /* own: freed task blocks, a batch being filled */
     unsigned dropped;                    /* own: tasks popped that had ended unrun */
+    int yields;                          /* own: how many times to yield before parking */
 };
 
 /* A freed plain task's block, waiting to be reused (pool.c): in a batch of
