@@ -75,6 +75,11 @@ static void take_snap(struct snap *s, const struct cancel__record *rec, const st
         int64_t end = atomic_load_explicit(&rec->cpu_at_end, memory_order_relaxed);
         if (at != CANCEL__NO_TIME && end != CANCEL__NO_TIME)
             s->cpu_after = end > at ? end - at : 0;
+        /* The CPU clock is read a little after the request is noted and
+         * the thread's own clock a little after it returns: one thread
+         * cannot use more CPU than the time between. */
+        if (s->cpu_after > s->response)
+            s->cpu_after = s->response;
     }
     if (s->state == CANCEL_TASK_RUNNING) {
         struct cancel_pool *p = g->pool;
@@ -95,6 +100,9 @@ static void take_snap(struct snap *s, const struct cancel__record *rec, const st
             int64_t cpu = at != CANCEL__NO_TIME ? cpu_now(w) : CANCEL__NO_TIME;
             if (cpu != CANCEL__NO_TIME)
                 s->cpu_after = cpu > at ? cpu - at : 0;
+            if (s->cpu_after != CANCEL__NO_TIME && s->cancelled != CANCEL__NO_TIME &&
+                s->cpu_after > now - s->cancelled)
+                s->cpu_after = now > s->cancelled ? now - s->cancelled : 0;
         }
         pthread_mutex_unlock(&p->report_mu);
     }
