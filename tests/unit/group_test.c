@@ -630,7 +630,7 @@ static void *stress_driver(void *arg)
 {
     struct stress *st = arg;
     uint64_t rng = (uintptr_t)&rng;
-    for (int i = 0; i < TEST_SCALE(2000); i++) {
+    for (int i = 0; i < TEST_SCALE(800); i++) {
         int r = cancel_group_spawn(st->top, stress_nest, st, "nester");
         CHECK(r == 0);
         cancel_group *g = cancel_group_new(st->pool, cancel_group_token(st->top), "side");
