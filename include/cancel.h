@@ -361,10 +361,12 @@ CANCEL_API bool cancel_clock_is_manual(void);
 
 /* Moves the manual clock forward by `ns`; ignored while it is off or for
  * ns <= 0. When it returns, every source whose deadline is due is cancelled
- * (reason TIMEOUT), their callbacks have run on the library thread (so do not
- * hold a lock those callbacks take), and every wait whose timeout passed has
- * returned or is returning. Thread-safe; from a callback on the library
- * thread it does not wait for the callbacks. */
+ * (reason TIMEOUT), their callbacks have run on the library thread (on the
+ * calling thread if the library thread is not running, after fork() or
+ * cancel_quiesce; either way, do not hold a lock those callbacks take), and
+ * every wait whose timeout passed has returned or is returning. Thread-safe;
+ * from a callback on the library thread it does not wait for the
+ * callbacks. */
 CANCEL_API void cancel_clock_advance(int64_t ns);
 
 /* ------------------------------------------------------------------------
@@ -428,7 +430,9 @@ typedef void cancel_fd_fn(cancel_fd_watch *watch, void *arg);
 
 /* Runs fn(watch, arg) on the library thread whenever `fd` is readable or
  * hung up, until cancel_unwatch_fd. Level-triggered: fn must consume what
- * made it ready, or unwatch, or it runs again at once. fn shares the library
+ * made it ready, or unwatch, or it runs again at once. fn may now and then
+ * run when `fd` is not ready (storage unwatched and watched again at the
+ * wrong moment): read it without blocking. fn shares the library
  * thread with every asynchronous callback and deadline: keep it short, never
  * block. The descriptor must stay open while watched; a watched descriptor
  * keeps the library thread running (cancel_quiesce reports EBUSY); after
@@ -472,9 +476,10 @@ typedef struct cancel_stats {
     bool thread_running;      /* the library thread is running */
     size_t slow_callbacks;    /* callbacks that ran longer than the threshold of
                                  cancel_set_slow_callback_threshold, since the start */
-    size_t watched_fds;       /* descriptors the library thread watches: two per token
-                                 exported or received across a process boundary
-                                 (<cancel/process.h>) until it is settled */
+    size_t watched_fds;       /* descriptors the library thread watches: cancel_watch_fd
+                                 (freed child processes being reaped, for one), and
+                                 two per token exported or received across a process
+                                 boundary until it is settled */
 } cancel_stats;
 
 /* Fills *out. Returns 0 or EINVAL. Thread-safe. */
@@ -499,7 +504,8 @@ CANCEL_API int64_t cancel_set_slow_callback_threshold(int64_t ns);
  * when a phase of the program is over, not in its middle. The library does
  * the same, ignoring armed deadlines, when it is unloaded or the process
  * exits. Returns 0 (stopped, or not running), EBUSY (deadlines armed or
- * descriptors watched: it runs on), ETIMEDOUT (`timeout_ns` of real time
+ * descriptors watched: it runs on; a deadline armed at the very moment its
+ * source was cancelled counts until it expires or the source is freed), ETIMEDOUT (`timeout_ns` of real time
  * passed first: a callback is still running; CANCEL_INFINITE waits), EINVAL
  * (another negative timeout), or EDEADLK (called from a callback on the
  * library thread). Thread-safe. */

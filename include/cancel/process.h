@@ -256,9 +256,12 @@ CANCEL_API int cancel_token_export_fd(cancel_token tok);
  * when every exporting process is gone. If the exporting source is freed
  * uncancelled, this source is told and is never cancelled through the
  * descriptor (its own owner may still cancel it). Takes ownership of fd and
- * closes it on every path. Returns NULL with errno EBADF (fd not open),
- * EPROTO (not an exported token), ENOMEM, or EMFILE (a descriptor is needed
- * to watch the source). Thread-safe. */
+ * closes it on every path (it is made close-on-exec at once, so that this
+ * process's own children do not hold it). Messages and origins longer than
+ * 2000 bytes arrive cut to that. Returns NULL with errno EBADF (fd not open),
+ * EPROTO (not an exported token), ENOMEM, EMFILE/ENFILE (descriptors are
+ * needed to watch it), or EAGAIN (the library thread could not be started).
+ * Thread-safe. */
 CANCEL_API cancel_source *cancel_source_new_from_fd(int fd);
 
 /* The source of a token the parent process passed through the environment

@@ -39,17 +39,38 @@ int cancel__until_check(const struct cancel__until *u)
 {
     if (cancel_token_is_requested(u->caller))
         return ECANCELED;
-    if (u->timer)
-        return cancel_token_is_requested(u->tok) ? ETIMEDOUT : 0;
+    if (u->timer) {
+        if (!cancel_token_is_requested(u->tok))
+            return 0;
+        /* The timer is the caller's child: a cancellation of the caller
+         * between our two looks reached it too, and wins. */
+        return cancel_token_is_requested(u->caller) ? ECANCELED : ETIMEDOUT;
+    }
     if (u->deadline != CANCEL_INFINITE && cancel_now() >= u->deadline)
         return ETIMEDOUT;
     return 0;
+}
+
+/* A call begun on the real clock, with the manual clock switched on since:
+ * its deadline is the manual clock's to decide now, and the kernel cannot
+ * keep it; so it waits for its other conditions (and, documented, for no
+ * timeout) rather than spin on a kernel deadline already past. */
+static bool kernel_deadline_void(const struct cancel__until *u)
+{
+    return u->kernel_deadline >= 0 && cancel_clock_is_manual();
+}
+
+int64_t cancel__until_kernel_deadline(const struct cancel__until *u)
+{
+    return kernel_deadline_void(u) ? -1 : u->kernel_deadline;
 }
 
 int cancel__until_poll_ms(const struct cancel__until *u)
 {
     if (u->kernel_deadline < 0)
         return u->deadline == CANCEL_INFINITE || u->timer ? -1 : 0;
+    if (kernel_deadline_void(u))
+        return -1;
     int64_t left = u->kernel_deadline - cancel__clock_ns();
     if (left <= 0)
         return 0;
@@ -59,7 +80,7 @@ int cancel__until_poll_ms(const struct cancel__until *u)
 
 struct timespec *cancel__until_timespec(const struct cancel__until *u, struct timespec *ts)
 {
-    if (u->kernel_deadline < 0 && (u->deadline == CANCEL_INFINITE || u->timer))
+    if ((u->kernel_deadline < 0 && (u->deadline == CANCEL_INFINITE || u->timer)) || kernel_deadline_void(u))
         return NULL;
     int64_t left = u->kernel_deadline < 0 ? 0 : u->kernel_deadline - cancel__clock_ns();
     if (left < 0)

@@ -1,16 +1,21 @@
 /*
  * The library's clock. One atomic word: the manual clock's reading, or OFF
- * for CLOCK_MONOTONIC. The real path costs one relaxed load and a branch
- * before the clock read.
+ * for CLOCK_MONOTONIC. The real path costs one load (seq_cst, a plain load
+ * on x86) and a branch before the clock read.
  *
  * Timed waits on a token register here as sleepers (a list under a mutex,
  * touched once per timed wait that blocks), so that moving the manual clock,
  * or switching it on or off, wakes the ones whose timeout it decides. The
- * Dekker argument: the mover changes the time (seq_cst), then flips ST_TICK
- * in the sleeper's word (seq_cst) and wakes it; the sleeper loads its word
- * (seq_cst), then reads the time. If its load missed the flip, the flip
- * comes later and makes the kernel's comparison of the word fail, or finds
- * it asleep and wakes it.
+ * Dekker argument: the mover changes the time (seq_cst), then bumps the tick
+ * count (ST_TICK, bits 24-31) of the sleeper's word (seq_cst) and wakes it;
+ * the sleeper loads its word (seq_cst), then reads the time. If its load
+ * missed the bump, the bump comes later and makes the kernel's comparison of
+ * the word fail, or finds it asleep and wakes it. A count rather than a bit:
+ * two sleepers on one word bumped twice must not find it back as it was
+ * (256 bumps inside one such window would be needed for that).
+ *
+ * fork: sleepers_mu is held across fork by handlers of this file's own,
+ * installed with the first sleeper, and the child starts with no sleeper.
  */
 #include "clock.h"
 
@@ -64,8 +69,28 @@ bool cancel__clock_move(int64_t ns)
     }
 }
 
+static void atfork_prepare(void)
+{
+    pthread_mutex_lock(&sleepers_mu);
+}
+static void atfork_parent(void)
+{
+    pthread_mutex_unlock(&sleepers_mu);
+}
+static void atfork_child(void)
+{
+    sleepers = NULL; /* the sleeping threads are the parent's */
+    pthread_mutex_unlock(&sleepers_mu);
+}
+static void install_atfork(void)
+{
+    pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
+}
+static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
+
 void cancel__clock_sleeper_add(struct cancel__sleeper *z)
 {
+    pthread_once(&atfork_once, install_atfork);
     pthread_mutex_lock(&sleepers_mu);
     z->prev = NULL;
     z->next = sleepers;
@@ -95,7 +120,7 @@ void cancel__clock_wake_sleepers(int64_t now)
             continue;
         /* The word's memory is safe: the sleeper holds a reference to its
          * source and leaves the list (under this mutex) before dropping it. */
-        atomic_fetch_xor(z->word, ST_TICK);
+        atomic_fetch_add(z->word, ST_TICK); /* wraps within bits 24-31 */
         cancel__futex_wake(z->word, INT_MAX);
     }
     pthread_mutex_unlock(&sleepers_mu);

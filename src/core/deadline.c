@@ -20,7 +20,7 @@ int cancel_source_cancel_after(cancel_source *s, int64_t delay_ns)
     if (delay_ns == CANCEL_INFINITE) {
         /* Disarms a pending deadline; a cancelled source keeps the one it had. */
         if (cancel__timer_slot_live(atomic_load_explicit(&s->timer_slot, memory_order_relaxed)))
-            cancel__timer_disarm(s);
+            cancel__timer_disarm(s, false);
         return 0;
     }
     if (delay_ns < 0)
@@ -142,9 +142,9 @@ int64_t cancel_token_deadline(cancel_token tok)
                         continue;
                     if (seen_insert(&k, p))
                         continue;
+                    if (!push(&k, p)) /* out of memory: a partial answer */
+                        break;
                     cancel__retain(p);
-                    if (!push(&k, p))
-                        cancel__release(p); /* out of memory: a partial answer */
                 }
             }
             cancel__source_unlock(x, held);

@@ -15,7 +15,7 @@
  * depth first without recursion: the child's callbacks run where its link
  * stood in the parent's order, before the parent's older callbacks.
  *
- * Who calls it: the owner's cancel and fail (cancel.c) on the caller's
+ * Who calls it: the owner's cancel and fail (request.c) on the caller's
  * thread; the library thread (worker.c) for async cancels and deadlines.
  */
 #include "dispatch.h"
@@ -34,7 +34,7 @@ static _Atomic size_t slow_callbacks;
 
 int64_t cancel_set_slow_callback_threshold(int64_t ns)
 {
-    /* relaxed: a dispatcher reads it once per source; no data hangs on it. */
+    /* relaxed: read once per dispatch; no data hangs on it. */
     return atomic_exchange_explicit(&slow_threshold, ns < 0 ? CANCEL_INFINITE : ns, memory_order_relaxed);
 }
 

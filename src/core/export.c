@@ -256,8 +256,9 @@ static bool import_read(struct cancel_source *src, int sock)
             int code = (int)get_u32(b + 7);
             uint16_t ml = get_u16(b + 11), ol = get_u16(b + 13);
             size_t mlen = ml == 0xffff ? 0 : ml, olen = ol == 0xffff ? 0 : ol;
-            if (reason >= CANCEL_REASON_REQUESTED && reason <= CANCEL_REASON_SIGNAL &&
-                15 + mlen + olen <= (size_t)n) {
+            /* From another process: every length is checked before use. */
+            if (reason >= CANCEL_REASON_REQUESTED && reason <= CANCEL_REASON_SIGNAL && mlen <= TEXT_MAX &&
+                olen <= TEXT_MAX && 15 + mlen + olen <= (size_t)n) {
                 char msg[TEXT_MAX + 1], org[TEXT_MAX + 1];
                 memcpy(msg, b + 15, mlen);
                 msg[mlen] = 0;
@@ -290,12 +291,17 @@ static void import_source_ready(struct cancel__watch *w)
 
 cancel_source *cancel_source_new_from_fd(int fd)
 {
-    int err = 0;
+    int err = 0, saved = errno;
     struct cancel_source *s = NULL;
-    if (fd < 0 || fcntl(fd, F_GETFD) < 0) {
+    int flags = fd < 0 ? -1 : fcntl(fd, F_GETFD);
+    if (flags < 0) {
         errno = EBADF;
         return NULL;
     }
+    /* Ours now: not to be inherited by this process's own children, whose
+     * copies would keep the exporter from seeing us go. */
+    if (!(flags & FD_CLOEXEC))
+        (void)fcntl(fd, F_SETFD, flags | FD_CLOEXEC);
     unsigned char b[sizeof(struct record)];
     ssize_t n;
     do
@@ -312,19 +318,11 @@ cancel_source *cancel_source_new_from_fd(int fd)
         err = ENOMEM;
         goto fail;
     }
-    if (mono >= 0) {
-        bool wake;
-        if (cancel__worker_ensure() != 0 ||
-            (err = cancel__timer_arm(s, from_monotonic(mono), &wake)) != 0) {
-            err = err ? err : EAGAIN;
-            goto fail;
-        }
-        cancel__worker_filed(wake);
-    }
     /* A cause sent already (exported cancelled) is applied before we return. */
     if (recv(fd, b, sizeof b, MSG_DONTWAIT | MSG_PEEK) > 0) {
         (void)import_read(s, fd);
         cancel__fd_close(fd);
+        errno = saved;
         return s;
     }
     struct import *m = malloc(sizeof *m);
@@ -341,8 +339,8 @@ cancel_source *cancel_source_new_from_fd(int fd)
     m->tok = cancel_token_retain(cancel_source_token(s));
     m->on_wire = (struct cancel__watch){fd, import_wire_ready, NULL};
     m->on_source = (struct cancel__watch){dfd, import_source_ready, NULL};
-    /* The source's own descriptor can fire only once the caller has it (or
-     * through the wire): add it first, the wire last. */
+    /* Nothing can cancel s before both watches are in place (its deadline
+     * is armed last), so neither handler can tear m down under us. */
     if ((err = cancel__watch_add(&m->on_source)) != 0) {
         cancel_token_release(m->tok);
         cancel__fd_close(dfd);
@@ -356,6 +354,20 @@ cancel_source *cancel_source_new_from_fd(int fd)
         errno = err;
         return NULL;
     }
+    if (mono >= 0) {
+        bool wake;
+        int64_t at = from_monotonic(mono);
+        if (at == CANCEL_INFINITE)
+            at = CANCEL_INFINITE - 1; /* a time, not the "none" sentinel */
+        if ((err = cancel__timer_arm(s, at, &wake)) != 0) {
+            /* Both watched: freeing s makes on_source tear it all down. */
+            cancel_source_free(s);
+            errno = err;
+            return NULL;
+        }
+        cancel__worker_filed(wake);
+    }
+    errno = saved;
     return s;
 fail:
     if (s)

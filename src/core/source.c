@@ -78,7 +78,7 @@ void cancel_source_free(cancel_source *s)
     /* acquire: pairs with the release store of the slot when the deadline
      * fires (timer.c), so that its dispatch's reference is counted below. */
     if (atomic_load_explicit(&s->timer_slot, memory_order_acquire))
-        cancel__timer_disarm(s);
+        cancel__timer_disarm(s, true);
 
     /* acquire: pairs with the acq_rel decrements of earlier holders. */
     if (atomic_load_explicit(&s->refs, memory_order_acquire) == 1) {
@@ -147,7 +147,7 @@ bool cancel_source_try_reset(cancel_source *s)
     /* Disarm first: a deadline that fires does so under the timer lock, so
      * after this either it has set REQUESTED (seen below) or it never will. */
     if (atomic_load_explicit(&s->timer_slot, memory_order_relaxed))
-        cancel__timer_disarm(s);
+        cancel__timer_disarm(s, false);
     cancel__held held = cancel__source_lock(s);
     bool ok = !(atomic_load_explicit(cancel__word(s), memory_order_relaxed) & ST_REQUESTED);
     if (ok)

@@ -61,8 +61,10 @@ enum {
     ST_INTRUDER = 1u << 11,    /* a thread holds the lock as an intruder into a
                                   dispatch (lock.h) */
     ST_MESSAGE_LOST = 1u << 12, /* FAILED, but the message could not be copied */
-    ST_TICK = 1u << 13,        /* flipped to wake timed waiters when the manual
-                                  clock moves (clock.c); means nothing else */
+    ST_TICK = 1u << 24,        /* a count in bits 24-31, bumped to wake timed waiters
+                                  when the manual clock moves (clock.c); means
+                                  nothing else. A count, not a bit: two bumps must
+                                  not give the word back its old value. */
     ST_REASON_SHIFT = 8,       /* 3 bits of cancel_reason */
     ST_REASON_MASK = 7u << 8,
     ST_SIGNO_SHIFT = 16, /* 8 bits: signal number for CANCEL_REASON_SIGNAL */

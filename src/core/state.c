@@ -33,7 +33,7 @@ bool cancel__mark(struct cancel_source *s, uint32_t bits)
          * everything the caller did before; acquire makes extra->fd visible
          * when ST_HAS_FD is set (pairs with the fetch_or in cancel_token_fd);
          * seq_cst orders it before the worker-wanted load in cancel_async
-         * (the Dekker pair described in cancel.c). */
+         * (the Dekker pair described in request.c). */
     } while (!atomic_compare_exchange_weak_explicit(w, &st, st | bits, memory_order_seq_cst,
                                                     memory_order_relaxed));
     if (st & ST_WAITERS)

@@ -81,10 +81,7 @@ static struct {
     size_t count;                     /* under lock: pending entries (levels below LEVELS) */
     struct entry *spare;              /* under lock: a MIN_CAP array kept for reuse */
     int64_t sleep_until;              /* under lock: when the library thread next looks */
-    struct cancel_source **due;       /* under lock: take_due's list */
-    uint32_t due_cap;
-    struct cancel_source *due0[64];
-} T = {.sleep_until = INT64_MAX, .due = T.due0, .due_cap = 64};
+} T = {.sleep_until = INT64_MAX};
 
 static unsigned shift_of(unsigned level)
 {
@@ -126,10 +123,15 @@ static void where(int64_t deadline, unsigned *level, unsigned *bucket)
         p = T.cur;
     if (p - T.cur > (UINT64_C(1) << 60))
         p = T.cur + (UINT64_C(1) << 60);
+    /* Within cur's block of the top level (2^62 ns), so that the highest
+     * differing group is a level we have and the bucket is never behind
+     * `cur` (which would file it again in the same place, for ever). Such
+     * an entry moves down when `cur` crosses into the next block. */
+    uint64_t block_end = T.cur | ((UINT64_C(1) << (G0 + 6 * LEVELS)) - 1);
+    if (p > block_end)
+        p = block_end;
     uint64_t differ = (p ^ T.cur) >> G0;
     unsigned l = differ < BUCKETS ? 0 : (unsigned)(63 - __builtin_clzll(differ)) / 6;
-    if (l >= LEVELS) /* only 109 years after the wheel's first use */
-        l = LEVELS - 1;
     *level = l;
     *bucket = (unsigned)(p >> shift_of(l)) & (BUCKETS - 1);
 }
@@ -250,6 +252,7 @@ static int64_t file(struct cancel_source *s, int64_t deadline)
 static int64_t next_event(unsigned *level_out, unsigned *bucket_out, bool *refile)
 {
     int64_t best = INT64_MAX;
+    bool found = false;
     for (unsigned l = 0; l < LEVELS; l++) {
         if (!T.nonempty[l])
             continue;
@@ -274,7 +277,8 @@ static int64_t next_event(unsigned *level_out, unsigned *bucket_out, bool *refil
                         t = b->v[i].deadline;
             }
         }
-        if (t < best) {
+        if (!found || t < best) { /* an event at INT64_MAX is an event too */
+            found = true;
             best = t;
             *level_out = l;
             *bucket_out = j;
@@ -353,10 +357,11 @@ int cancel__timer_arm(struct cancel_source *s, int64_t deadline, bool *wake)
     return 0;
 }
 
-void cancel__timer_disarm(struct cancel_source *s)
+void cancel__timer_disarm(struct cancel_source *s, bool kept_too)
 {
     cancel__lock(&T.lock);
-    remove_slot(s);
+    if (kept_too || cancel__timer_slot_live(atomic_load_explicit(&s->timer_slot, memory_order_relaxed)))
+        remove_slot(s);
     cancel__unlock(&T.lock);
 }
 
@@ -399,10 +404,10 @@ static int by_deadline(const void *a, const void *b)
 }
 
 /* Under lock: takes the entries of level-0 bucket j that are due at `now`,
- * in deadline order, lists their sources in T.due and moves the entries to
- * the kept level. Returns how many (at most T.due_cap: without memory for a
- * longer list, the rest are taken on the next round). */
-static uint32_t take_due(unsigned j, int64_t now)
+ * in deadline order: marks each source (TIMEOUT), retains the ones it
+ * cancelled and appends them to *fired_tail, and moves the entries to the
+ * kept level. Returns how many it took. */
+static uint32_t take_due(unsigned j, int64_t now, struct cancel_source ***fired_tail)
 {
     struct bucket *b = &T.b[0][j];
     if (b->n > 1)
@@ -410,24 +415,22 @@ static uint32_t take_due(unsigned j, int64_t now)
     uint32_t k = 0;
     while (k < b->n && b->v[k].deadline <= now)
         k++;
-    if (k > T.due_cap) {
-        struct cancel_source **d = malloc((size_t)k * sizeof *d);
-        if (d) {
-            if (T.due != T.due0)
-                free(T.due);
-            T.due = d;
-            T.due_cap = k;
-        } else {
-            k = T.due_cap;
-        }
-    }
     for (uint32_t i = 0; i < k; i++) {
         struct entry e = b->v[i];
-        T.due[i] = e.src;
+        /* Marked under the lock, so that try_reset, which disarms first,
+         * sees the mark if the deadline fired; retained before the slot
+         * changes (the top of the file). */
+        if (cancel__mark(e.src, ST_REQUESTED | cancel__reason_bits(CANCEL_REASON_TIMEOUT, 0))) {
+            cancel__retain(e.src);
+            e.src->next_pending = NULL;
+            **fired_tail = e.src;
+            *fired_tail = &e.src->next_pending;
+        }
         unsigned kb = (unsigned)(((uintptr_t)e.src >> 6) % KEPT_BUCKETS);
         uint32_t ki;
         uint32_t slot = push(LEVELS, kb, e, &ki) == 0 ? slot_encode(LEVELS, kb, ki) : 0;
-        /* release: see the top of the file (the caller retains first). */
+        /* release: pairs with the acquire load in cancel_source_free, which
+         * then sees our reference. */
         atomic_store_explicit(&e.src->timer_slot, slot, memory_order_release);
     }
     /* What stays keeps its order, shifted down. */
@@ -459,18 +462,7 @@ struct cancel_source *cancel__timer_fire_due(int64_t *next_deadline)
         if (!refile) {
             /* Due entries leave in deadline order, so that callbacks of
              * deadlines passed in one look run in that order too. */
-            uint32_t k = take_due(j, now);
-            for (uint32_t i = 0; i < k; i++) {
-                struct cancel_source *src = T.due[i];
-                /* Marked under the lock, so that try_reset, which disarms
-                 * first, sees the mark if the deadline fired. */
-                if (cancel__mark(src, ST_REQUESTED | cancel__reason_bits(CANCEL_REASON_TIMEOUT, 0))) {
-                    cancel__retain(src);
-                    src->next_pending = NULL;
-                    *fired_tail = src;
-                    fired_tail = &src->next_pending;
-                }
-            }
+            (void)take_due(j, now, &fired_tail);
         } else {
             /* Cascade: from the bucket's start on, its entries belong lower. */
             struct bucket moved = *b;

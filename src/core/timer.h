@@ -12,8 +12,9 @@
  * stays). *wake says the new deadline is the earliest event: the library
  * thread must be woken to sleep less. */
 CANCEL_HIDDEN int cancel__timer_arm(struct cancel_source *s, int64_t deadline, bool *wake);
-/* Removes s's deadline, pending or kept. */
-CANCEL_HIDDEN void cancel__timer_disarm(struct cancel_source *s);
+/* Removes s's pending deadline; its kept one too if kept_too (checked under
+ * the timer lock: a deadline that fires meanwhile is kept unless kept_too). */
+CANCEL_HIDDEN void cancel__timer_disarm(struct cancel_source *s, bool kept_too);
 /* s was cancelled: its pending deadline will not fire, but is kept for
  * cancel__timer_deadline until s is freed or reset. */
 CANCEL_HIDDEN void cancel__timer_keep(struct cancel_source *s);

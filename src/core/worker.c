@@ -136,8 +136,11 @@ static void sleep_or_serve(uint32_t seq, int64_t next)
         return;
     }
     /* Taking watch_mu orders this after the watch was added (its owner's
-     * writes to it are visible), and finds it still watched: only this
-     * thread removes watches, so it cannot go away meanwhile. */
+     * writes to it are visible), and finds whether it is still watched: a
+     * remover on another thread waits for `serving`, so it cannot go away
+     * while its handler runs. (Storage unwatched and watched again between
+     * the event and this look may get one call it did not earn: handlers
+     * must tolerate a descriptor that is not ready, cancel_watch_fd says.) */
     struct cancel__watch *w = key, *x;
     pthread_mutex_lock(&watch_mu);
     for (x = watches; x && x != w; x = x->next) {
@@ -189,6 +192,7 @@ static void *worker_main(void *unused)
             /* `running` is clear by now (see the top of the file). */
             bool idle = cancel__timer_pending() == 0 && cancel__watch_count() == 0;
             if (idle || stop == STOP_FORCED) {
+                atomic_store_explicit(&thread_self, NULL, memory_order_relaxed);
                 atomic_store(&stop_result, RESULT_STOPPED);
                 cancel__futex_wake(&stop_result, INT_MAX);
                 return NULL;
@@ -230,6 +234,7 @@ static void atfork_child(void)
     watches = NULL;
     nwatches = 0;
     serving = NULL;
+    pthread_cond_init(&served, NULL); /* copied mid-use, maybe */
     int p = atomic_exchange(&poller, -1), pw = atomic_exchange(&poller_wake, -1);
     if (p >= 0)
         cancel__fd_close(p);
@@ -248,11 +253,23 @@ static void install_atfork(void)
     pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
 }
 
+static bool on_library_thread(void)
+{
+    /* Only the thread itself can read its own identity here (relaxed: no
+     * other thread's value can ever equal ours). */
+    return atomic_load_explicit(&thread_self, memory_order_relaxed) == cancel__self();
+}
+
 int cancel__worker_ensure(void)
 {
     if (!atomic_load(&cancel__worker_wanted_flag))
         atomic_store(&cancel__worker_wanted_flag, 1); /* before `running`: see request.c */
     if (atomic_load(&cancel__worker_running_flag))
+        return 0;
+    /* A callback on the library thread while a stopper cleared `running`:
+     * the thread exists (it is us), and the stopper holds start_mu. What we
+     * file now makes it refuse to stop (the top of the file). */
+    if (on_library_thread())
         return 0;
     pthread_once(&atfork_once, install_atfork);
     /* From the first registration on, locks are in use: make their release
@@ -276,14 +293,20 @@ int cancel__watch_add(struct cancel__watch *w)
         return err;
     pthread_mutex_lock(&watch_mu);
     if (atomic_load(&poller) < 0) {
-        int p = cancel__poller_open();
-        int pw = p >= 0 ? cancel__eventfd_open() : p;
-        if (p < 0 || pw < 0 || (err = cancel__poller_add(p, pw, &poller_wake_key)) != 0) {
+        /* The wake-up descriptor is made once and kept for the life of the
+         * process (kickers use it without a lock); the poller comes and
+         * goes with the thread. */
+        int pw = atomic_load(&poller_wake);
+        bool new_pw = pw < 0;
+        if (new_pw)
+            pw = cancel__eventfd_open();
+        int p = pw >= 0 ? cancel__poller_open() : pw;
+        if (p < 0 || (err = cancel__poller_add(p, pw, &poller_wake_key)) != 0) {
             if (!err)
-                err = p < 0 ? -p : -pw;
+                err = -p;
             if (p >= 0)
                 cancel__fd_close(p);
-            if (pw >= 0)
+            if (new_pw && pw >= 0)
                 cancel__fd_close(pw);
             pthread_mutex_unlock(&watch_mu);
             return err;
@@ -344,22 +367,17 @@ static int barrier_wait(int64_t deadline)
     }
 }
 
-static bool on_library_thread(void)
-{
-    return atomic_load_explicit(&thread_self, memory_order_relaxed) == cancel__self() &&
-           atomic_load(&cancel__worker_running_flag);
-}
-
 void cancel__worker_drain(void)
 {
     if (on_library_thread())
         return;
     pthread_mutex_lock(&start_mu);
-    if (atomic_load(&cancel__worker_running_flag))
+    bool running = atomic_load(&cancel__worker_running_flag);
+    if (running)
         (void)barrier_wait(-1);
-    else
-        drain_queue();
     pthread_mutex_unlock(&start_mu);
+    if (!running)
+        drain_queue(); /* user callbacks: never under start_mu */
 }
 
 static int quiesce(int64_t timeout_ns, bool force)
@@ -368,50 +386,58 @@ static int quiesce(int64_t timeout_ns, bool force)
         return EDEADLK; /* from a callback on the library thread itself */
     int64_t deadline = timeout_ns == CANCEL_INFINITE ? -1 : cancel__add_sat(cancel__clock_ns(), timeout_ns);
     pthread_mutex_lock(&start_mu);
-    int err = 0;
     if (!atomic_load(&cancel__worker_running_flag)) {
-        /* No thread: run what waits for one here. */
-        drain_queue();
-        err = cancel__timer_pending() || cancel__watch_count() ? EBUSY : 0;
         pthread_mutex_unlock(&start_mu);
-        return err;
+        /* No thread: run what waits for one here (user callbacks: never
+         * under start_mu, which they may need). */
+        drain_queue();
+        return cancel__timer_pending() || cancel__watch_count() ? EBUSY : 0;
     }
-    err = barrier_wait(deadline);
+    int err = barrier_wait(deadline);
+    bool stopped = false;
     if (err == 0) {
+        /* From here on, callbacks the thread still runs see `running`
+         * cleared; cancel__worker_ensure lets them through (they are on the
+         * thread), and what they file makes the thread refuse. */
         atomic_store(&cancel__worker_running_flag, 0);
         atomic_store(&stop_result, RESULT_NONE);
-        atomic_store(&stop_req, force ? STOP_FORCED : STOP_ASKED);
+        int asked = force ? STOP_FORCED : STOP_ASKED;
+        atomic_store(&stop_req, asked);
         cancel__worker_kick();
         uint32_t r;
-        int asked = force ? STOP_FORCED : STOP_ASKED;
+        bool claimed = false;
         while ((r = atomic_load(&stop_result)) == RESULT_NONE) {
             /* Out of time and the thread has not claimed the request yet
              * (it runs a callback queued meanwhile): withdraw it. Once it
              * has claimed it, its answer comes without running anything. */
-            int64_t until = deadline;
-            if (deadline >= 0 && cancel__clock_ns() >= deadline) {
-                if (atomic_compare_exchange_strong(&stop_req, &asked, STOP_NONE))
+            int64_t until = claimed ? -1 : deadline;
+            if (!claimed && deadline >= 0 && cancel__clock_ns() >= deadline) {
+                int expected = asked;
+                if (atomic_compare_exchange_strong(&stop_req, &expected, STOP_NONE))
                     break;
+                claimed = true; /* it took it: its answer is on the way */
                 until = -1;
             }
             cancel__futex_wait(&stop_result, RESULT_NONE, until);
         }
-        if (r == RESULT_STOPPED && cancel__thread_join(thread, deadline) == 0) {
-            atomic_store_explicit(&thread_self, NULL, memory_order_relaxed);
-            /* No watch left (or forced): let the poller go too. */
-            pthread_mutex_lock(&watch_mu);
-            if (!watches) {
-                int p = atomic_exchange(&poller, -1), pw = atomic_exchange(&poller_wake, -1);
-                if (p >= 0)
-                    cancel__fd_close(p);
-                if (pw >= 0)
-                    cancel__fd_close(pw);
+        if (r == RESULT_STOPPED) {
+            if (cancel__thread_join(thread, deadline) == 0) {
+                stopped = true;
+                /* No watch left (or forced): the poller goes too. Its wake-up
+                 * descriptor stays: a kicker may be about to write to it, and
+                 * a number closed and reused would take its bytes. */
+                pthread_mutex_lock(&watch_mu);
+                if (!watches) {
+                    int p = atomic_exchange(&poller, -1);
+                    if (p >= 0)
+                        cancel__fd_close(p);
+                }
+                pthread_mutex_unlock(&watch_mu);
+            } else {
+                /* Stopped, still returning: let it go by itself. */
+                pthread_detach(thread);
+                err = ETIMEDOUT;
             }
-            pthread_mutex_unlock(&watch_mu);
-            /* A post that raced the stop waits in the queue: run it here. */
-            drain_queue();
-        } else if (r == RESULT_STOPPED) {
-            err = ETIMEDOUT; /* stopped but still returning: it is not ours to restart */
         } else {
             /* Refused (EBUSY), or withdrawn in time: it goes on. */
             atomic_store(&cancel__worker_running_flag, 1);
@@ -419,6 +445,8 @@ static int quiesce(int64_t timeout_ns, bool force)
         }
     }
     pthread_mutex_unlock(&start_mu);
+    if (stopped)
+        drain_queue(); /* a post that raced the stop; never under start_mu */
     return err;
 }
 

@@ -160,7 +160,7 @@ int cancel_cond_wait(cancel_token tok, pthread_cond_t *cond, pthread_mutex_t *mu
     }
     bool registered = w.hook.armed;
 
-    int64_t deadline = u.kernel_deadline;
+    int64_t deadline = cancel__until_kernel_deadline(&u);
     if (!w.tid && registered) {
         int64_t slice = cancel__add_sat(cancel__clock_ns(), SLICE_NS);
         if (deadline < 0 || slice < deadline)
@@ -186,6 +186,6 @@ int cancel_cond_wait(cancel_token tok, pthread_cond_t *cond, pthread_mutex_t *mu
     if (why)
         return why; /* ECANCELED wins over a wake-up; ETIMEDOUT over a spurious one */
     if (r == ETIMEDOUT)
-        return deadline == u.kernel_deadline ? ETIMEDOUT : 0; /* a slice ended: spurious */
+        return deadline == cancel__until_kernel_deadline(&u) ? ETIMEDOUT : 0; /* a slice ended: spurious */
     return r;
 }

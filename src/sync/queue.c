@@ -348,7 +348,7 @@ static int wait_slow(cancel_token tok, cancel_queue *q, bool push, void *in, voi
             continue;
         }
         cancel__blocked_enter(push ? "cancel_queue_push" : "cancel_queue_pop", -1);
-        int64_t deadline = u.kernel_deadline;
+        int64_t deadline = cancel__until_kernel_deadline(&u);
         if (bounded) {
             int64_t soon = cancel__add_sat(cancel__clock_ns(), 1000000);
             deadline = deadline < 0 || soon < deadline ? soon : deadline;

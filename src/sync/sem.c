@@ -168,7 +168,7 @@ static int wait_slow(cancel_token tok, cancel_sem *sem, int64_t timeout_ns)
             continue; /* an inline callback only bumped seq: look again */
         }
         cancel__blocked_enter("cancel_sem_wait", -1);
-        cancel__futex_wait(&sem->seq, seq, u.kernel_deadline);
+        cancel__futex_wait(&sem->seq, seq, cancel__until_kernel_deadline(&u));
         cancel__blocked_leave();
     }
     if (took) {

@@ -10,7 +10,7 @@
  * thread's allocations only (create, linked create, descriptor, names, fail
  * messages, arming and re-arming deadlines, thread start). The library
  * thread's allocations (cascading deadlines down the wheel, keeping fired
- * deadlines for cancel_token_deadline, the list of deadlines due at once)
+ * deadlines for cancel_token_deadline)
  * are covered by refusing every allocation of every thread while they
  * happen: cascade_without_memory (real clock) and fire_without_memory
  * (manual clock, where firing happens in cancel_clock_advance).
@@ -344,8 +344,8 @@ static void cascade_without_memory(void)
 }
 
 /* Deadlines fire with no memory at all: none is lost or late, and what
- * could not be kept is only the report of the deadline. More than 64 fire at
- * once, so the list of those due must grow, and cannot. */
+ * could not be kept is only the report of the deadline (the kept level's
+ * arrays must grow, and cannot). */
 static void fire_without_memory(void)
 {
     enum { N = 200 };

@@ -180,6 +180,92 @@ static void child_timeouts_on_manual_clock(void)
     cancel_clock_use_manual(false);
 }
 
+/* Two timed waits on one token, both ended by one advance. (The race this
+ * guards, a waiter between reading its word and sleeping while two bumps
+ * of the tick pass, cannot be forced from here; the tick is a count so
+ * that two bumps never give the word back.) */
+struct tid_waiter {
+    struct waiter w;
+    _Atomic int tid;
+};
+static void *timed_wait_tid(void *arg)
+{
+    struct tid_waiter *t = arg;
+    atomic_store(&t->tid, test_tid());
+    return timed_wait(&t->w);
+}
+/* Thread `tid` is asleep in a futex wait on `word` (/proc's syscall file:
+ * the call's number and first argument). */
+struct on_word {
+    int tid;
+    void *word;
+};
+static bool asleep_on_word(void *arg)
+{
+    struct on_word *o = arg;
+    char path[64], buf[256];
+    snprintf(path, sizeof path, "/proc/self/task/%d/syscall", o->tid);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return false;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    long nr;
+    unsigned long a0;
+    return sscanf(buf, "%ld %lx", &nr, &a0) == 2 && nr == SYS_futex && (void *)a0 == o->word;
+}
+
+static void two_waiters_one_advance(void)
+{
+    cancel_clock_use_manual(true);
+    for (int round = 0; round < TEST_SCALE(100); round++) {
+        cancel_source *s = cancel_source_new();
+        struct tid_waiter a = {{cancel_source_token(s), 1000, TEST_GATE_INIT, TEST_GATE_INIT, -1}, 0};
+        struct tid_waiter b = {{cancel_source_token(s), 1000, TEST_GATE_INIT, TEST_GATE_INIT, -1}, 0};
+        pthread_t ta = test_spawn(timed_wait_tid, &a), tb = test_spawn(timed_wait_tid, &b);
+        test_gate_wait(&a.w.started);
+        test_gate_wait(&b.w.started);
+        /* both in cancel_token_wait's futex on the token's word: their
+         * deadlines are fixed */
+        struct on_word oa = {atomic_load(&a.tid), &((struct cancel_source *)s)->head.cancel__word};
+        struct on_word ob = {atomic_load(&b.tid), oa.word};
+        CHECK(test_wait_until(asleep_on_word, &oa, 20LL * 1000000000));
+        CHECK(test_wait_until(asleep_on_word, &ob, 20LL * 1000000000));
+        cancel_clock_advance(1000); /* both deadlines at once */
+        CHECK(test_gate_wait_for(&a.w.done, 20LL * 1000000000));
+        CHECK(test_gate_wait_for(&b.w.done, 20LL * 1000000000));
+        test_join(ta);
+        test_join(tb);
+        cancel_source_free(s);
+    }
+    cancel_clock_use_manual(false);
+}
+
+/* The end of time: a deadline at the largest time, and one more than 2^62 ns
+ * past the wheel's start, fire when the manual clock gets there. */
+static void end_of_time(void)
+{
+    cancel_clock_use_manual(true);
+    cancel_source *far = cancel_source_new(), *early = cancel_source_new();
+    CHECK_EQ(cancel_source_cancel_after(early, 1000000), 0);
+    cancel_clock_advance(4500000000000000000LL); /* 142 years */
+    CHECK(cancel_token_is_requested(cancel_source_token(early)));
+    CHECK_EQ(cancel_source_cancel_after(far, 200000000000000000LL), 0); /* crosses 2^62 */
+    cancel_clock_advance(199999999999999999LL);
+    CHECK(!cancel_token_is_requested(cancel_source_token(far)));
+    cancel_clock_advance(1);
+    CHECK(cancel_token_is_requested(cancel_source_token(far)));
+    cancel_source *last = cancel_source_new();
+    CHECK_EQ(cancel_source_cancel_after(last, INT64_MAX), 0); /* saturates */
+    cancel_clock_advance(INT64_MAX);                         /* returns */
+    CHECK(cancel_token_is_requested(cancel_source_token(last)));
+    cancel_source_free(far);
+    cancel_source_free(early);
+    cancel_source_free(last);
+    cancel_clock_use_manual(false);
+}
+
 int main(void)
 {
     RUN(now_is_monotonic_real_time);
@@ -189,5 +275,7 @@ int main(void)
     RUN(wait_switched_to_real_time);
     RUN(concurrent_advances_add_up);
     RUN(child_timeouts_on_manual_clock);
+    RUN(two_waiters_one_advance);
+    RUN(end_of_time); /* last: the wheel's position stays at the end of time */
     return 0;
 }

@@ -372,6 +372,64 @@ static void bad_descriptors(void)
     CHECK_EQ(errno, EBADF);
 }
 
+/* Records made by hand (the format of src/core/export.c), as a broken or
+ * hostile peer might send them. */
+static int peer_end = -1; /* the peer stays open (no end of file) until the next */
+static int peer_with(const unsigned char *rec1, size_t n1, const unsigned char *rec2, size_t n2)
+{
+    int sv[2];
+    CHECK(socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) == 0);
+    CHECK(send(sv[0], rec1, n1, 0) == (ssize_t)n1);
+    if (rec2)
+        CHECK(send(sv[0], rec2, n2, 0) == (ssize_t)n2);
+    if (peer_end >= 0)
+        close(peer_end);
+    peer_end = sv[0];
+    return sv[1];
+}
+static void hello(unsigned char h[14], int64_t deadline)
+{
+    memcpy(h, "CNCL\x01\x01", 6);
+    for (int i = 0; i < 8; i++)
+        h[6 + i] = (unsigned char)((uint64_t)deadline >> (8 * i));
+}
+static void hostile_records(void)
+{
+    /* A deadline already passed, no cause yet: the source fires on its own
+     * while the library is still setting it up (ASan watches). */
+    for (int i = 0; i < TEST_SCALE(2000); i++) {
+        unsigned char h[14];
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        hello(h, (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec - 1000000);
+        cancel_source *s = cancel_source_new_from_fd(peer_with(h, sizeof h, NULL, 0));
+        CHECK(s);
+        CHECK(cancel_token_wait(cancel_source_token(s), 20LL * 1000000000));
+        CHECK_EQ(cancel_token_cause(cancel_source_token(s)).reason, CANCEL_REASON_TIMEOUT);
+        cancel_source_free(s);
+    }
+    /* Lengths beyond what a record may carry: refused as broken, never
+     * copied (the exporter is then as good as gone). */
+    static unsigned char c[15 + 4000];
+    memcpy(c, "CNCL\x01\x02", 6);
+    c[6] = CANCEL_REASON_FAILED;
+    c[7] = 5;
+    c[11] = 4000 & 0xff;
+    c[12] = 4000 >> 8;
+    memset(c + 15, 'A', 4000);
+    unsigned char h[14];
+    hello(h, -1);
+    cancel_source *s = cancel_source_new_from_fd(peer_with(h, sizeof h, c, sizeof c));
+    CHECK(s);
+    cancel_cause cause = cancel_token_cause(cancel_source_token(s));
+    CHECK_EQ(cause.reason, CANCEL_REASON_FAILED);
+    CHECK_EQ(cause.code, EPIPE);
+    cancel_source_free(s);
+    CHECK(test_wait_until(nothing_watched, NULL, 20LL * 1000000000));
+    close(peer_end);
+    peer_end = -1;
+}
+
 int main(int argc, char **argv)
 {
     self = "/proc/self/exe";
@@ -387,6 +445,7 @@ int main(int argc, char **argv)
         return 2;
     }
     RUN(bad_descriptors);
+    RUN(hostile_records);
     RUN(exported_cancelled_and_in_process);
     RUN(no_sigpipe);
     RUN(failure_crosses_two_boundaries);

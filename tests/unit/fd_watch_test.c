@@ -5,6 +5,7 @@
 #include <cancel.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <sys/eventfd.h>
 #include <unistd.h>
 
 static _Thread_local int on_main;
@@ -145,11 +146,72 @@ static void unwatch_from_the_handler(void)
     close(p[1]);
 }
 
+/* The library thread's wake-up descriptor is never closed while others may
+ * write to it: a number closed and reused (here by pipes) would receive the
+ * wake-ups' bytes. Threads cycle watches and stops, post asynchronous
+ * cancels, and make pipes that must stay empty. */
+static _Atomic int churn;
+static void nop(cancel_fd_watch *w, void *arg)
+{
+    (void)w;
+    (void)arg;
+}
+static void *cycle_watch(void *arg)
+{
+    (void)arg;
+    int efd = eventfd(0, EFD_CLOEXEC);
+    CHECK(efd >= 0);
+    while (!atomic_load(&churn)) {
+        cancel_fd_watch w;
+        if (cancel_watch_fd(&w, efd, nop, NULL) == 0)
+            cancel_unwatch_fd(&w);
+        (void)cancel_quiesce(CANCEL_INFINITE);
+    }
+    close(efd);
+    return NULL;
+}
+static void *kick(void *arg)
+{
+    (void)arg;
+    while (!atomic_load(&churn)) {
+        cancel_source *s = cancel_source_new();
+        cancel_source_cancel_async(s);
+        cancel_source_free(s);
+    }
+    return NULL;
+}
+static void wake_ups_land_nowhere_else(void)
+{
+    cancel_source *keep = cancel_source_new();
+    cancel_registration r; /* so that async cancels are queued and kick */
+    CHECK_EQ(cancel_register(cancel_source_token(keep), &r, test_never, NULL), 0);
+    atomic_store(&churn, 0);
+    pthread_t a = test_spawn(cycle_watch, NULL), b = test_spawn(kick, NULL);
+    long foreign = 0;
+    for (int i = 0; i < TEST_SCALE(100000); i++) {
+        int p[2];
+        CHECK(pipe2(p, O_NONBLOCK | O_CLOEXEC) == 0);
+        char buf[16];
+        if (read(p[0], buf, sizeof buf) > 0)
+            foreign++;
+        close(p[0]);
+        close(p[1]);
+    }
+    atomic_store(&churn, 1);
+    test_join(a);
+    test_join(b);
+    CHECK_EQ(foreign, 0);
+    CHECK(cancel_unregister(&r));
+    cancel_source_free(keep);
+    CHECK_EQ(cancel_quiesce(CANCEL_INFINITE), 0);
+}
+
 int main(void)
 {
     RUN(bad_arguments);
     RUN(runs_on_the_library_thread);
     RUN(unwatch_waits_for_a_running_handler);
     RUN(unwatch_from_the_handler);
+    RUN(wake_ups_land_nowhere_else);
     return 0;
 }

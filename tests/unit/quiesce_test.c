@@ -205,6 +205,76 @@ static void quiesce_races_use(void)
     CHECK_EQ(cancel_quiesce(CANCEL_INFINITE), 0);
 }
 
+/* Callbacks queued while the thread is stopped run in the next quiesce, on
+ * its caller, and may register (which needs the start of a thread): no
+ * lock of the library is held while they run. */
+static cancel_source *later;
+static cancel_registration later_reg;
+static void registers(void *arg)
+{
+    test_gate *g = arg;
+    CHECK_EQ(cancel_register(cancel_source_token(later), &later_reg, test_never, NULL), 0);
+    test_gate_open(g);
+}
+static void callback_registers_after_quiesce(void)
+{
+    test_gate done = TEST_GATE_INIT;
+    later = cancel_source_new();
+    cancel_source *s = cancel_source_new();
+    cancel_registration r;
+    CHECK_EQ(cancel_register(cancel_source_token(s), &r, registers, &done), 0);
+    CHECK_EQ(cancel_quiesce(CANCEL_INFINITE), 0);   /* stopped */
+    CHECK(cancel_source_cancel_async(s));           /* queued, no thread */
+    CHECK_EQ(cancel_quiesce(CANCEL_INFINITE), 0);   /* runs it here; it registers */
+    CHECK(test_gate_is_open(&done));
+    CHECK(cancel_unregister(&later_reg));
+    cancel_source_free(s);
+    cancel_source_free(later);
+    CHECK_EQ(cancel_quiesce(CANCEL_INFINITE), 0);
+}
+
+/* Callbacks that register, arm deadlines or quiesce while a stop is in
+ * progress: nothing deadlocks, and the thread goes on when it must. */
+static _Atomic int churn_stop;
+static void busy_callback(void *arg)
+{
+    (void)arg;
+    cancel_source *x = cancel_source_new();
+    cancel_registration r;
+    CHECK_EQ(cancel_register(cancel_source_token(x), &r, test_never, NULL), 0);
+    CHECK(cancel_unregister(&r));
+    cancel_source_free(x);
+    /* EDEADLK on the library thread; 0 or EBUSY where a quiesce runs what
+     * the stopped thread left (on the quiescer's thread) */
+    int rc = cancel_quiesce(CANCEL_INFINITE);
+    CHECK(rc == EDEADLK || rc == 0 || rc == EBUSY);
+}
+static void *post_busy(void *arg)
+{
+    (void)arg;
+    while (!atomic_load(&churn_stop)) {
+        cancel_source *s = cancel_source_new();
+        cancel_registration r;
+        CHECK_EQ(cancel_register(cancel_source_token(s), &r, busy_callback, NULL), 0);
+        cancel_source_cancel_async(s);
+        cancel_unregister(&r);
+        cancel_source_free(s);
+    }
+    return NULL;
+}
+static void stop_races_callbacks_that_register(void)
+{
+    atomic_store(&churn_stop, 0);
+    pthread_t t = test_spawn(post_busy, NULL);
+    for (int i = 0; i < TEST_SCALE(2000); i++) {
+        int rc = cancel_quiesce(CANCEL_INFINITE);
+        CHECK(rc == 0 || rc == EBUSY);
+    }
+    atomic_store(&churn_stop, 1);
+    test_join(t);
+    CHECK_EQ(cancel_quiesce(CANCEL_INFINITE), 0);
+}
+
 int main(void)
 {
     RUN(bad_timeout_and_nothing_to_do);
@@ -215,5 +285,7 @@ int main(void)
     RUN(edeadlk_on_the_library_thread);
     RUN(deferred_release_is_done);
     RUN(quiesce_races_use);
+    RUN(callback_registers_after_quiesce);
+    RUN(stop_races_callbacks_that_register);
     return 0;
 }
