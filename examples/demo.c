@@ -8,6 +8,8 @@
  *   cancel_demo --timeout 0.5        by a shorter one
  *   cancel_demo --fail reader        a worker fails half-way: its siblings stop with its cause
  *   cancel_demo --json | python3 -m json.tool      the report as JSON (the live view on stderr)
+ *   cancel_demo --child              one more worker: a separate process running libcancel, stopped
+ *                                    by the same token, across the process boundary, with its cause
  *   Ctrl+C                           stops everything at once; a second Ctrl+C quits at once
  *
  * Read it top to bottom: the workers, then main.
@@ -44,7 +46,7 @@ static bool told_to_fail(int me)
  * stopped because its token was cancelled. ---- */
 
 /* 1. A CPU loop that checks its token on every round: one load. */
-enum { CRUNCH, READER, SLEEPER, CONSUMER, CHILD, STUBBORN, WORKERS };
+enum { CRUNCH, READER, SLEEPER, CONSUMER, CHILD, STUBBORN, REMOTE, WORKERS };
 static int crunch(void *arg, cancel_token tok)
 {
     (void)arg;
@@ -146,12 +148,63 @@ static int stubborn(void *arg, cancel_token tok)
     }
 }
 
+/* 7. (--child) A worker that is a separate process running libcancel: this
+ *    very program, started with --remote-worker and sharing the task's token
+ *    (share_token). There it becomes a source of its own
+ *    (cancel_source_new_inherited), cancelled when ours is, with our cause:
+ *    the request crosses the process boundary. */
+static cancel_process *_Atomic remote_process;
+static int remote(void *arg, cancel_token tok)
+{
+    (void)arg;
+    char *argv[] = {"cancel_demo", "--remote-worker", NULL};
+    cancel_process_options o = CANCEL_PROCESS_OPTIONS_INIT;
+    o.share_token = true;     /* the child listens to this very token */
+    o.term_signal = SIGCONT;  /* so no SIGTERM races the token: harmless... */
+    o.grace_ns = 2000 * MS;   /* ...and SIGKILL only if it ignored both for 2 s */
+    cancel_process *p;
+    int err = cancel_process_spawn(tok, "/proc/self/exe", argv, &o, &p);
+    if (err)
+        return err;
+    atomic_store(&remote_process, p);
+    int status = 0;
+    err = cancel_process_wait(CANCEL_TOKEN_NONE, p, CANCEL_INFINITE, &status);
+    atomic_store(&remote_process, NULL);
+    cancel_process_free(p);
+    if (err)
+        return err;
+    if (WIFEXITED(status) && WEXITSTATUS(status) == 0 && cancel_token_is_requested(tok))
+        return ECANCELED; /* it stopped by itself, on our request */
+    return ECHILD;
+}
+
+/* The other side: main() runs this in the child process. */
+static int remote_worker(void)
+{
+    cancel_source *s = cancel_source_new_inherited(); /* the parent's token, here */
+    if (!s) {
+        perror("cancel_demo --remote-worker");
+        return 1;
+    }
+    cancel_token tok = cancel_source_token(s);
+    unsigned long rounds = 0;
+    while (cancel_sleep(tok, 10 * MS) == 0) /* a stand-in for the process's own work */
+        rounds++;
+    cancel_cause c = cancel_token_cause(tok);
+    fprintf(stderr, "           remote worker, pid %d: stopped after %lu rounds, cause: %s%s%s (origin \"%s\")\n",
+            (int)getpid(), rounds, cancel_reason_name(c.reason), c.message ? ": " : "",
+            c.message ? c.message : "", c.origin ? c.origin : "?");
+    cancel_source_free(s);
+    return 0;
+}
+
 static const struct {
     const char *name;
     cancel_task_fn *fn;
 } workers[WORKERS] = {
     [CRUNCH] = {"crunch", crunch},       [READER] = {"reader", reader},   [SLEEPER] = {"sleeper", sleeper},
     [CONSUMER] = {"consumer", consumer}, [CHILD] = {"child", child},      [STUBBORN] = {"stubborn", stubborn},
+    [REMOTE] = {"remote", remote},
 };
 
 /* Makes the worker told to fail notice: through what it waits for. */
@@ -165,16 +218,21 @@ static void make_it_fail(int w)
     cancel_process *p = atomic_load(&child_process);
     if (w == CHILD && p)
         cancel_process_signal(p, SIGKILL);
+    p = atomic_load(&remote_process);
+    if (w == REMOTE && p)
+        cancel_process_signal(p, SIGKILL);
 }
 
 /* ---- main ---- */
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: cancel_demo [--timeout SECONDS] [--fail NAME] [--json] [--help]\n"
+    fprintf(f, "usage: cancel_demo [--timeout SECONDS] [--fail NAME] [--child] [--json] [--help]\n"
                "  --timeout SECONDS  the group's deadline (default 2)\n"
                "  --fail NAME        make one worker fail half-way: crunch, reader, sleeper,\n"
-               "                     consumer, child or stubborn\n"
+               "                     consumer, child, stubborn (or remote, with --child)\n"
+               "  --child            one more worker, in a separate process running libcancel,\n"
+               "                     stopped by the same token with the same cause\n"
                "  --json             print the report as JSON on stdout (the live view goes to stderr)\n"
                "  --help             this text\n"
                "Ctrl+C cancels everything at once; a second Ctrl+C quits at once.\n");
@@ -188,12 +246,14 @@ static double seconds_since(int64_t start)
 int main(int argc, char **argv)
 {
     double timeout = 2.0;
-    bool json = false;
+    bool json = false, remote_too = false;
     int fail = -1;
     static const struct option options[] = {{"timeout", required_argument, NULL, 't'},
                                             {"fail", required_argument, NULL, 'f'},
+                                            {"child", no_argument, NULL, 'c'},
                                             {"json", no_argument, NULL, 'j'},
                                             {"help", no_argument, NULL, 'h'},
+                                            {"remote-worker", no_argument, NULL, 'r'},
                                             {NULL, 0, NULL, 0}};
     for (int c; (c = getopt_long(argc, argv, "", options, NULL)) != -1;) {
         char *end = NULL;
@@ -215,9 +275,14 @@ int main(int argc, char **argv)
                 return 2;
             }
             break;
+        case 'c':
+            remote_too = true;
+            break;
         case 'j':
             json = true;
             break;
+        case 'r': /* not for people: how --child starts its process */
+            return remote_worker();
         case 'h':
             usage(stdout);
             return 0;
@@ -229,6 +294,11 @@ int main(int argc, char **argv)
     if (optind < argc) {
         fprintf(stderr, "cancel_demo: unexpected argument \"%s\"\n", argv[optind]);
         usage(stderr);
+        return 2;
+    }
+    int nworkers = remote_too ? WORKERS : REMOTE; /* the remote worker only with --child */
+    if (fail == REMOTE && !remote_too) {
+        fprintf(stderr, "cancel_demo: --fail remote needs --child\n");
         return 2;
     }
 
@@ -250,21 +320,21 @@ int main(int argc, char **argv)
     /* A pool with a thread per worker, and a group whose token is a child
      * of the job's: the deadline, Ctrl+C, or the first failing worker
      * cancels every worker. */
-    cancel_pool *pool = cancel_pool_new(WORKERS, "demo");
+    cancel_pool *pool = cancel_pool_new((size_t)nworkers, "demo");
     cancel_group *group = cancel_group_new(pool, cancel_source_token(job), "demo");
     if (!pool || !group) {
         perror("cancel_demo");
         return 1;
     }
     int64_t start = cancel_now();
-    for (int w = 0; w < WORKERS; w++)
+    for (int w = 0; w < nworkers; w++)
         cancel_group_spawn(group, workers[w].fn, NULL, workers[w].name);
 
     /* The live view: a status line redrawn in place on a terminal, plain
      * log lines otherwise. With --json it goes to stderr. */
     FILE *view = json ? stderr : stdout;
     bool tty = isatty(fileno(view));
-    fprintf(view, "%7.3f s  %d workers started; deadline in %g s%s%s\n", 0.0, WORKERS, timeout,
+    fprintf(view, "%7.3f s  %d workers started; deadline in %g s%s%s\n", 0.0, nworkers, timeout,
             fail >= 0 ? "; failing half-way: " : "", fail >= 0 ? workers[fail].name : "");
     size_t stopped_before = 0, stragglers_before = 0;
     bool told = false, said_cancel = false;
@@ -287,7 +357,7 @@ int main(int argc, char **argv)
                 said_cancel = true;
             }
             if (stopped != stopped_before)
-                fprintf(view, "%7.3f s  %zu of %d workers stopped\n", seconds_since(start), stopped, WORKERS);
+                fprintf(view, "%7.3f s  %zu of %d workers stopped\n", seconds_since(start), stopped, nworkers);
             if (st.stragglers > stragglers_before)
                 fprintf(view, "%7.3f s  %zu straggler%s: running %s after the request\n", seconds_since(start),
                         st.stragglers, st.stragglers == 1 ? "" : "s", "100 ms");
@@ -301,7 +371,7 @@ int main(int argc, char **argv)
             make_it_fail(fail);
             told = true;
         }
-        cancel_token_wait(CANCEL_TOKEN_NONE, 20 * MS); /* nothing can cancel it: a 20 ms pause */
+        cancel_sleep(CANCEL_TOKEN_NONE, 20 * MS); /* a 20 ms pause that nothing cancels */
     }
     if (tty)
         fprintf(view, "\n");

@@ -12,6 +12,7 @@
 #include "worker.h"
 
 #include <stdlib.h>
+#include <string.h>
 
 int cancel_source_cancel_after(cancel_source *s, int64_t delay_ns)
 {
@@ -106,13 +107,35 @@ static bool push(struct walk *k, struct cancel_source *s)
     return true;
 }
 
+/* The name of s (or the origin it reports, for a source received from
+ * another process), copied; NULL if none or no memory. s is held. */
+static char *origin_copy(struct cancel_source *s)
+{
+    struct cancel__extra *ex = atomic_load_explicit(&s->extra, memory_order_acquire);
+    if (!ex)
+        return NULL;
+    const char *n = ex->deadline_origin ? ex->deadline_origin : atomic_load_explicit(&ex->name, memory_order_acquire);
+    return n ? strdup(n) : NULL;
+}
+
 int64_t cancel_token_deadline(cancel_token tok)
 {
+    return cancel__token_deadline_origin(tok, NULL);
+}
+
+int64_t cancel__token_deadline_origin(cancel_token tok, char **origin)
+{
+    if (origin)
+        *origin = NULL;
     struct cancel_source *s = cancel__source_of(tok);
     if (!s)
         return CANCEL_INFINITE;
-    if (!(atomic_load_explicit(cancel__word(s), memory_order_relaxed) & ST_LINKED))
-        return cancel__timer_deadline(s); /* the common case: nothing to walk */
+    if (!(atomic_load_explicit(cancel__word(s), memory_order_relaxed) & ST_LINKED)) {
+        int64_t d = cancel__timer_deadline(s); /* the common case: nothing to walk */
+        if (origin && d != CANCEL_INFINITE)
+            *origin = origin_copy(s);
+        return d;
+    }
 
     struct walk k = {.cap = 16, .seen_cap = 32};
     k.stack = k.stack0;
@@ -126,8 +149,13 @@ int64_t cancel_token_deadline(cancel_token tok)
     while (k.n) {
         struct cancel_source *x = k.stack[--k.n];
         int64_t d = cancel__timer_deadline(x);
-        if (d != CANCEL_INFINITE && d < best)
+        if (d != CANCEL_INFINITE && d < best) {
             best = d;
+            if (origin) { /* whose deadline it is, while we hold x */
+                free(*origin);
+                *origin = origin_copy(x);
+            }
+        }
         if (atomic_load_explicit(cancel__word(x), memory_order_relaxed) & ST_LINKED) {
             struct cancel__linked *l = (struct cancel__linked *)x;
             /* Under x's lock, x's links stay hooked (cancel_source_free sets

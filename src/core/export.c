@@ -9,6 +9,7 @@
  * forked without exec too, since they inherit the end), and no record can
  * raise SIGPIPE (sent with MSG_NOSIGNAL). Records, little framing:
  *   HELLO  magic, version, the deadline at export (CLOCK_MONOTONIC, or none)
+ *          and the name of the source whose deadline it is
  *   CAUSE  reason, code, message, origin    the token was cancelled
  *   NEVER                                   the source was freed uncancelled
  * Processes are assumed to share one time namespace (CLOCK_MONOTONIC).
@@ -43,7 +44,7 @@ static const char magic[4] = {'C', 'N', 'C', 'L'};
 /* Records are packed by hand (little-endian, fixed offsets), so both sides
  * need no struct layout in common beyond this file. */
 struct record {
-    unsigned char b[4 + 1 + 1 + 8 + 4 + 2 + 2 + 2 * TEXT_MAX];
+    unsigned char b[4 + 1 + 1 + 8 + 4 + 2 + 2 + 2 * TEXT_MAX]; /* the largest: CAUSE */
     size_t n;
 };
 static void put(struct record *r, const void *p, size_t n)
@@ -166,8 +167,13 @@ int cancel_token_export_fd(cancel_token tok)
     int err = 0;
     struct record r;
     begin(&r, REC_HELLO);
-    int64_t d = cancel_token_deadline(tok);
+    char *dorg = NULL;
+    int64_t d = cancel__token_deadline_origin(tok, &dorg);
     put_u64(&r, (uint64_t)(d == CANCEL_INFINITE ? -1 : to_monotonic(d)));
+    size_t dl = dorg ? strnlen(dorg, TEXT_MAX) : 0;
+    put_u16(&r, dorg ? (uint16_t)dl : 0xffff);
+    put(&r, dorg ? dorg : "", dl);
+    free(dorg);
     if ((err = send_record(sv[0], &r)) != 0)
         goto fail;
     if (cancel_token_is_requested(tok) || !cancel_token_can_be_canceled(tok)) {
@@ -309,7 +315,10 @@ cancel_source *cancel_source_new_from_fd(int fd)
     while (n < 0 && errno == EINTR);
     /* An exported descriptor has its HELLO waiting: anything else (no
      * record, not a socket, not ours) is not one. */
-    if (n < 6 + 8 || memcmp(b, magic, 4) != 0 || b[4] != VERSION || b[5] != REC_HELLO) {
+    uint16_t dl = n >= 16 ? get_u16(b + 14) : 0;
+    size_t dlen = dl == 0xffff ? 0 : dl;
+    if (n < 16 || memcmp(b, magic, 4) != 0 || b[4] != VERSION || b[5] != REC_HELLO || dlen > TEXT_MAX ||
+        16 + dlen > (size_t)n) {
         err = EPROTO;
         goto fail;
     }
@@ -317,6 +326,13 @@ cancel_source *cancel_source_new_from_fd(int fd)
     if (!(s = cancel__source_create())) {
         err = ENOMEM;
         goto fail;
+    }
+    if (mono >= 0 && dl != 0xffff) {
+        /* Whose deadline it is: the origin of a timeout that fires here.
+         * Without memory, only that name is lost. */
+        struct cancel__extra *ex = cancel__extra_get(s);
+        if (ex)
+            ex->deadline_origin = strndup((const char *)b + 16, dlen);
     }
     /* A cause sent already (exported cancelled) is applied before we return. */
     if (recv(fd, b, sizeof b, MSG_DONTWAIT | MSG_PEEK) > 0) {

@@ -113,6 +113,7 @@ void cancel__destroy(struct cancel_source *s)
             free(atomic_load_explicit(&ex->name, memory_order_relaxed));
             free(ex->message);
             free(ex->origin);
+            free(ex->deadline_origin);
             int fd = atomic_load_explicit(&ex->fd, memory_order_relaxed);
             if (fd >= 0)
                 cancel__fd_close(fd);
@@ -150,6 +151,7 @@ struct cancel__extra *cancel__extra_get(struct cancel_source *s)
     atomic_init(&n->name, NULL);
     n->message = NULL;
     n->origin = NULL;
+    n->deadline_origin = NULL;
     atomic_init(&n->fd, -1);
     if (atomic_compare_exchange_strong_explicit(&s->extra, &ex, n, memory_order_acq_rel,
                                                 memory_order_acquire))

@@ -126,6 +126,10 @@ struct cancel__extra {
     char *origin;         /* a cause's origin received from another process (the
                              source's name stays its own); under the source lock,
                              read after acquiring REQUESTED */
+    char *deadline_origin; /* a source received from another process: the name of
+                             the exporter's source whose deadline it was armed with,
+                             reported as the origin when that deadline fires here;
+                             set before the source is returned, then read-only */
     _Atomic int fd;       /* -1 until created (CAS) */
 };
 /* The message of a failure whose message could not be copied (no memory). */

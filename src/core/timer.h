@@ -20,6 +20,10 @@ CANCEL_HIDDEN void cancel__timer_disarm(struct cancel_source *s, bool kept_too);
 CANCEL_HIDDEN void cancel__timer_keep(struct cancel_source *s);
 /* s's deadline, pending or kept, or CANCEL_INFINITE. */
 CANCEL_HIDDEN int64_t cancel__timer_deadline(struct cancel_source *s);
+/* cancel_token_deadline, and in *origin (the caller's to free) a copy of
+ * the name of the source whose deadline it is (NULL if none, unnamed, or no
+ * memory): what a timeout's cause reports as its origin. In deadline.c. */
+CANCEL_HIDDEN int64_t cancel__token_deadline_origin(cancel_token tok, char **origin);
 /* Deadlines pending (not fired, not disarmed, not kept). */
 CANCEL_HIDDEN size_t cancel__timer_pending(void);
 /* Marks every source whose deadline passed (TIMEOUT) and returns them

@@ -41,8 +41,11 @@ cancel_cause cancel_token_cause(cancel_token tok)
     if (ex) {
         if (c.reason == CANCEL_REASON_FAILED)
             c.message = ex->message;
-        /* A cause received from another process keeps its origin there. */
-        c.origin = ex->origin ? ex->origin : atomic_load_explicit(&ex->name, memory_order_acquire);
+        /* A cause received from another process keeps its origin there;
+         * so does a deadline received with it, when it fires here. */
+        c.origin = ex->origin                                                ? ex->origin
+                   : c.reason == CANCEL_REASON_TIMEOUT && ex->deadline_origin ? ex->deadline_origin
+                                                                              : atomic_load_explicit(&ex->name, memory_order_acquire);
     }
     if (c.reason == CANCEL_REASON_FAILED && !c.message &&
         (atomic_load_explicit(cancel__word(origin), memory_order_relaxed) & ST_MESSAGE_LOST))
