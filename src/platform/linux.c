@@ -62,16 +62,22 @@ void cancel__eventfd_signal(int fd)
     int saved = errno;
     uint64_t one = 1;
     /* The counter cannot overflow: it is written at most twice per source.
-     * write(2) is async-signal-safe. */
-    ssize_t r = write(fd, &one, sizeof one);
-    (void)r;
+     * A raw system call: AS-safe, and not a pthread cancellation point
+     * (write(2) is one), so that a cancel never unwinds a thread from the
+     * middle of a cancellation. */
+    (void)syscall(SYS_write, fd, &one, sizeof one);
     errno = saved;
 }
 
 void cancel__fd_close(int fd)
 {
-    int saved = errno;
+    /* Through the C library, so that sanitizers see the descriptor go (a
+     * number reused afterwards is no race to them), with pthread
+     * cancellation held off: close(2) is a cancellation point. */
+    int saved = errno, old;
+    pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &old);
     close(fd);
+    pthread_setcancelstate(old, NULL);
     errno = saved;
 }
 

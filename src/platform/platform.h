@@ -5,7 +5,8 @@
  *
  * Every function here leaves errno as it found it, so that library calls
  * never disturb the caller's errno, and none is a pthread cancellation
- * point unless it says so.
+ * point unless it says so (the library never cancels threads, but its
+ * callers may: a call of ours must not be where their thread unwinds).
  */
 #ifndef CANCEL_PLATFORM_H
 #define CANCEL_PLATFORM_H
@@ -34,7 +35,8 @@ CANCEL_HIDDEN int64_t cancel__clock_ns(void);
 CANCEL_HIDDEN int cancel__eventfd_open(void);
 /* Makes it readable. AS-safe. */
 CANCEL_HIDDEN void cancel__eventfd_signal(int fd);
-/* Closes a descriptor through the C library (so that sanitizers see it). */
+/* Closes a descriptor through the C library (so that sanitizers see it),
+ * with pthread cancellation held off. Not AS-safe. */
 CANCEL_HIDDEN void cancel__fd_close(int fd);
 
 /* Starts a joinable thread with every signal blocked, named `name`. Returns
