@@ -21,7 +21,11 @@
  * the waker touches the group only inside that critical section: the
  * waiter sets WAITERS under the stripe too, and cancel_group_free takes the
  * stripe once after the group is closed, before it frees anything, so a
- * waker still inside has finished.
+ * waker still inside has finished. A count-out that meets zero wakes the
+ * waiters but leaves them listed: a spawn (from any thread, a task of the
+ * group, a cancellation callback) may raise the count before they look,
+ * and the end of that task must wake them again. Each waiter unlists itself
+ * when its wait returns.
  *
  * First failure: pool.c records the first failing task with a CAS on
  * first_error (first in time) and only that task fails the group's source,

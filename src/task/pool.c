@@ -290,8 +290,11 @@ void cancel__group_count_out(struct cancel_group *g, uint64_t n)
             /* release: pairs with the waiter's acquire load; the results
              * recorded before (first_error, any_canceled) are visible. */
             e = atomic_fetch_add_explicit(&g->ended, n, memory_order_release) + n;
+            /* The waiters stay listed: a spawn may raise the count again
+             * before they look, and then this task's successor must wake
+             * them again. */
             if ((e & CANCEL__COUNT) == (atomic_load_explicit(&g->spawned, memory_order_relaxed) & CANCEL__COUNT))
-                cancel__waiters_wake_all(&g->waiters);
+                cancel__waiters_wake_listed(g->waiters);
             pthread_mutex_unlock(m);
             return;
         }

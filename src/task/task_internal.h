@@ -55,7 +55,11 @@ CANCEL_HIDDEN void cancel__parker_sleep(_Atomic uint32_t *word, int64_t abs_dead
 /* Under the stripe of the list's owner. */
 CANCEL_HIDDEN void cancel__waiters_add(struct cancel__waiter **head, struct cancel__waiter *w);
 CANCEL_HIDDEN void cancel__waiters_remove(struct cancel__waiter *w);
+/* Wakes every waiter and empties the list: for what happens once. */
 CANCEL_HIDDEN void cancel__waiters_wake_all(struct cancel__waiter **head);
+/* Wakes every waiter and leaves them listed (each removes itself): for what
+ * can happen again, such as a group's count meeting zero. */
+CANCEL_HIDDEN void cancel__waiters_wake_listed(struct cancel__waiter *head);
 
 /* ---- the pool ---- */
 
