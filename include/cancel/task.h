@@ -221,7 +221,10 @@ CANCEL_API bool cancel_group_cancel(cancel_group *g);
 CANCEL_API int cancel_group_wait(cancel_group *g);
 
 /* Frees the group. If it was not waited yet: cancels it, then waits for its
- * tasks as cancel_group_wait does. Groups nested in it that are still alive
+ * tasks as cancel_group_wait does. A cancel_group_spawn still in progress on
+ * another thread (its task may have ended, and the wait returned, before
+ * the spawn call itself returns) is waited for too: a spawn holds the group
+ * until it returns. Groups nested in it that are still alive
  * become top-level groups in reports. NULL is a no-op. Not to be called
  * twice, nor concurrently with other calls on g (its own tasks may still
  * call cancel_group_spawn: ESHUTDOWN). Not from a callback. */

@@ -216,15 +216,21 @@ static inline bool cancel__task_ended(uint32_t word)
 
 /* Two counters, each on its own cache line so that the spawner and the pool
  * threads do not pass one line back and forth per task: the group has no
- * task left when ended == spawned (ended never passes spawned). */
-#define CANCEL__COUNT ((UINT64_C(1) << 60) - 1)
+ * task left when ended == spawned (ended never passes spawned). `spawned`
+ * also counts the spawns in progress (group.c): cancel_group_free waits for
+ * them. 2^40 tasks would keep 200 TB of records: a spawn refuses the next
+ * one (ENOMEM); 22 bits of spawns in progress hold more threads than Linux
+ * can run (its limit on thread ids is 2^22). */
+#define CANCEL__COUNT ((UINT64_C(1) << 40) - 1)
+#define CANCEL__SPAWNING_ONE (UINT64_C(1) << 40)    /* one spawn in progress */
+#define CANCEL__SPAWNING (((UINT64_C(1) << 22) - 1) << 40)
 #define CANCEL__SPAWNED_CLOSED (UINT64_C(1) << 62)  /* wait returned: no more spawns */
 #define CANCEL__SPAWNED_FREEING (UINT64_C(1) << 63) /* free started: no more spawns */
 #define CANCEL__ENDED_WAITERS (UINT64_C(1) << 63)   /* set under cancel__stripe(group) */
 
 struct cancel_group {
     /* The spawners' line. */
-    _Alignas(CANCEL__CACHELINE) _Atomic uint64_t spawned; /* tasks spawned | CLOSED | FREEING */
+    _Alignas(CANCEL__CACHELINE) _Atomic uint64_t spawned; /* tasks spawned | SPAWNING | CLOSED | FREEING */
     struct cancel__record *_Atomic tasks; /* every task ever spawned, newest first */
     struct cancel__slab *_Atomic slab;    /* where records come from: the newest slab */
     /* The line of the threads that end tasks. */

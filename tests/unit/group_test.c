@@ -399,6 +399,52 @@ static void late_spawn_while_waited(void)
     cancel_pool_free(l.waiter_pool);
 }
 
+/* A thread that is neither the owner nor a task of the group spawns while
+ * the owner waits; the owner frees the group and the pool as soon as the
+ * wait returns. The spawned task lets the group's other task end, so the
+ * wait can return while the spawner is still inside cancel_group_spawn
+ * (after queueing its task): the spawn must hold the group until its last
+ * access (a use after free under ASan otherwise). A race, not a
+ * deterministic case: without a pause injected into the spawn, the window
+ * is a few hundred nanoseconds. */
+struct outsider {
+    cancel_group *g;
+    test_gate late_started;
+    int result;
+};
+static int outsider_first(void *arg, cancel_token tok)
+{
+    (void)tok;
+    test_gate_wait(&((struct outsider *)arg)->late_started);
+    return 0;
+}
+static int outsider_late(void *arg, cancel_token tok)
+{
+    (void)tok;
+    test_gate_open(&((struct outsider *)arg)->late_started);
+    return 0;
+}
+static void *outsider_spawn(void *arg)
+{
+    struct outsider *o = arg;
+    o->result = cancel_group_spawn(o->g, outsider_late, o, "late");
+    return NULL;
+}
+static void spawn_from_outside_races_free(void)
+{
+    for (int i = 0; i < TEST_SCALE(2000); i++) {
+        cancel_pool *p = cancel_pool_new(2, "outside");
+        struct outsider o = {cancel_group_new(p, CANCEL_TOKEN_NONE, "outside"), TEST_GATE_INIT, -1};
+        CHECK_EQ(cancel_group_spawn(o.g, outsider_first, &o, "first"), 0);
+        pthread_t t = test_spawn(outsider_spawn, &o);
+        CHECK_EQ(cancel_group_wait(o.g), 0);
+        cancel_group_free(o.g);
+        cancel_pool_free(p);
+        test_join(t);
+        CHECK_EQ(o.result, 0);
+    }
+}
+
 /* A group made inside a task with its token is the task's child: cancelling
  * the outer group reaches its tasks, and the report shows it there. */
 struct nest {
@@ -770,6 +816,7 @@ int main(void)
     RUN(siblings_spawned_while_waited);
     RUN(group_wait_inside_a_task);
     RUN(late_spawn_while_waited);
+    RUN(spawn_from_outside_races_free);
     RUN(nested_groups);
     RUN(pool_free_with_groups);
     RUN(free_without_wait);
