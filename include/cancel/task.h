@@ -156,6 +156,9 @@ CANCEL_API cancel_task_state cancel_task_state_of(const cancel_task *task);
  * waiter's own token) is cancelled first: the task is not cancelled by it
  * and runs on; EINVAL (NULL task, a negative timeout other than
  * CANCEL_INFINITE); ENOMEM (manual clock only: its timer could not be made).
+ * A cancelled wait_tok is looked at before the arguments, as in
+ * <cancel/sync.h>: it returns 0 if the task has ended, else ECANCELED (also
+ * for a NULL task or a bad timeout).
  * Called from a pool thread, it runs queued tasks of that pool while it
  * waits (see the top of this header). Records "cancel_task_wait" as what
  * the thread is blocked in. Any number of threads may wait for one task;

@@ -941,10 +941,14 @@ static bool task_subscribe(void *obj, struct cancel__waiter *w)
 
 int cancel__wait(const struct cancel__waitable *wb, cancel_token wait_tok, int64_t timeout_ns)
 {
+    /* A cancelled wait token comes first, before the arguments, except
+     * that what has ended wins over it. */
+    if (cancel_token_is_requested(wait_tok))
+        return wb->done(wb->obj) ? 0 : ECANCELED;
     if (timeout_ns < 0 && timeout_ns != CANCEL_INFINITE)
         return EINVAL;
     if (wb->done(wb->obj))
-        return 0; /* an ended task wins over a cancelled wait token */
+        return 0;
     struct cancel__until u;
     int r = cancel__until_begin(&u, wait_tok, timeout_ns);
     if (r)
@@ -991,7 +995,7 @@ int cancel__wait(const struct cancel__waitable *wb, cancel_token wait_tok, int64
                 cancel__cpu_relax();
             continue;
         }
-        int64_t until = u.kernel_deadline;
+        int64_t until = cancel__until_kernel_deadline(&u); /* -1 once the manual clock is on */
         if (w) {
             struct cancel_task *t;
             enum idle next = idle_prepare(w, &t);
@@ -1033,7 +1037,7 @@ out:
 int cancel_task_wait(cancel_token wait_tok, cancel_task *task, int64_t timeout_ns)
 {
     if (!task)
-        return EINVAL;
+        return cancel_token_is_requested(wait_tok) ? ECANCELED : EINVAL;
     struct cancel__waitable wb = {task_done, task_subscribe, task, "cancel_task_wait"};
     return cancel__wait(&wb, wait_tok, timeout_ns);
 }
