@@ -739,7 +739,15 @@ static void run_task(struct cancel__worker *w, struct cancel_task *t)
         int64_t ended = cancel_now();
         w->last_end = ended;
         atomic_store_explicit(&rec->ended, ended, memory_order_relaxed);
-        if (requested) {
+        if (!requested) {
+            /* It returned before the request reached it. A sweep notes
+             * running tasks just before the token reads cancelled, so one
+             * may have noted it meanwhile: that note is withdrawn, and no
+             * later sweep notes it (its CAS expects CANCEL__NO_TIME) -
+             * including the sweep of its own failure below, so a failing
+             * task is not shown as asked by the request it made. */
+            atomic_store_explicit(&rec->cancelled, CANCEL__NOT_ASKED, memory_order_relaxed);
+        } else {
             /* Asked while it ran. If the group's registration has not
              * reached it yet, the request came when the group noted it. */
             int64_t at = atomic_load_explicit(&g->cancelled, memory_order_relaxed);

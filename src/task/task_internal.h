@@ -29,6 +29,11 @@
 #include <time.h>
 
 #define CANCEL__NO_TIME INT64_MIN /* a time not (yet) recorded */
+/* A record's `cancelled` once its task returned before any request reached
+ * it (its token did not read cancelled): no sweep notes it from then on,
+ * and a note made just before is withdrawn (pool.c, run_task). Reports read
+ * it as CANCEL__NO_TIME. */
+#define CANCEL__NOT_ASKED (INT64_MIN + 1)
 
 /* ---- wake.c: parking ---- */
 
@@ -171,7 +176,8 @@ struct cancel__record {
     struct cancel_task t;
     struct cancel__record *gnext;    /* older task of the group; r/o once listed */
     _Atomic int64_t queued, started, ended; /* cancel_now() */
-    _Atomic int64_t cancelled;       /* when its token was cancelled (first writer wins) */
+    _Atomic int64_t cancelled;       /* when its token was cancelled (first writer wins), or
+                                        CANCEL__NOT_ASKED */
     _Atomic int64_t cpu_at_request;  /* its thread's CPU clock then, if it was running */
     _Atomic int64_t cpu_at_end;      /* its thread's CPU clock at its return, if asked before */
     const char *_Atomic blocked_at_request; /* what it was blocked in when asked */
