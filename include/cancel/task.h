@@ -42,11 +42,17 @@
  * waits forever, 0 polls, another negative value is EINVAL. Every function
  * is thread-safe. Names are copied; NULL means unnamed.
  *
- * Waiting from inside a task never deadlocks the pool: a pool thread that
+ * Waiting from inside a task does not starve the pool: a pool thread that
  * waits (cancel_task_wait, cancel_group_wait) runs queued tasks of its own
  * pool meanwhile, so even a one-thread pool can run a task that spawns
  * another and waits for it. Such a wait may therefore return later than the
- * event it waited for, by the time the task it ran takes.
+ * event it waited for, by the time the task it ran takes. The limit: a task
+ * run that way runs on the waiting task's thread and stack, in the middle of
+ * its wait. If it needs something the waiting task does only after its wait
+ * returns, or a lock the waiting task holds while it waits, it never gets it
+ * and the thread deadlocks (with itself). So a task should not wait while it
+ * holds a lock that other tasks of its pool take, nor wait for a task that
+ * needs what it does after the wait.
  *
  * Pool threads start with every signal blocked: signal handlers run on the
  * application's own threads. A task may call any blocking call of
