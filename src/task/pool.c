@@ -375,7 +375,8 @@ static void note_request(struct cancel__record *rec, int64_t at)
         const char *what = atomic_load_explicit(&t->nested_in, memory_order_relaxed);
         int fd = -1;
         if (!what && atomic_load_explicit(&w->current, memory_order_relaxed) == t) {
-            what = atomic_load_explicit(&w->blocked->what, memory_order_relaxed);
+            /* acquire: pairs with cancel__blocked_enter's release (the fd). */
+            what = atomic_load_explicit(&w->blocked->what, memory_order_acquire);
             fd = what ? atomic_load_explicit(&w->blocked->fd, memory_order_relaxed) : -1;
         }
         atomic_store_explicit(&rec->blocked_fd_at_request, fd, memory_order_relaxed);

@@ -96,7 +96,8 @@ static void take_snap(struct snap *s, const struct cancel__record *rec, const st
             if (nested) {
                 s->blocked = nested;
             } else if (atomic_load_explicit(&w->current, memory_order_relaxed) == t) {
-                s->blocked = atomic_load_explicit(&w->blocked->what, memory_order_relaxed);
+                /* acquire: pairs with cancel__blocked_enter's release (the fd). */
+                s->blocked = atomic_load_explicit(&w->blocked->what, memory_order_acquire);
                 if (s->blocked)
                     s->blocked_fd = atomic_load_explicit(&w->blocked->fd, memory_order_relaxed);
             }
