@@ -40,7 +40,10 @@
  * interrupt them (EINTR is retried, never returned). cancel_cond_wait is a
  * pthread cancellation point, as pthread_cond_wait is: a thread cancelled
  * in it leaves nothing registered and holds the mutex, for its cleanup
- * handlers. The library itself never uses pthread_cancel.
+ * handlers. The callbacks these calls register run on whichever thread
+ * cancels the token and reach no cancellation point, so a thread with a
+ * pthread cancellation pending may cancel it. The library itself never uses
+ * pthread_cancel.
  *
  * From a callback: cancel_sem_post and cancel_queue_close may be called from
  * a cancellation callback (they never block). The waits may be too, but a

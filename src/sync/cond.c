@@ -71,10 +71,14 @@ static void pause_round(unsigned round)
         return;
     }
     /* The waiter is off its CPU (preempted inside the window): sleep, from
-     * 1 us doubling to 1 ms, rather than spin against it. */
+     * 1 us doubling to 1 ms, rather than spin against it. A futex wait on a
+     * word nobody changes, with a deadline: unlike nanosleep, not a pthread
+     * cancellation point, for this runs on whatever thread cancels the
+     * token, inside the core's dispatch (a thread with a cancellation
+     * pending would be unwound from there, and the broadcast lost). */
     unsigned shift = round - SPINS < 10 ? round - SPINS : 10;
-    struct timespec ts = {0, 1000L << shift};
-    nanosleep(&ts, NULL);
+    _Atomic uint32_t never = 0;
+    (void)cancel__futex_wait(&never, 0, cancel__clock_ns() + (1000 << shift));
 }
 
 static void wake(void *arg)
