@@ -96,8 +96,10 @@ extern "C" {
  * so cancelling from a thread that holds `mutex` cannot deadlock. If the
  * waiter is still between its check and its sleep (it holds the mutex
  * there), the callback waits for it to sleep before broadcasting, which the
- * C library lets it see; where it cannot (a C library other than glibc, or
- * glibc with lock elision on), the waiter sleeps in slices of 1 ms instead,
+ * C library lets it see. Where it cannot (a C library other than glibc, or
+ * glibc with lock elision on), or where what it sees does not prove that the
+ * waiter is in the condvar yet (processors other than x86, whose stores may
+ * become visible out of order), the waiter also sleeps in slices of 1 ms,
  * so a cancellation in that window is noticed within 1 ms. Timeouts run on
  * CLOCK_MONOTONIC whatever clock attribute `cond` was created with. Any mutex
  * type works. Thread-safe, like pthread_cond_wait.
