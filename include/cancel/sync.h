@@ -112,7 +112,7 @@ CANCEL_API int cancel_cond_wait(cancel_token tok, pthread_cond_t *cond, pthread_
  * ------------------------------------------------------------------------ */
 
 /* A counting semaphore: a count of units; waiting takes one, posting adds
- * one. Sixteen bytes of one allocation. */
+ * one. Eight bytes of one allocation. */
 typedef struct cancel_sem cancel_sem;
 
 /* The largest count a semaphore holds (POSIX's SEM_VALUE_MAX). */
@@ -123,7 +123,10 @@ typedef struct cancel_sem cancel_sem;
 CANCEL_API cancel_sem *cancel_sem_new(unsigned initial);
 
 /* Frees a semaphore. No thread may be waiting on it or use it afterwards.
- * NULL is a no-op. */
+ * A post's last access is the update that hands its unit over, so the
+ * thread that took that unit may free the semaphore at once, even before
+ * cancel_sem_post has returned on the posting thread (as POSIX allows of
+ * sem_destroy). NULL is a no-op. */
 CANCEL_API void cancel_sem_free(cancel_sem *sem);
 
 /* Takes one unit, waiting for one if the count is 0. Returns 0 (a unit was
@@ -164,8 +167,15 @@ typedef struct cancel_queue cancel_queue;
 CANCEL_API cancel_queue *cancel_queue_new(size_t capacity);
 
 /* Frees a queue. Items left in it are the caller's (pop them first if they
- * own memory). No thread may be waiting on it or use it afterwards. NULL is
- * a no-op. */
+ * own memory). No thread may be waiting on it or use it afterwards, and
+ * every call on it must have returned: unlike a semaphore's post, a push
+ * (or pop) still reads the queue after its item (or the room it made) is
+ * visible to the other side, to learn whether someone sleeps there. So the
+ * thread that pops the last item must not free the queue on the strength of
+ * that item alone: it must know that the push returned (join its thread,
+ * or hear of it some other way), and likewise for room made by a pop.
+ * (Making the hand-over itself tell of sleepers would cost every push and
+ * pop a locked instruction: docs/sync.md.) NULL is a no-op. */
 CANCEL_API void cancel_queue_free(cancel_queue *q);
 
 /* Appends `item`, waiting for room while the queue is full. Returns 0
