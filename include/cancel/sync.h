@@ -29,9 +29,11 @@
  * returns ECANCELED consumed nothing. A retained token whose source is freed
  * uncancelled during a wait simply stops mattering: the call waits for its
  * other conditions. No call makes a system call unless it must sleep or
- * wake a sleeper, and none allocates, except that a call that sleeps on the
- * manual clock makes a child source for its timeout, and the first sleep in
- * the process starts the library thread (its first registration does).
+ * wake a sleeper, and none allocates, except that on the manual clock a
+ * call that finds nothing to take at once (cancel_cond_wait always) and has
+ * a finite timeout other than 0 makes a child source for that timeout,
+ * whether or not it then sleeps; and the first sleep in the process starts
+ * the library thread (its first registration does).
  *
  * Blocking: a call that must sleep registers one callback on the token for
  * the duration of the sleep (never on its fast path) and marks the thread
