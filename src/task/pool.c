@@ -19,7 +19,9 @@
  * sleeps only when a pop made after its fence found the queue empty (or
  * half pushed: that producer will see it); one that lost the try-lock to
  * another consumer naps briefly instead, as that consumer may leave a task
- * behind. (The
+ * behind. A half-pushed task hides those queued behind it, whose producers
+ * may have found no thread idle: so a thread woken by a producer, once it
+ * takes a task, wakes another idle thread if more are queued (pass_on). (The
  * process-wide barrier the core's lock uses would spare producers the
  * fence, but it costs 10-20 us with other threads running, on every park.)
  *
@@ -246,12 +248,31 @@ static enum idle idle_prepare(struct cancel__worker *w, struct cancel_task **t)
     return *t ? IDLE_GOT : miss == POP_BUSY ? IDLE_NAP : IDLE_SLEEP;
 }
 
-/* After idle_prepare popped a task: unlist, and pass on a wake-up that a
- * producer meant for its own task, which we are not taking. */
+/* Called by a thread that a producer woke (claimed) and that has just
+ * taken a task: if more are queued, wake another idle thread. A producer
+ * wakes one thread for its task; one that finds no thread idle counts on
+ * the next thread to go idle seeing its task. But that thread may find the
+ * queue half pushed by an earlier producer (its pop then says empty) and
+ * sleep, with our task queued behind the half-pushed one, where nobody
+ * asleep can see it; the earlier producer then wakes one thread, for its
+ * own task. Whoever takes that task sees ours behind it, and so passes the
+ * wake-up on. (Without this, the second task waited for a busy thread
+ * while another slept.) seq_cst: as the producer's fence in the parking
+ * pair: either we see the idle thread, or its pop, after its fence, sees
+ * the head our pop left. */
+static void pass_on(struct cancel_pool *p)
+{
+    atomic_thread_fence(memory_order_seq_cst);
+    if (q_peek(p) && atomic_load_explicit(&p->nidle, memory_order_relaxed) != 0)
+        wake_one(p);
+}
+
+/* After idle_prepare popped a task: unlist, and if a producer claimed us
+ * meanwhile, pass its wake-up on. */
 static void idle_got(struct cancel__worker *w)
 {
-    if (!idle_remove(w) && q_peek(w->pool))
-        wake_one(w->pool);
+    if (!idle_remove(w))
+        pass_on(w->pool);
 }
 
 /* ------------------------------------------------------------------------
@@ -986,6 +1007,8 @@ int cancel__wait(const struct cancel__waitable *wb, cancel_token wait_tok, int64
              * inside a task never starves the pool. */
             struct cancel_task *t = q_pop(w->pool);
             if (t) {
+                if (owed)
+                    pass_on(w->pool);
                 owed = false;
                 w->last_end = CANCEL__NO_TIME;
                 if (me)
@@ -1083,9 +1106,13 @@ static void *worker_main(void *arg)
     pthread_mutex_unlock(&p->report_mu);
 
     int spins = 0;
+    bool claimed = false; /* a producer woke us, and we have not taken a task since */
     for (;;) {
         struct cancel_task *t = q_pop(p);
         if (t) {
+            if (claimed)
+                pass_on(p);
+            claimed = false;
             run_task(w, t);
             spins = 0;
             continue;
@@ -1108,6 +1135,7 @@ static void *worker_main(void *arg)
         switch (idle_prepare(w, &t)) {
         case IDLE_GOT:
             idle_got(w);
+            claimed = false;
             run_task(w, t);
             spins = 0;
             continue;
@@ -1123,7 +1151,8 @@ static void *worker_main(void *arg)
         case IDLE_EXIT:
             break;
         }
-        idle_remove(w);
+        if (!idle_remove(w))
+            claimed = true;
         spins = 0;
     }
 

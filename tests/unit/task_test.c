@@ -577,6 +577,58 @@ static void free_with_work_queued(void)
     }
 }
 
+/* Two threads submit at once to a pool whose threads are idle; the first
+ * task waits for the second to start. A task queued behind another whose
+ * link an idle thread could not see yet (the pop said empty, half pushed)
+ * must still find a thread: the thread woken for the first one passes the
+ * wake-up on. Before, the second task could wait for ever beside a
+ * sleeping thread (a race: seen within seconds under TSan on a loaded
+ * machine, rarely otherwise). */
+struct pair {
+    cancel_pool *p;
+    test_gate go, second_started;
+    cancel_task *first, *second;
+};
+static int wait_for_second(void *arg, cancel_token tok)
+{
+    (void)tok;
+    struct pair *pr = arg;
+    if (!test_gate_wait_for(&pr->second_started, 10 * 1000 * MS)) {
+        fprintf(stderr, "a queued task found no thread while one slept\n");
+        abort();
+    }
+    return 0;
+}
+static int open_second(void *arg, cancel_token tok)
+{
+    (void)tok;
+    test_gate_open(&((struct pair *)arg)->second_started);
+    return 0;
+}
+static void *submit_second(void *arg)
+{
+    struct pair *pr = arg;
+    test_gate_wait(&pr->go);
+    CHECK_EQ(cancel_task_run(pr->p, CANCEL_TOKEN_NONE, open_second, pr, NULL, &pr->second), 0);
+    return NULL;
+}
+static void queued_behind_a_half_push(void)
+{
+    for (int i = 0; i < TEST_SCALE(3000); i++) {
+        struct pair pr = {cancel_pool_new(2, "pair"), TEST_GATE_INIT, TEST_GATE_INIT, NULL, NULL};
+        pthread_t th = test_spawn(submit_second, &pr);
+        test_sleep_ns(20 * 1000); /* let the pool's threads go idle (not needed for correctness) */
+        test_gate_open(&pr.go);
+        CHECK_EQ(cancel_task_run(pr.p, CANCEL_TOKEN_NONE, wait_for_second, &pr, NULL, &pr.first), 0);
+        test_join(th);
+        CHECK_EQ(cancel_task_wait(CANCEL_TOKEN_NONE, pr.first, CANCEL_INFINITE), 0);
+        CHECK_EQ(cancel_task_wait(CANCEL_TOKEN_NONE, pr.second, CANCEL_INFINITE), 0);
+        cancel_task_free(pr.first);
+        cancel_task_free(pr.second);
+        cancel_pool_free(pr.p);
+    }
+}
+
 int main(void)
 {
     RUN(bad_input);
@@ -594,6 +646,7 @@ int main(void)
     RUN(many_tasks_many_submitters);
     RUN(cancel_races_start);
     RUN(free_with_work_queued);
+    RUN(queued_behind_a_half_push);
     CHECK_EQ(cancel_quiesce(CANCEL_INFINITE), 0); /* nothing of the library left running */
     return 0;
 }
