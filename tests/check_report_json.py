@@ -46,6 +46,8 @@ def check_task(t, where):
         expect(int_or_null(t[k]), f"{where}: {k}")
         expect(t[k] is None or t[k] >= 0, f"{where}: {k} negative")
     expect((t["ended_ns"] is not None) == ended, f"{where}: ended_ns vs state")
+    expect(t["cancelled_ns"] is None or t["ended_ns"] is None or t["cancelled_ns"] <= t["ended_ns"],
+           f"{where}: cancelled after it ended")
     expect(t["state"] != "pending" or t["started_ns"] is None, f"{where}: pending with a start")
     expect(isinstance(t["straggler"], bool), f"{where}: straggler")
     expect((t["ignored_ns"] is not None) == t["straggler"], f"{where}: ignored_ns")
@@ -148,6 +150,8 @@ def check_beta(c):
     failer = task(c, "failer")
     expect(failer["state"] == "failed" and failer["result"] == 5 and failer["error"] == "EIO", "C: failer")
     expect(failer["first_failure"] and not hog["first_failure"], "C: first failure")
+    expect(failer["cancelled_ns"] is None and failer["response_ns"] is None
+           and failer["blocked_at_request"] is None, "C: the failer was not asked: it cancelled the group")
     expect(hog["state"] == "running" and hog["straggler"], "C: hog is a straggler")
     expect(hog["ignored_ns"] == 60 * MS and hog["cancelled_ns"] == 2 * MS, "C: hog ignored it for 60 ms")
     expect(hog["blocked_in"] == "cancel_group_wait", f"C: hog blocked_in {hog['blocked_in']!r}")

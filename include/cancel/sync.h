@@ -29,9 +29,11 @@
  * returns ECANCELED consumed nothing. A retained token whose source is freed
  * uncancelled during a wait simply stops mattering: the call waits for its
  * other conditions. No call makes a system call unless it must sleep or
- * wake a sleeper, and none allocates, except that a call that sleeps on the
- * manual clock makes a child source for its timeout, and the first sleep in
- * the process starts the library thread (its first registration does).
+ * wake a sleeper, and none allocates, except that on the manual clock a
+ * call that finds nothing to take at once (cancel_cond_wait always) and has
+ * a finite timeout other than 0 makes a child source for that timeout,
+ * whether or not it then sleeps; and the first sleep in the process starts
+ * the library thread (its first registration does).
  *
  * Blocking: a call that must sleep registers one callback on the token for
  * the duration of the sleep (never on its fast path) and marks the thread
@@ -40,7 +42,10 @@
  * interrupt them (EINTR is retried, never returned). cancel_cond_wait is a
  * pthread cancellation point, as pthread_cond_wait is: a thread cancelled
  * in it leaves nothing registered and holds the mutex, for its cleanup
- * handlers. The library itself never uses pthread_cancel.
+ * handlers. The callbacks these calls register run on whichever thread
+ * cancels the token and reach no cancellation point, so a thread with a
+ * pthread cancellation pending may cancel it. The library itself never uses
+ * pthread_cancel.
  *
  * From a callback: cancel_sem_post and cancel_queue_close may be called from
  * a cancellation callback (they never block). The waits may be too, but a
@@ -93,8 +98,10 @@ extern "C" {
  * so cancelling from a thread that holds `mutex` cannot deadlock. If the
  * waiter is still between its check and its sleep (it holds the mutex
  * there), the callback waits for it to sleep before broadcasting, which the
- * C library lets it see; where it cannot (a C library other than glibc, or
- * glibc with lock elision on), the waiter sleeps in slices of 1 ms instead,
+ * C library lets it see. Where it cannot (a C library other than glibc, or
+ * glibc with lock elision on), or where what it sees does not prove that the
+ * waiter is in the condvar yet (processors other than x86, whose stores may
+ * become visible out of order), the waiter also sleeps in slices of 1 ms,
  * so a cancellation in that window is noticed within 1 ms. Timeouts run on
  * CLOCK_MONOTONIC whatever clock attribute `cond` was created with. Any mutex
  * type works. Thread-safe, like pthread_cond_wait.
@@ -107,7 +114,7 @@ CANCEL_API int cancel_cond_wait(cancel_token tok, pthread_cond_t *cond, pthread_
  * ------------------------------------------------------------------------ */
 
 /* A counting semaphore: a count of units; waiting takes one, posting adds
- * one. Sixteen bytes of one allocation. */
+ * one. Eight bytes of one allocation. */
 typedef struct cancel_sem cancel_sem;
 
 /* The largest count a semaphore holds (POSIX's SEM_VALUE_MAX). */
@@ -118,7 +125,10 @@ typedef struct cancel_sem cancel_sem;
 CANCEL_API cancel_sem *cancel_sem_new(unsigned initial);
 
 /* Frees a semaphore. No thread may be waiting on it or use it afterwards.
- * NULL is a no-op. */
+ * A post's last access is the update that hands its unit over, so the
+ * thread that took that unit may free the semaphore at once, even before
+ * cancel_sem_post has returned on the posting thread (as POSIX allows of
+ * sem_destroy). NULL is a no-op. */
 CANCEL_API void cancel_sem_free(cancel_sem *sem);
 
 /* Takes one unit, waiting for one if the count is 0. Returns 0 (a unit was
@@ -159,8 +169,15 @@ typedef struct cancel_queue cancel_queue;
 CANCEL_API cancel_queue *cancel_queue_new(size_t capacity);
 
 /* Frees a queue. Items left in it are the caller's (pop them first if they
- * own memory). No thread may be waiting on it or use it afterwards. NULL is
- * a no-op. */
+ * own memory). No thread may be waiting on it or use it afterwards, and
+ * every call on it must have returned: unlike a semaphore's post, a push
+ * (or pop) still reads the queue after its item (or the room it made) is
+ * visible to the other side, to learn whether someone sleeps there. So the
+ * thread that pops the last item must not free the queue on the strength of
+ * that item alone: it must know that the push returned (join its thread,
+ * or hear of it some other way), and likewise for room made by a pop.
+ * (Making the hand-over itself tell of sleepers would cost every push and
+ * pop a locked instruction: docs/sync.md.) NULL is a no-op. */
 CANCEL_API void cancel_queue_free(cancel_queue *q);
 
 /* Appends `item`, waiting for room while the queue is full. Returns 0

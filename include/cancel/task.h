@@ -42,11 +42,17 @@
  * waits forever, 0 polls, another negative value is EINVAL. Every function
  * is thread-safe. Names are copied; NULL means unnamed.
  *
- * Waiting from inside a task never deadlocks the pool: a pool thread that
+ * Waiting from inside a task does not starve the pool: a pool thread that
  * waits (cancel_task_wait, cancel_group_wait) runs queued tasks of its own
  * pool meanwhile, so even a one-thread pool can run a task that spawns
  * another and waits for it. Such a wait may therefore return later than the
- * event it waited for, by the time the task it ran takes.
+ * event it waited for, by the time the task it ran takes. The limit: a task
+ * run that way runs on the waiting task's thread and stack, in the middle of
+ * its wait. If it needs something the waiting task does only after its wait
+ * returns, or a lock the waiting task holds while it waits, it never gets it
+ * and the thread deadlocks (with itself). So a task should not wait while it
+ * holds a lock that other tasks of its pool take, nor wait for a task that
+ * needs what it does after the wait.
  *
  * Pool threads start with every signal blocked: signal handlers run on the
  * application's own threads. A task may call any blocking call of
@@ -156,6 +162,9 @@ CANCEL_API cancel_task_state cancel_task_state_of(const cancel_task *task);
  * waiter's own token) is cancelled first: the task is not cancelled by it
  * and runs on; EINVAL (NULL task, a negative timeout other than
  * CANCEL_INFINITE); ENOMEM (manual clock only: its timer could not be made).
+ * A cancelled wait_tok is looked at before the arguments, as in
+ * <cancel/sync.h>: it returns 0 if the task has ended, else ECANCELED (also
+ * for a NULL task or a bad timeout).
  * Called from a pool thread, it runs queued tasks of that pool while it
  * waits (see the top of this header). Records "cancel_task_wait" as what
  * the thread is blocked in. Any number of threads may wait for one task;
@@ -221,7 +230,10 @@ CANCEL_API bool cancel_group_cancel(cancel_group *g);
 CANCEL_API int cancel_group_wait(cancel_group *g);
 
 /* Frees the group. If it was not waited yet: cancels it, then waits for its
- * tasks as cancel_group_wait does. Groups nested in it that are still alive
+ * tasks as cancel_group_wait does. A cancel_group_spawn still in progress on
+ * another thread (its task may have ended, and the wait returned, before
+ * the spawn call itself returns) is waited for too: a spawn holds the group
+ * until it returns. Groups nested in it that are still alive
  * become top-level groups in reports. NULL is a no-op. Not to be called
  * twice, nor concurrently with other calls on g (its own tasks may still
  * call cancel_group_spawn: ESHUTDOWN). Not from a callback. */

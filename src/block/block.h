@@ -71,9 +71,10 @@ CANCEL_HIDDEN struct cancel__blocked *cancel__blocked_here(void);
 static inline void cancel__blocked_enter(const char *what, int fd)
 {
     struct cancel__blocked *b = cancel__blocked_here();
-    /* relaxed: a report is a snapshot; nothing else hangs on it. */
+    /* release: a reader whose acquire load of `what` reads it sees this fd
+     * (or a later call's); a report is a snapshot, nothing else hangs on it. */
     atomic_store_explicit(&b->fd, fd, memory_order_relaxed);
-    atomic_store_explicit(&b->what, what, memory_order_relaxed);
+    atomic_store_explicit(&b->what, what, memory_order_release);
 }
 static inline void cancel__blocked_leave(void)
 {

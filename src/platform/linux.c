@@ -120,9 +120,11 @@ int cancel__mutex_owner(pthread_mutex_t *m)
 #ifdef __GLIBC__
     /* glibc writes __owner with plain stores just after taking its lock
      * word and just before releasing it; reading it atomically makes the
-     * read one load that cannot tear. Acquire: what the releasing thread did
-     * before clearing it is visible (sync/cond.c relies on the condvar's
-     * waiter registration, made before the mutex is released). */
+     * read one load that cannot tear. It pairs with no release: the field
+     * is cleared with a plain store. Acquire only keeps the caller's later
+     * loads (a condvar broadcast's) after this one; whether the clearing
+     * thread's earlier stores are visible is the hardware's to say
+     * (CANCEL__STORES_IN_ORDER, and sync/cond.c). */
     return __atomic_load_n(&m->__data.__owner, __ATOMIC_ACQUIRE);
 #else
     (void)m;

@@ -54,8 +54,21 @@ CANCEL_HIDDEN int cancel__thread_join(pthread_t t, int64_t abs_deadline_ns);
  * elision is on, which leaves it 0; other C libraries return -1. One
  * atomic load, no system call, no lock: a snapshot that the owner may change
  * at any moment. Callers must cope with -1 and with 0 for a held mutex
- * (sync/cond.c falls back to bounded sleeps then). AS-safe. */
+ * (sync/cond.c falls back to bounded sleeps then). The C library writes the
+ * field with plain stores, so reading it synchronizes with nothing: what
+ * the releasing thread did before clearing it is visible to the reader only
+ * where CANCEL__STORES_IN_ORDER says so. AS-safe. */
 CANCEL_HIDDEN int cancel__mutex_owner(pthread_mutex_t *m);
+
+/* 1 where every thread sees the stores of another in the order it made
+ * them, locked read-modify-writes included (x86's total store order), so
+ * that a load that sees a plain store also sees everything its writer did
+ * before; 0 elsewhere (aarch64, POWER, RISC-V...). */
+#if defined(__x86_64__) || defined(__i386__)
+#define CANCEL__STORES_IN_ORDER 1
+#else
+#define CANCEL__STORES_IN_ORDER 0
+#endif
 
 /* A per-thread identity: the address of a thread-local object. */
 CANCEL_HIDDEN const void *cancel__self(void);

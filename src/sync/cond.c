@@ -29,6 +29,20 @@
  * waiting and broadcasts nothing. Nothing the callback waits for depends on
  * the canceller: the waiter crosses the window without blocking.
  *
+ * Why seeing the owner change proves the waiter registered: glibc's
+ * pthread_cond_wait registers the waiter with atomic read-modify-writes
+ * (one relaxed, one acquire), then clears the owner with a plain store, then
+ * releases the lock word. On x86 (CANCEL__STORES_IN_ORDER) stores become
+ * visible in the order they were made and the read-modify-writes are full
+ * barriers, so a callback that sees the owner cleared, or set by the next
+ * holder (whose locking read the release), sees the registration too, and
+ * its broadcast reaches the waiter. Elsewhere (aarch64, POWER) nothing
+ * orders the registration before the owner's clearing: the callback may see
+ * the owner cleared first and broadcast too early. There the callback still
+ * waits for the owner to change (right nearly always, and free), and the
+ * waiter also sleeps in slices of SLICE_NS, so that an early broadcast costs
+ * at most a slice.
+ *
  * The cost: the waiter, woken by the broadcast, waits for the broadcast to
  * return on the canceller's side (a system call that, on a virtual machine,
  * returns microseconds after the wake-up it made): the one place where the
@@ -37,7 +51,8 @@
  * Where the owner cannot be read (a C library other than glibc, or glibc's
  * lock elision, which leaves the field empty: the waiter checks at entry that
  * the field names a holder), the callback broadcasts at once and the waiter
- * sleeps in slices of SLICE_NS, rechecking the token between them.
+ * sleeps in slices of SLICE_NS, rechecking the token between them; so it
+ * does where the owner can be read but proves nothing (above).
  *
  * Timeouts: pthread_cond_clockwait on CLOCK_MONOTONIC with the kernel
  * deadline (block.h), so the condvar's clock attribute does not matter; on
@@ -71,10 +86,14 @@ static void pause_round(unsigned round)
         return;
     }
     /* The waiter is off its CPU (preempted inside the window): sleep, from
-     * 1 us doubling to 1 ms, rather than spin against it. */
+     * 1 us doubling to 1 ms, rather than spin against it. A futex wait on a
+     * word nobody changes, with a deadline: unlike nanosleep, not a pthread
+     * cancellation point, for this runs on whatever thread cancels the
+     * token, inside the core's dispatch (a thread with a cancellation
+     * pending would be unwound from there, and the broadcast lost). */
     unsigned shift = round - SPINS < 10 ? round - SPINS : 10;
-    struct timespec ts = {0, 1000L << shift};
-    nanosleep(&ts, NULL);
+    _Atomic uint32_t never = 0;
+    (void)cancel__futex_wait(&never, 0, cancel__clock_ns() + (1000 << shift));
 }
 
 static void wake(void *arg)
@@ -161,7 +180,7 @@ int cancel_cond_wait(cancel_token tok, pthread_cond_t *cond, pthread_mutex_t *mu
     bool registered = w.hook.armed;
 
     int64_t deadline = cancel__until_kernel_deadline(&u);
-    if (!w.tid && registered) {
+    if ((!w.tid || !CANCEL__STORES_IN_ORDER) && registered) {
         int64_t slice = cancel__add_sat(cancel__clock_ns(), SLICE_NS);
         if (deadline < 0 || slice < deadline)
             deadline = slice;

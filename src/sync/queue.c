@@ -13,7 +13,10 @@
  * fails after it is made: a push that returns an error never claimed a slot
  * (nothing enqueued), a pop that returns an error never claimed one (nothing
  * dequeued), and every claimed slot is completed by its claimant without
- * waiting for anyone. Positions are 64-bit and never wrap in practice.
+ * waiting for anyone. Positions and sequence numbers are 64-bit on every
+ * target, 32-bit ones included, with CLOSED (below) as the top bit of
+ * `tail`: 2^63 pushes take centuries at a billion a second, so they never
+ * wrap into it (a size_t would, after 2^31 pushes on a 32-bit target).
  *
  * Closing. The top bit of `tail` is CLOSED. Close sets it with one RMW; a
  * producer's claim is a CAS on `tail`, which fails once the bit is set, so no
@@ -74,11 +77,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define CLOSED ((size_t)1 << (sizeof(size_t) * CHAR_BIT - 1))
+#define CLOSED ((uint64_t)1 << 63)
 #define LINE 64
 
 struct slot {
-    _Atomic size_t seq; /* whose turn: see above */
+    _Atomic uint64_t seq; /* whose turn: see above */
     void *item;         /* written by the claiming producer before seq is published */
 };
 
@@ -96,16 +99,16 @@ struct cancel_queue {
     size_t mask;         /* r/o: cap - 1 */
     bool pow2;           /* r/o: cap is a power of two: index by mask, not by % */
     struct slot *slots;  /* r/o: the ring */
-    alignas(LINE) _Atomic size_t tail; /* next push position | CLOSED; CAS by producers */
-    alignas(LINE) _Atomic size_t head; /* next pop position; CAS by consumers */
+    alignas(LINE) _Atomic uint64_t tail; /* next push position | CLOSED; CAS by producers */
+    alignas(LINE) _Atomic uint64_t head; /* next pop position; CAS by consumers */
     alignas(LINE) struct side cons;    /* consumers waiting for an item */
     alignas(LINE) struct side prod;    /* producers waiting for room */
     alignas(LINE) struct slot ring[];
 };
 
-static inline struct slot *slot_at(const cancel_queue *q, size_t pos)
+static inline struct slot *slot_at(const cancel_queue *q, uint64_t pos)
 {
-    return (struct slot *)&q->slots[q->pow2 ? pos & q->mask : pos % q->cap];
+    return (struct slot *)&q->slots[q->pow2 ? (size_t)(pos & q->mask) : (size_t)(pos % q->cap)];
 }
 
 cancel_queue *cancel_queue_new(size_t capacity)
@@ -127,7 +130,7 @@ cancel_queue *cancel_queue_new(size_t capacity)
     q->pow2 = (capacity & (capacity - 1)) == 0;
     q->slots = q->ring;
     for (size_t i = 0; i < capacity; i++) {
-        atomic_init(&q->ring[i].seq, 2 * i);
+        atomic_init(&q->ring[i].seq, 2 * (uint64_t)i);
         q->ring[i].item = NULL;
     }
     atomic_init(&q->tail, 0);
@@ -156,11 +159,11 @@ size_t cancel_queue_len(const cancel_queue *q)
         return 0;
     cancel_queue *m = (cancel_queue *)q;
     /* A snapshot: relaxed loads, clamped into [0, cap]. */
-    size_t h = atomic_load_explicit(&m->head, memory_order_relaxed);
-    size_t t = atomic_load_explicit(&m->tail, memory_order_relaxed) & ~CLOSED;
+    uint64_t h = atomic_load_explicit(&m->head, memory_order_relaxed);
+    uint64_t t = atomic_load_explicit(&m->tail, memory_order_relaxed) & ~CLOSED;
     if (t <= h)
         return 0;
-    return t - h > q->cap ? q->cap : t - h;
+    return t - h > q->cap ? q->cap : (size_t)(t - h);
 }
 
 static void wake(struct side *sd, int n)
@@ -207,7 +210,7 @@ static uint32_t transition(struct side *sd, int delta)
 /* 0, EAGAIN (full) or EPIPE (closed). */
 static inline int try_push(cancel_queue *q, void *item)
 {
-    size_t pos = atomic_load_explicit(&q->tail, memory_order_relaxed);
+    uint64_t pos = atomic_load_explicit(&q->tail, memory_order_relaxed);
     struct slot *sl;
     for (;;) {
         if (pos & CLOSED)
@@ -215,8 +218,8 @@ static inline int try_push(cancel_queue *q, void *item)
         sl = slot_at(q, pos);
         /* acquire: pairs with the release in try_pop that freed the slot:
          * the consumer's read of the old item is done before we overwrite it. */
-        size_t seq = atomic_load_explicit(&sl->seq, memory_order_acquire);
-        intptr_t dif = (intptr_t)(seq - 2 * pos);
+        uint64_t seq = atomic_load_explicit(&sl->seq, memory_order_acquire);
+        int64_t dif = (int64_t)(seq - 2 * pos);
         if (dif == 0) {
             /* relaxed: the slot's seq carries the ordering; the CAS only
              * decides who owns the position (and fails once CLOSED is set). */
@@ -241,13 +244,13 @@ static inline int try_push(cancel_queue *q, void *item)
  * (closed and drained). */
 static inline int try_pop(cancel_queue *q, void **item)
 {
-    size_t pos = atomic_load_explicit(&q->head, memory_order_relaxed);
+    uint64_t pos = atomic_load_explicit(&q->head, memory_order_relaxed);
     struct slot *sl;
     for (;;) {
         sl = slot_at(q, pos);
         /* acquire: pairs with the producer's release publication. */
-        size_t seq = atomic_load_explicit(&sl->seq, memory_order_acquire);
-        intptr_t dif = (intptr_t)(seq - (2 * pos + 1));
+        uint64_t seq = atomic_load_explicit(&sl->seq, memory_order_acquire);
+        int64_t dif = (int64_t)(seq - (2 * pos + 1));
         if (dif == 0) {
             if (atomic_compare_exchange_weak_explicit(&q->head, &pos, pos + 1, memory_order_relaxed,
                                                       memory_order_relaxed))
@@ -255,7 +258,7 @@ static inline int try_pop(cancel_queue *q, void **item)
         } else if (dif < 0) {
             /* acquire: pairs with nothing stronger than the CAS order, but
              * keeps the head load below after this one. */
-            size_t t = atomic_load_explicit(&q->tail, memory_order_acquire);
+            uint64_t t = atomic_load_explicit(&q->tail, memory_order_acquire);
             if ((t & CLOSED) && atomic_load_explicit(&q->head, memory_order_relaxed) == (t & ~CLOSED))
                 return EPIPE;
             return EAGAIN;
@@ -277,10 +280,10 @@ static inline int try_pop(cancel_queue *q, void **item)
 static bool ready(cancel_queue *q, bool push)
 {
     if (push) {
-        size_t t = atomic_load_explicit(&q->tail, memory_order_acquire);
+        uint64_t t = atomic_load_explicit(&q->tail, memory_order_acquire);
         return !(t & CLOSED) && atomic_load_explicit(&slot_at(q, t)->seq, memory_order_acquire) == 2 * t;
     }
-    size_t h = atomic_load_explicit(&q->head, memory_order_acquire);
+    uint64_t h = atomic_load_explicit(&q->head, memory_order_acquire);
     return atomic_load_explicit(&slot_at(q, h)->seq, memory_order_acquire) == 2 * h + 1;
 }
 

@@ -16,12 +16,27 @@
  * Tasks spawned by the group's own tasks are counted while their spawner is
  * still counted, so the counts cannot meet in between.
  *
+ * A spawn in progress holds the group. Its task may run and end, and the
+ * wait return, while the spawner is still reading the group's tokens and
+ * the pool's fields after queueing it (a spawner that is not a task of the
+ * group, and not its owner, holds nothing else). So the same CAS that
+ * counts the task counts the spawn in progress (SPAWNING), and the spawn's
+ * last access to the group is the decrement of that count; cancel_group_free
+ * waits for it to reach zero before it frees anything (it sleeps on the
+ * futex of the word's upper half, where SPAWNING lives; a decrement that
+ * finds FREEING wakes it by address only, since the group may be gone the
+ * moment the decrement is done).
+ *
  * The end of a task counts it out (pool.c, cancel__group_count_out). When a
  * waiter has set WAITERS, this happens under the group's stripe mutex, and
  * the waker touches the group only inside that critical section: the
  * waiter sets WAITERS under the stripe too, and cancel_group_free takes the
  * stripe once after the group is closed, before it frees anything, so a
- * waker still inside has finished.
+ * waker still inside has finished. A count-out that meets zero wakes the
+ * waiters but leaves them listed: a spawn (from any thread, a task of the
+ * group, a cancellation callback) may raise the count before they look,
+ * and the end of that task must wake them again. Each waiter unlists itself
+ * when its wait returns.
  *
  * First failure: pool.c records the first failing task with a CAS on
  * first_error (first in time) and only that task fails the group's source,
@@ -41,6 +56,7 @@
  */
 #include "task_internal.h"
 
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -155,6 +171,16 @@ cancel_token cancel_group_token(const cancel_group *g)
     return g ? cancel_source_token(g->src) : CANCEL_TOKEN_NONE;
 }
 
+/* The futex word over SPAWNING: the upper half of `spawned`. */
+static _Atomic uint32_t *spawning_word(struct cancel_group *g)
+{
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    return (_Atomic uint32_t *)(void *)((char *)&g->spawned + 4);
+#else
+    return (_Atomic uint32_t *)(void *)&g->spawned;
+#endif
+}
+
 int cancel_group_spawn(cancel_group *g, cancel_task_fn *fn, void *arg, const char *name)
 {
     if (!g || !fn)
@@ -163,13 +189,40 @@ int cancel_group_spawn(cancel_group *g, cancel_task_fn *fn, void *arg, const cha
     do {
         if (v & (CANCEL__SPAWNED_CLOSED | CANCEL__SPAWNED_FREEING))
             return ESHUTDOWN;
-        /* relaxed: the word's own order decides against the wait's close. */
-    } while (!atomic_compare_exchange_weak_explicit(&g->spawned, &v, v + 1, memory_order_relaxed,
-                                                    memory_order_relaxed));
+        if ((v & CANCEL__COUNT) == CANCEL__COUNT)
+            return ENOMEM;
+        /* relaxed: the word's own order decides against the wait's close
+         * and the free's FREEING. */
+    } while (!atomic_compare_exchange_weak_explicit(&g->spawned, &v, v + 1 + CANCEL__SPAWNING_ONE,
+                                                    memory_order_relaxed, memory_order_relaxed));
     int err = cancel__task_submit(g->pool, g, cancel_source_token(g->src), fn, arg, name, NULL);
     if (err)
-        cancel__group_count_out(g, 1); /* undo the count; the last access to g */
+        cancel__group_count_out(g, 1); /* undo the count */
+    /* The last access to g. release: pairs with cancel_group_free's acquire
+     * load, so that all our reads of g come before it frees. */
+    v = atomic_fetch_sub_explicit(&g->spawned, CANCEL__SPAWNING_ONE, memory_order_release);
+    if ((v & CANCEL__SPAWNING) == CANCEL__SPAWNING_ONE && (v & CANCEL__SPAWNED_FREEING))
+        cancel__futex_wake(spawning_word(g), INT_MAX); /* the address only: g may be gone */
     return err;
+}
+
+/* Waits until no spawn is in progress (the caller set FREEING: none can
+ * start). A spawn in progress never blocks for long (its task is queued or
+ * ended already): spin a little, then sleep until the last one leaves. */
+static void wait_spawners(struct cancel_group *g)
+{
+    for (unsigned i = 0;; i++) {
+        /* acquire: pairs with the spawners' release decrements. */
+        uint64_t v = atomic_load_explicit(&g->spawned, memory_order_acquire);
+        if (!(v & CANCEL__SPAWNING))
+            return;
+        if (i < 100) {
+            cancel__cpu_relax();
+            continue;
+        }
+        /* Returns at once if the upper half changed since our load. */
+        (void)cancel__futex_wait(spawning_word(g), (uint32_t)(v >> 32), -1);
+    }
 }
 
 bool cancel_group_cancel(cancel_group *g)
@@ -251,6 +304,7 @@ void cancel_group_free(cancel_group *g)
         (void)cancel__group_cancel(g, 0, NULL);
         (void)cancel_group_wait(g);
     }
+    wait_spawners(g);
     /* A task that counted itself out under the stripe has left it. */
     pthread_mutex_t *m = cancel__stripe(g);
     pthread_mutex_lock(m);

@@ -19,7 +19,9 @@
  * sleeps only when a pop made after its fence found the queue empty (or
  * half pushed: that producer will see it); one that lost the try-lock to
  * another consumer naps briefly instead, as that consumer may leave a task
- * behind. (The
+ * behind. A half-pushed task hides those queued behind it, whose producers
+ * may have found no thread idle: so a thread woken by a producer, once it
+ * takes a task, wakes another idle thread if more are queued (pass_on). (The
  * process-wide barrier the core's lock uses would spare producers the
  * fence, but it costs 10-20 us with other threads running, on every park.)
  *
@@ -246,12 +248,31 @@ static enum idle idle_prepare(struct cancel__worker *w, struct cancel_task **t)
     return *t ? IDLE_GOT : miss == POP_BUSY ? IDLE_NAP : IDLE_SLEEP;
 }
 
-/* After idle_prepare popped a task: unlist, and pass on a wake-up that a
- * producer meant for its own task, which we are not taking. */
+/* Called by a thread that a producer woke (claimed) and that has just
+ * taken a task: if more are queued, wake another idle thread. A producer
+ * wakes one thread for its task; one that finds no thread idle counts on
+ * the next thread to go idle seeing its task. But that thread may find the
+ * queue half pushed by an earlier producer (its pop then says empty) and
+ * sleep, with our task queued behind the half-pushed one, where nobody
+ * asleep can see it; the earlier producer then wakes one thread, for its
+ * own task. Whoever takes that task sees ours behind it, and so passes the
+ * wake-up on. (Without this, the second task waited for a busy thread
+ * while another slept.) seq_cst: as the producer's fence in the parking
+ * pair: either we see the idle thread, or its pop, after its fence, sees
+ * the head our pop left. */
+static void pass_on(struct cancel_pool *p)
+{
+    atomic_thread_fence(memory_order_seq_cst);
+    if (q_peek(p) && atomic_load_explicit(&p->nidle, memory_order_relaxed) != 0)
+        wake_one(p);
+}
+
+/* After idle_prepare popped a task: unlist, and if a producer claimed us
+ * meanwhile, pass its wake-up on. */
 static void idle_got(struct cancel__worker *w)
 {
-    if (!idle_remove(w) && q_peek(w->pool))
-        wake_one(w->pool);
+    if (!idle_remove(w))
+        pass_on(w->pool);
 }
 
 /* ------------------------------------------------------------------------
@@ -290,8 +311,11 @@ void cancel__group_count_out(struct cancel_group *g, uint64_t n)
             /* release: pairs with the waiter's acquire load; the results
              * recorded before (first_error, any_canceled) are visible. */
             e = atomic_fetch_add_explicit(&g->ended, n, memory_order_release) + n;
+            /* The waiters stay listed: a spawn may raise the count again
+             * before they look, and then this task's successor must wake
+             * them again. */
             if ((e & CANCEL__COUNT) == (atomic_load_explicit(&g->spawned, memory_order_relaxed) & CANCEL__COUNT))
-                cancel__waiters_wake_all(&g->waiters);
+                cancel__waiters_wake_listed(g->waiters);
             pthread_mutex_unlock(m);
             return;
         }
@@ -372,7 +396,8 @@ static void note_request(struct cancel__record *rec, int64_t at)
         const char *what = atomic_load_explicit(&t->nested_in, memory_order_relaxed);
         int fd = -1;
         if (!what && atomic_load_explicit(&w->current, memory_order_relaxed) == t) {
-            what = atomic_load_explicit(&w->blocked->what, memory_order_relaxed);
+            /* acquire: pairs with cancel__blocked_enter's release (the fd). */
+            what = atomic_load_explicit(&w->blocked->what, memory_order_acquire);
             fd = what ? atomic_load_explicit(&w->blocked->fd, memory_order_relaxed) : -1;
         }
         atomic_store_explicit(&rec->blocked_fd_at_request, fd, memory_order_relaxed);
@@ -736,7 +761,15 @@ static void run_task(struct cancel__worker *w, struct cancel_task *t)
         int64_t ended = cancel_now();
         w->last_end = ended;
         atomic_store_explicit(&rec->ended, ended, memory_order_relaxed);
-        if (requested) {
+        if (!requested) {
+            /* It returned before the request reached it. A sweep notes
+             * running tasks just before the token reads cancelled, so one
+             * may have noted it meanwhile: that note is withdrawn, and no
+             * later sweep notes it (its CAS expects CANCEL__NO_TIME) -
+             * including the sweep of its own failure below, so a failing
+             * task is not shown as asked by the request it made. */
+            atomic_store_explicit(&rec->cancelled, CANCEL__NOT_ASKED, memory_order_relaxed);
+        } else {
             /* Asked while it ran. If the group's registration has not
              * reached it yet, the request came when the group noted it. */
             int64_t at = atomic_load_explicit(&g->cancelled, memory_order_relaxed);
@@ -938,10 +971,14 @@ static bool task_subscribe(void *obj, struct cancel__waiter *w)
 
 int cancel__wait(const struct cancel__waitable *wb, cancel_token wait_tok, int64_t timeout_ns)
 {
+    /* A cancelled wait token comes first, before the arguments, except
+     * that what has ended wins over it. */
+    if (cancel_token_is_requested(wait_tok))
+        return wb->done(wb->obj) ? 0 : ECANCELED;
     if (timeout_ns < 0 && timeout_ns != CANCEL_INFINITE)
         return EINVAL;
     if (wb->done(wb->obj))
-        return 0; /* an ended task wins over a cancelled wait token */
+        return 0;
     struct cancel__until u;
     int r = cancel__until_begin(&u, wait_tok, timeout_ns);
     if (r)
@@ -970,6 +1007,8 @@ int cancel__wait(const struct cancel__waitable *wb, cancel_token wait_tok, int64
              * inside a task never starves the pool. */
             struct cancel_task *t = q_pop(w->pool);
             if (t) {
+                if (owed)
+                    pass_on(w->pool);
                 owed = false;
                 w->last_end = CANCEL__NO_TIME;
                 if (me)
@@ -988,7 +1027,7 @@ int cancel__wait(const struct cancel__waitable *wb, cancel_token wait_tok, int64
                 cancel__cpu_relax();
             continue;
         }
-        int64_t until = u.kernel_deadline;
+        int64_t until = cancel__until_kernel_deadline(&u); /* -1 once the manual clock is on */
         if (w) {
             struct cancel_task *t;
             enum idle next = idle_prepare(w, &t);
@@ -1030,7 +1069,7 @@ out:
 int cancel_task_wait(cancel_token wait_tok, cancel_task *task, int64_t timeout_ns)
 {
     if (!task)
-        return EINVAL;
+        return cancel_token_is_requested(wait_tok) ? ECANCELED : EINVAL;
     struct cancel__waitable wb = {task_done, task_subscribe, task, "cancel_task_wait"};
     return cancel__wait(&wb, wait_tok, timeout_ns);
 }
@@ -1067,9 +1106,13 @@ static void *worker_main(void *arg)
     pthread_mutex_unlock(&p->report_mu);
 
     int spins = 0;
+    bool claimed = false; /* a producer woke us, and we have not taken a task since */
     for (;;) {
         struct cancel_task *t = q_pop(p);
         if (t) {
+            if (claimed)
+                pass_on(p);
+            claimed = false;
             run_task(w, t);
             spins = 0;
             continue;
@@ -1092,6 +1135,7 @@ static void *worker_main(void *arg)
         switch (idle_prepare(w, &t)) {
         case IDLE_GOT:
             idle_got(w);
+            claimed = false;
             run_task(w, t);
             spins = 0;
             continue;
@@ -1107,7 +1151,8 @@ static void *worker_main(void *arg)
         case IDLE_EXIT:
             break;
         }
-        idle_remove(w);
+        if (!idle_remove(w))
+            claimed = true;
         spins = 0;
     }
 

@@ -59,6 +59,8 @@ static void take_snap(struct snap *s, const struct cancel__record *rec, const st
     s->started = atomic_load_explicit(&rec->started, memory_order_relaxed);
     s->ended = atomic_load_explicit(&rec->ended, memory_order_relaxed);
     s->cancelled = atomic_load_explicit(&rec->cancelled, memory_order_relaxed);
+    if (s->cancelled == CANCEL__NOT_ASKED)
+        s->cancelled = CANCEL__NO_TIME;
     s->response = CANCEL__NO_TIME;
     s->cpu_after = CANCEL__NO_TIME;
     s->ignored = CANCEL__NO_TIME;
@@ -69,6 +71,8 @@ static void take_snap(struct snap *s, const struct cancel__record *rec, const st
     if (!ended)
         s->ended = CANCEL__NO_TIME; /* not written yet, or a stale read */
     bool asked = s->cancelled != CANCEL__NO_TIME;
+    if (!asked)
+        s->blocked_req = NULL; /* written by a note since withdrawn */
     if (ended && asked && s->ended != CANCEL__NO_TIME && s->cancelled <= s->ended) {
         s->response = s->ended - s->cancelled;
         int64_t at = atomic_load_explicit(&rec->cpu_at_request, memory_order_relaxed);
@@ -92,7 +96,8 @@ static void take_snap(struct snap *s, const struct cancel__record *rec, const st
             if (nested) {
                 s->blocked = nested;
             } else if (atomic_load_explicit(&w->current, memory_order_relaxed) == t) {
-                s->blocked = atomic_load_explicit(&w->blocked->what, memory_order_relaxed);
+                /* acquire: pairs with cancel__blocked_enter's release (the fd). */
+                s->blocked = atomic_load_explicit(&w->blocked->what, memory_order_acquire);
                 if (s->blocked)
                     s->blocked_fd = atomic_load_explicit(&w->blocked->fd, memory_order_relaxed);
             }
@@ -153,7 +158,7 @@ int cancel_group_stats_get(const cancel_group *g, cancel_group_stats *out)
         case CANCEL_TASK_RUNNING: {
             out->running++;
             int64_t c = atomic_load_explicit(&rec->cancelled, memory_order_relaxed);
-            if (grace >= 0 && c != CANCEL__NO_TIME && now - c >= grace)
+            if (grace >= 0 && c != CANCEL__NO_TIME && c != CANCEL__NOT_ASKED && now - c >= grace)
                 out->stragglers++;
             break;
         }

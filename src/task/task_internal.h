@@ -29,6 +29,11 @@
 #include <time.h>
 
 #define CANCEL__NO_TIME INT64_MIN /* a time not (yet) recorded */
+/* A record's `cancelled` once its task returned before any request reached
+ * it (its token did not read cancelled): no sweep notes it from then on,
+ * and a note made just before is withdrawn (pool.c, run_task). Reports read
+ * it as CANCEL__NO_TIME. */
+#define CANCEL__NOT_ASKED (INT64_MIN + 1)
 
 /* ---- wake.c: parking ---- */
 
@@ -55,7 +60,11 @@ CANCEL_HIDDEN void cancel__parker_sleep(_Atomic uint32_t *word, int64_t abs_dead
 /* Under the stripe of the list's owner. */
 CANCEL_HIDDEN void cancel__waiters_add(struct cancel__waiter **head, struct cancel__waiter *w);
 CANCEL_HIDDEN void cancel__waiters_remove(struct cancel__waiter *w);
+/* Wakes every waiter and empties the list: for what happens once. */
 CANCEL_HIDDEN void cancel__waiters_wake_all(struct cancel__waiter **head);
+/* Wakes every waiter and leaves them listed (each removes itself): for what
+ * can happen again, such as a group's count meeting zero. */
+CANCEL_HIDDEN void cancel__waiters_wake_listed(struct cancel__waiter *head);
 
 /* ---- the pool ---- */
 
@@ -167,7 +176,8 @@ struct cancel__record {
     struct cancel_task t;
     struct cancel__record *gnext;    /* older task of the group; r/o once listed */
     _Atomic int64_t queued, started, ended; /* cancel_now() */
-    _Atomic int64_t cancelled;       /* when its token was cancelled (first writer wins) */
+    _Atomic int64_t cancelled;       /* when its token was cancelled (first writer wins), or
+                                        CANCEL__NOT_ASKED */
     _Atomic int64_t cpu_at_request;  /* its thread's CPU clock then, if it was running */
     _Atomic int64_t cpu_at_end;      /* its thread's CPU clock at its return, if asked before */
     const char *_Atomic blocked_at_request; /* what it was blocked in when asked */
@@ -212,15 +222,21 @@ static inline bool cancel__task_ended(uint32_t word)
 
 /* Two counters, each on its own cache line so that the spawner and the pool
  * threads do not pass one line back and forth per task: the group has no
- * task left when ended == spawned (ended never passes spawned). */
-#define CANCEL__COUNT ((UINT64_C(1) << 60) - 1)
+ * task left when ended == spawned (ended never passes spawned). `spawned`
+ * also counts the spawns in progress (group.c): cancel_group_free waits for
+ * them. 2^40 tasks would keep 200 TB of records: a spawn refuses the next
+ * one (ENOMEM); 22 bits of spawns in progress hold more threads than Linux
+ * can run (its limit on thread ids is 2^22). */
+#define CANCEL__COUNT ((UINT64_C(1) << 40) - 1)
+#define CANCEL__SPAWNING_ONE (UINT64_C(1) << 40)    /* one spawn in progress */
+#define CANCEL__SPAWNING (((UINT64_C(1) << 22) - 1) << 40)
 #define CANCEL__SPAWNED_CLOSED (UINT64_C(1) << 62)  /* wait returned: no more spawns */
 #define CANCEL__SPAWNED_FREEING (UINT64_C(1) << 63) /* free started: no more spawns */
 #define CANCEL__ENDED_WAITERS (UINT64_C(1) << 63)   /* set under cancel__stripe(group) */
 
 struct cancel_group {
     /* The spawners' line. */
-    _Alignas(CANCEL__CACHELINE) _Atomic uint64_t spawned; /* tasks spawned | CLOSED | FREEING */
+    _Alignas(CANCEL__CACHELINE) _Atomic uint64_t spawned; /* tasks spawned | SPAWNING | CLOSED | FREEING */
     struct cancel__record *_Atomic tasks; /* every task ever spawned, newest first */
     struct cancel__slab *_Atomic slab;    /* where records come from: the newest slab */
     /* The line of the threads that end tasks. */

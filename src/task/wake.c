@@ -20,6 +20,13 @@
  * Lifetime: a waiter's node lives on its stack and leaves the list (under
  * the stripe) before the waiter returns; a waker touches nodes only under
  * the stripe. The parker word is thread-local, so it outlives any wait.
+ *
+ * Two ways to wake a list. What happens once (a task's end) empties it:
+ * its waiters never need to be woken again. What can happen again (a
+ * group's count of running tasks meets zero, then a spawn raises it, then
+ * it meets zero again) leaves every waiter listed, since a waiter woken by
+ * the first zero may find the group busy again and sleep on; each waiter
+ * removes itself when it leaves.
  */
 #include "task_internal.h"
 
@@ -87,6 +94,12 @@ void cancel__waiters_remove(struct cancel__waiter *w)
         w->next->pprev = w->pprev;
     w->pprev = NULL;
     w->next = NULL;
+}
+
+void cancel__waiters_wake_listed(struct cancel__waiter *head)
+{
+    for (struct cancel__waiter *w = head; w; w = w->next)
+        cancel__parker_wake(w->word);
 }
 
 void cancel__waiters_wake_all(struct cancel__waiter **head)

@@ -422,6 +422,92 @@ static void destroy_after_cancel(void)
     }
 }
 
+/* The callback runs on whichever thread cancels, and waits there while the
+ * waiter is between its check of the token and its sleep (it owns the
+ * mutex then). That wait must not be a pthread cancellation point: a
+ * canceller with a cancellation pending would be unwound from inside the
+ * core's dispatch, and the waiter's broadcast would never come. To hold the
+ * window open, the waiter locks a recursive mutex twice, so that it still
+ * owns it while it sleeps (pthread_cond_wait releases one level: a misuse
+ * the header forbids, used here only for that); the callback then waits
+ * until the test broadcasts, which it does once the canceller sleeps in the
+ * kernel (read from /proc) rather than spins. glibc only: elsewhere the
+ * callback does not look at the owner. */
+struct pending_canceller {
+    cancel_source *src;
+    _Atomic int tid;
+    _Atomic int returned;
+};
+static void *cancel_with_cancel_pending(void *arg)
+{
+    struct pending_canceller *c = arg;
+    atomic_store(&c->tid, (int)syscall(SYS_gettid));
+    CHECK_EQ(pthread_cancel(pthread_self()), 0); /* deferred: pending until a cancellation point */
+    CHECK(cancel_source_cancel(c->src));
+    atomic_store(&c->returned, 1);
+    int old;
+    pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &old); /* and leave normally */
+    return NULL;
+}
+static void *double_locked_waiter(void *arg)
+{
+    struct waiter *w = arg;
+    probe_arm(&w->p);
+    CHECK_EQ(pthread_mutex_lock(w->mu), 0);
+    CHECK_EQ(pthread_mutex_lock(w->mu), 0);
+    atomic_store(&w->result, cancel_cond_wait(w->tok, w->cv, w->mu, CANCEL_INFINITE));
+    CHECK_EQ(pthread_mutex_unlock(w->mu), 0);
+    CHECK_EQ(pthread_mutex_unlock(w->mu), 0);
+    return NULL;
+}
+/* Whether thread `tid` sleeps in a futex wait now. */
+static bool in_futex_wait(int tid)
+{
+    char path[64], line[256];
+    snprintf(path, sizeof path, "/proc/self/task/%d/syscall", tid);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return false;
+    bool r = false;
+    long nr;
+    unsigned long addr, op;
+    if (fgets(line, sizeof line, f) && sscanf(line, "%ld 0x%lx 0x%lx", &nr, &addr, &op) == 3)
+        r = nr == SYS_futex && ((op & 127) == 0 || (op & 127) == 9); /* FUTEX_WAIT(_BITSET) */
+    fclose(f);
+    return r;
+}
+static void canceller_with_cancellation_pending(void)
+{
+    pthread_mutex_t *m = new_mutex(PTHREAD_MUTEX_RECURSIVE);
+    pthread_cond_t cv = PTHREAD_COND_INITIALIZER;
+    cancel_source *src = cancel_source_new();
+    struct waiter w = {.tok = cancel_source_token(src), .cv = &cv, .mu = m};
+    atomic_init(&w.p.word, NULL);
+    atomic_init(&w.result, -1);
+    pthread_t wt = test_spawn(double_locked_waiter, &w);
+    probe_wait_blocked(&w.p, "cancel_cond_wait");
+    struct pending_canceller c = {src, 0, 0};
+    pthread_t ct = test_spawn(cancel_with_cancel_pending, &c);
+    while (!atomic_load(&c.returned)) {
+        void *ret;
+        if (pthread_tryjoin_np(ct, &ret) == 0) {
+            fprintf(stderr, "the cancelling thread was %s inside cancel_source_cancel\n",
+                    ret == PTHREAD_CANCELED ? "cancelled (a cancellation point)" : "ended");
+            abort();
+        }
+        int tid = atomic_load(&c.tid);
+        if (tid && in_futex_wait(tid))
+            pthread_cond_broadcast(&cv); /* the callback sleeps: let the waiter go */
+        test_sleep_ns(100 * 1000);
+    }
+    test_join(ct);
+    test_join(wt);
+    CHECK_EQ(atomic_load(&w.result), ECANCELED);
+    cancel_source_free(src);
+    pthread_cond_destroy(&cv);
+    free_mutex(m);
+}
+
 int main(void)
 {
     RUN(bad_input);
@@ -435,5 +521,6 @@ int main(void)
     RUN(timeout_manual_clock);
     RUN(cancel_races_predicate_check);
     RUN(destroy_after_cancel);
+    RUN(canceller_with_cancellation_pending);
     return 0;
 }

@@ -1,6 +1,7 @@
 /* Groups: waiting, fail fast, cancellation, spawning rules, nesting, pool
  * free, stragglers. */
 #include "../check.h"
+#include "sync_probe.h"
 
 #include <cancel.h>
 #include <cancel/task.h>
@@ -316,6 +317,132 @@ static void group_wait_inside_a_task(void)
     CHECK_EQ(atomic_load(&f.ran), 50);
     cancel_group_free(g);
     cancel_pool_free(p);
+}
+
+/* A spawn into a group whose count of running tasks touched zero while it
+ * was waited: the waiter, woken for the zero, finds the new task and sleeps
+ * again, and the end of that task must still wake it. The waiter is a task
+ * of a one-thread pool, which runs a helper task inside its wait (waits
+ * help their pool): the helper, on the waiter's own thread, lets the
+ * group's last task end, waits until its end has been counted, and spawns
+ * the late task, all before the waiter looks again. */
+struct late {
+    cancel_pool *waiter_pool, *group_pool;
+    cancel_group *g;
+    test_gate end_first, first_counted, end_late, helped, waited;
+    probe waiter;
+    int result;
+};
+static int late_first(void *arg, cancel_token tok)
+{
+    (void)tok;
+    test_gate_wait(&((struct late *)arg)->end_first);
+    return 0;
+}
+static int late_counted(void *arg, cancel_token tok)
+{
+    (void)tok;
+    test_gate_open(&((struct late *)arg)->first_counted); /* runs after late_first's end, on the same thread */
+    return 0;
+}
+static int late_last(void *arg, cancel_token tok)
+{
+    (void)tok;
+    test_gate_wait(&((struct late *)arg)->end_late);
+    return 0;
+}
+static int late_helper(void *arg, cancel_token tok)
+{
+    (void)tok;
+    struct late *l = arg;
+    test_gate_open(&l->end_first);
+    test_gate_wait(&l->first_counted); /* the group's count met zero: its waiter was woken */
+    CHECK_EQ(cancel_group_spawn(l->g, late_last, l, "late"), 0);
+    test_gate_open(&l->helped);
+    return 0;
+}
+static int late_waiter(void *arg, cancel_token tok)
+{
+    (void)tok;
+    struct late *l = arg;
+    probe_arm(&l->waiter);
+    l->result = cancel_group_wait(l->g);
+    test_gate_open(&l->waited);
+    return 0;
+}
+static void late_spawn_while_waited(void)
+{
+    struct late l = {.end_first = TEST_GATE_INIT, .first_counted = TEST_GATE_INIT, .end_late = TEST_GATE_INIT,
+                     .helped = TEST_GATE_INIT, .waited = TEST_GATE_INIT, .waiter = PROBE_INIT, .result = -1};
+    l.waiter_pool = cancel_pool_new(1, "waiter");
+    l.group_pool = cancel_pool_new(1, "group");
+    l.g = cancel_group_new(l.group_pool, CANCEL_TOKEN_NONE, "late");
+    CHECK_EQ(cancel_group_spawn(l.g, late_first, &l, "first"), 0);
+    /* Queued behind late_first on the group's one thread: it runs once
+     * late_first's end has been counted out of the group. */
+    CHECK_EQ(cancel_task_run(l.group_pool, CANCEL_TOKEN_NONE, late_counted, &l, NULL, NULL), 0);
+    CHECK_EQ(cancel_task_run(l.waiter_pool, CANCEL_TOKEN_NONE, late_waiter, &l, NULL, NULL), 0);
+    probe_wait_blocked(&l.waiter, "cancel_group_wait"); /* subscribed, asleep */
+    CHECK_EQ(cancel_task_run(l.waiter_pool, CANCEL_TOKEN_NONE, late_helper, &l, NULL, NULL), 0);
+    test_gate_wait(&l.helped);
+    /* The waiter is back from the helper: once it is about to sleep again,
+     * let the late task end. */
+    probe_wait_blocked(&l.waiter, "cancel_group_wait");
+    test_gate_open(&l.end_late);
+    if (!test_gate_wait_for(&l.waited, 10 * 1000 * MS)) {
+        fprintf(stderr, "cancel_group_wait slept through the end of a task spawned while it was waited\n");
+        abort();
+    }
+    CHECK_EQ(l.result, 0);
+    cancel_group_free(l.g);
+    cancel_pool_free(l.group_pool);
+    cancel_pool_free(l.waiter_pool);
+}
+
+/* A thread that is neither the owner nor a task of the group spawns while
+ * the owner waits; the owner frees the group and the pool as soon as the
+ * wait returns. The spawned task lets the group's other task end, so the
+ * wait can return while the spawner is still inside cancel_group_spawn
+ * (after queueing its task): the spawn must hold the group until its last
+ * access (a use after free under ASan otherwise). A race, not a
+ * deterministic case: without a pause injected into the spawn, the window
+ * is a few hundred nanoseconds. */
+struct outsider {
+    cancel_group *g;
+    test_gate late_started;
+    int result;
+};
+static int outsider_first(void *arg, cancel_token tok)
+{
+    (void)tok;
+    test_gate_wait(&((struct outsider *)arg)->late_started);
+    return 0;
+}
+static int outsider_late(void *arg, cancel_token tok)
+{
+    (void)tok;
+    test_gate_open(&((struct outsider *)arg)->late_started);
+    return 0;
+}
+static void *outsider_spawn(void *arg)
+{
+    struct outsider *o = arg;
+    o->result = cancel_group_spawn(o->g, outsider_late, o, "late");
+    return NULL;
+}
+static void spawn_from_outside_races_free(void)
+{
+    for (int i = 0; i < TEST_SCALE(2000); i++) {
+        cancel_pool *p = cancel_pool_new(2, "outside");
+        struct outsider o = {cancel_group_new(p, CANCEL_TOKEN_NONE, "outside"), TEST_GATE_INIT, -1};
+        CHECK_EQ(cancel_group_spawn(o.g, outsider_first, &o, "first"), 0);
+        pthread_t t = test_spawn(outsider_spawn, &o);
+        CHECK_EQ(cancel_group_wait(o.g), 0);
+        cancel_group_free(o.g);
+        cancel_pool_free(p);
+        test_join(t);
+        CHECK_EQ(o.result, 0);
+    }
 }
 
 /* A group made inside a task with its token is the task's child: cancelling
@@ -688,6 +815,8 @@ int main(void)
     RUN(queued_tasks_end_promptly);
     RUN(siblings_spawned_while_waited);
     RUN(group_wait_inside_a_task);
+    RUN(late_spawn_while_waited);
+    RUN(spawn_from_outside_races_free);
     RUN(nested_groups);
     RUN(pool_free_with_groups);
     RUN(free_without_wait);

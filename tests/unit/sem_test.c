@@ -275,6 +275,43 @@ static void races_account_for_every_unit(void)
     cancel_sem_free(r.sem);
 }
 
+/* The completion pattern: a waiter takes the unit and frees the semaphore
+ * at once, while the poster may still be inside cancel_sem_post. The post's
+ * last access must be the update that hands the unit over (POSIX allows
+ * sem_destroy once no thread is blocked): under ASan, a post that still
+ * touched the semaphore after it is a use after free. The waiter polls with
+ * short timeouts, so that it often takes the unit without the wake-up (the
+ * case where the poster still has one to make). A race, not a deterministic
+ * case: the window is a few instructions of the poster unless a pause is
+ * injected into the post. */
+struct completion {
+    cancel_sem *sem;
+    uint32_t delay;
+};
+static void *post_once(void *arg)
+{
+    struct completion *c = arg;
+    uint64_t rng = c->delay;
+    test_jitter(&rng, c->delay);
+    CHECK_EQ(cancel_sem_post(c->sem), 0);
+    return NULL;
+}
+static void free_right_after_the_unit(void)
+{
+    uint64_t rng = 17;
+    for (int i = 0; i < TEST_SCALE(3000); i++) {
+        struct completion c = {cancel_sem_new(0), 1 + test_rand(&rng) % 50000};
+        CHECK(c.sem);
+        pthread_t th = test_spawn(post_once, &c);
+        int e;
+        while ((e = cancel_sem_wait(CANCEL_TOKEN_NONE, c.sem, (int64_t)(test_rand(&rng) % 20000))) == ETIMEDOUT) {
+        }
+        CHECK_EQ(e, 0);
+        cancel_sem_free(c.sem); /* the poster may not have returned yet */
+        test_join(th);
+    }
+}
+
 int main(void)
 {
     RUN(counts);
@@ -287,5 +324,6 @@ int main(void)
     RUN(source_freed_mid_wait);
     RUN(timeout_manual_clock);
     RUN(races_account_for_every_unit);
+    RUN(free_right_after_the_unit);
     return 0;
 }

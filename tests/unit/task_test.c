@@ -291,12 +291,18 @@ static void wait_timeouts_and_wait_token(void)
     cancel_source_cancel(w);
     CHECK_EQ(cancel_task_wait(cancel_source_token(w), t, CANCEL_INFINITE), ECANCELED);
     CHECK_EQ(cancel_task_wait(cancel_source_token(w), t, 0), ECANCELED);
+    /* A cancelled wait token wins over bad arguments. */
+    CHECK_EQ(cancel_task_wait(cancel_source_token(w), t, -5), ECANCELED);
+    CHECK_EQ(cancel_task_wait(cancel_source_token(w), NULL, 0), ECANCELED);
     CHECK_EQ(cancel_task_state_of(t), CANCEL_TASK_RUNNING); /* the task is not cancelled by it */
     test_gate_open(&b.release);
     CHECK_EQ(cancel_task_wait(CANCEL_TOKEN_NONE, t, CANCEL_INFINITE), 0);
-    /* An ended task wins over a cancelled wait token. */
+    /* An ended task wins over a cancelled wait token (which wins over bad
+     * arguments). */
     CHECK_EQ(cancel_task_wait(cancel_source_token(w), t, CANCEL_INFINITE), 0);
     CHECK_EQ(cancel_task_wait(cancel_source_token(w), t, 0), 0);
+    CHECK_EQ(cancel_task_wait(cancel_source_token(w), t, -5), 0);
+    CHECK_EQ(cancel_task_wait(CANCEL_TOKEN_NONE, t, -5), EINVAL);
     cancel_source_free(w);
     cancel_task_free(t);
     cancel_pool_free(p);
@@ -372,6 +378,63 @@ static void manual_clock_governs_waits(void)
     CHECK_EQ(w.result, ETIMEDOUT);
     cancel_clock_use_manual(false);
     test_gate_open(&b.release);
+    cancel_task_free(w.t);
+    cancel_pool_free(p);
+}
+
+/* The manual clock switched on during a wait with a timeout on the real
+ * clock: the kernel cannot keep that deadline any more, so the wait waits
+ * for the task alone (block.h) and sleeps meanwhile; it must not spin on a
+ * kernel deadline that has passed. The waiting thread's CPU time over
+ * 300 ms after its real deadline tells: a spinning thread gets a share of
+ * a CPU even on a loaded machine, a sleeping one next to nothing. */
+struct switched {
+    cancel_task *t;
+    _Atomic int result;
+    test_gate in_wait;
+};
+static void *wait_while_clock_switches(void *arg)
+{
+    struct switched *w = arg;
+    test_gate_open(&w->in_wait);
+    atomic_store(&w->result, cancel_task_wait(CANCEL_TOKEN_NONE, w->t, 50 * MS));
+    return NULL;
+}
+static int64_t thread_cpu_ns(pthread_t th)
+{
+    clockid_t c;
+    struct timespec ts;
+    CHECK_EQ(pthread_getcpuclockid(th, &c), 0);
+    CHECK_EQ(clock_gettime(c, &ts), 0);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+static void manual_clock_switched_on_during_wait(void)
+{
+    cancel_pool *p = cancel_pool_new(1, "switch");
+    struct blocker b = {TEST_GATE_INIT, TEST_GATE_INIT};
+    struct switched w = {NULL, -1, TEST_GATE_INIT};
+    CHECK_EQ(cancel_task_run(p, CANCEL_TOKEN_NONE, block_until_released, &b, "blocked", &w.t), 0);
+    test_gate_wait(&b.started);
+    int64_t t0 = test_now_ns();
+    pthread_t th = test_spawn(wait_while_clock_switches, &w);
+    test_gate_wait(&w.in_wait); /* its deadline is at most t0 + 50 ms + this */
+    int64_t deadline = test_now_ns() + 50 * MS;
+    cancel_clock_use_manual(true);
+    while (test_now_ns() < deadline + 10 * MS)
+        test_sleep_ns(MS);
+    int64_t c0 = thread_cpu_ns(th);
+    test_sleep_ns(300 * MS);
+    int64_t used = thread_cpu_ns(th) - c0;
+    CHECK_EQ(atomic_load(&w.result), -1); /* the frozen clock keeps the timeout from passing */
+    if (used > 30 * MS) {
+        fprintf(stderr, "the waiting thread used %.1f ms of CPU in 300 ms (from %.1f ms after it began)\n",
+                used / 1e6, (test_now_ns() - 300 * MS - t0) / 1e6);
+        abort();
+    }
+    test_gate_open(&b.release);
+    test_join(th);
+    CHECK_EQ(w.result, 0);
+    cancel_clock_use_manual(false);
     cancel_task_free(w.t);
     cancel_pool_free(p);
 }
@@ -514,6 +577,58 @@ static void free_with_work_queued(void)
     }
 }
 
+/* Two threads submit at once to a pool whose threads are idle; the first
+ * task waits for the second to start. A task queued behind another whose
+ * link an idle thread could not see yet (the pop said empty, half pushed)
+ * must still find a thread: the thread woken for the first one passes the
+ * wake-up on. Before, the second task could wait for ever beside a
+ * sleeping thread (a race: seen within seconds under TSan on a loaded
+ * machine, rarely otherwise). */
+struct pair {
+    cancel_pool *p;
+    test_gate go, second_started;
+    cancel_task *first, *second;
+};
+static int wait_for_second(void *arg, cancel_token tok)
+{
+    (void)tok;
+    struct pair *pr = arg;
+    if (!test_gate_wait_for(&pr->second_started, 10 * 1000 * MS)) {
+        fprintf(stderr, "a queued task found no thread while one slept\n");
+        abort();
+    }
+    return 0;
+}
+static int open_second(void *arg, cancel_token tok)
+{
+    (void)tok;
+    test_gate_open(&((struct pair *)arg)->second_started);
+    return 0;
+}
+static void *submit_second(void *arg)
+{
+    struct pair *pr = arg;
+    test_gate_wait(&pr->go);
+    CHECK_EQ(cancel_task_run(pr->p, CANCEL_TOKEN_NONE, open_second, pr, NULL, &pr->second), 0);
+    return NULL;
+}
+static void queued_behind_a_half_push(void)
+{
+    for (int i = 0; i < TEST_SCALE(3000); i++) {
+        struct pair pr = {cancel_pool_new(2, "pair"), TEST_GATE_INIT, TEST_GATE_INIT, NULL, NULL};
+        pthread_t th = test_spawn(submit_second, &pr);
+        test_sleep_ns(20 * 1000); /* let the pool's threads go idle (not needed for correctness) */
+        test_gate_open(&pr.go);
+        CHECK_EQ(cancel_task_run(pr.p, CANCEL_TOKEN_NONE, wait_for_second, &pr, NULL, &pr.first), 0);
+        test_join(th);
+        CHECK_EQ(cancel_task_wait(CANCEL_TOKEN_NONE, pr.first, CANCEL_INFINITE), 0);
+        CHECK_EQ(cancel_task_wait(CANCEL_TOKEN_NONE, pr.second, CANCEL_INFINITE), 0);
+        cancel_task_free(pr.first);
+        cancel_task_free(pr.second);
+        cancel_pool_free(pr.p);
+    }
+}
+
 int main(void)
 {
     RUN(bad_input);
@@ -526,10 +641,12 @@ int main(void)
     RUN(wait_timeouts_and_wait_token);
     RUN(wait_token_wakes_sleeping_waiter);
     RUN(manual_clock_governs_waits);
+    RUN(manual_clock_switched_on_during_wait);
     RUN(waiting_inside_a_task_never_deadlocks);
     RUN(many_tasks_many_submitters);
     RUN(cancel_races_start);
     RUN(free_with_work_queued);
+    RUN(queued_behind_a_half_push);
     CHECK_EQ(cancel_quiesce(CANCEL_INFINITE), 0); /* nothing of the library left running */
     return 0;
 }
