@@ -178,9 +178,12 @@ CANCEL_API ssize_t cancel_io_write(cancel_token tok, int fd, const void *buf, si
  * `flags` means "try once": EAGAIN rather than a wait. MSG_WAITALL on a
  * stream socket waits until `len` bytes arrived, the peer closed, an error,
  * or cancellation; if some bytes arrived first, that count is returned
- * (nothing is lost) and the next call reports the condition. Returns the
- * count (0: the peer closed), or -1 with errno: ECANCELED, EFAULT, ENOTSOCK,
- * any error of recv(2), EMFILE/ENFILE. */
+ * (nothing is lost) and the next call reports the condition. MSG_PEEK with
+ * MSG_WAITALL (without MSG_DONTWAIT) is refused with EINVAL: nothing could
+ * wait for the rest without taking or spinning on the part already there.
+ * Returns the count (0: the peer closed), or -1 with errno: ECANCELED,
+ * EFAULT, EINVAL (that combination), ENOTSOCK, any error of recv(2),
+ * EMFILE/ENFILE. */
 CANCEL_API ssize_t cancel_io_recv(cancel_token tok, int fd, void *buf, size_t len, int flags);
 
 /* Like send(2), with `flags` passed through (MSG_NOSIGNAL, MSG_MORE...).

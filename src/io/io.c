@@ -488,9 +488,13 @@ ssize_t cancel_io_recv(cancel_token tok, int fd, void *buf, size_t len, int flag
         return fail(ECANCELED);
     if (len > 0 && !buf)
         return fail(EFAULT);
-    int saved = errno;
     bool once = flags & MSG_DONTWAIT;
     bool all = (flags & MSG_WAITALL) && !once;
+    /* Peeking, the loop below would take the same bytes again; waiting for
+     * more than a partial peek has nothing to poll for (POLLIN stays set). */
+    if (all && (flags & MSG_PEEK))
+        return fail(EINVAL);
+    int saved = errno;
     struct xfer x = XFER(.kind = K_RECV, .fd = fd, .buf = buf, .len = len,
                          .flags = flags & ~(MSG_WAITALL | MSG_DONTWAIT));
     ssize_t r = run(tok, &x, "cancel_io_recv", once);

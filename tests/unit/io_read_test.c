@@ -577,6 +577,15 @@ static void recv_and_send_flags(void)
     CHECK_EQ(cancel_io_recv(t, p.rd, buf, 2, MSG_PEEK), 2);
     CHECK_EQ(cancel_io_recv(t, p.rd, buf, 2, 0), 2);
     CHECK(memcmp(buf, "pq", 2) == 0);
+    /* MSG_PEEK with MSG_WAITALL is refused, the data left where it is; with
+     * MSG_DONTWAIT it is one peek */
+    CHECK_EQ(write(p.wr, "abc", 3), 3);
+    errno = 0;
+    CHECK_EQ(cancel_io_recv(t, p.rd, buf, 8, MSG_PEEK | MSG_WAITALL), -1);
+    CHECK_EQ(errno, EINVAL);
+    CHECK_EQ(cancel_io_recv(t, p.rd, buf, 8, MSG_PEEK | MSG_WAITALL | MSG_DONTWAIT), 3);
+    CHECK_EQ(cancel_io_recv(t, p.rd, buf, 8, 0), 3);
+    CHECK(memcmp(buf, "abc", 3) == 0);
     /* MSG_WAITALL waits for all of it */
     struct call c;
     init_call(&c, do_recv, t, p.rd, 6);
