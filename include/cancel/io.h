@@ -213,11 +213,14 @@ CANCEL_API int cancel_io_accept(cancel_token tok, int fd, struct sockaddr *addr,
  * socket as unusable and close it. O_NONBLOCK is as it was. A Unix-domain
  * socket whose listener's backlog is full is retried after short naps (1 ms,
  * doubling up to 64 ms), which wake at once on cancellation: the kernel has
- * nothing to poll for that case. */
+ * nothing to poll for that case. For other sockets EAGAIN (TCP: no local
+ * port free) is returned as connect(2) returns it. */
 CANCEL_API int cancel_io_connect(cancel_token tok, int fd, const struct sockaddr *addr, socklen_t addrlen);
 
 /* Writes all `len` bytes, waiting as cancel_io_write. Returns 0 once all are
- * written, or an error number (ECANCELED, EFAULT, EPIPE, EBADF, EMFILE...).
+ * written, or an error number (ECANCELED, EFAULT, EPIPE, EBADF, EMFILE...;
+ * EIO when a write returns 0 for a non-zero length, as some file systems
+ * and devices do: nothing would ever make progress).
  * *done (NULL: not wanted) always receives how many bytes were written, so
  * that a cancelled transfer can be resumed or accounted for. errno is left
  * alone. */

@@ -577,10 +577,11 @@ int cancel_io_connect(cancel_token tok, int fd, const struct sockaddr *addr, soc
             started = true;
             break;
         }
-        if (err != EAGAIN)
+        if (err != EAGAIN || addr->sa_family != AF_UNIX)
             break;
-        /* A Unix-domain listener with a full backlog (or, for TCP, no free
-         * local port): nothing to poll for, so nap and retry. */
+        /* A Unix-domain listener with a full backlog: nothing to poll for,
+         * so nap and retry. (For TCP, EAGAIN means no local port is free:
+         * the caller's answer, as connect(2) gives it.) */
         nap = nap == 0 ? 1 : nap >= 64 ? 64 : nap * 2;
         err = cancel__io_wait_ready(&w, fd, 0, "cancel_io_connect", nap);
         if (err != EAGAIN)
@@ -619,6 +620,8 @@ int cancel_io_write_all(cancel_token tok, int fd, const void *buf, size_t len, s
         ssize_t n = cancel_io_write(tok, fd, (const char *)buf + total, len - total);
         if (n < 0)
             err = errno;
+        else if (n == 0)
+            err = EIO; /* no progress, and nothing to wait for */
         else
             total += (size_t)n;
     }

@@ -3,11 +3,16 @@
  *  - F_SETFL refused: regular files, ttys and FIFOs are read and written
  *    without ever changing the flags of the caller's open file description
  *    (a pty master, which cannot be opened again, is the one that needs
- *    them). */
+ *    them);
+ *  - a write that returns 0: cancel_io_write_all reports EIO instead of
+ *    looping for ever;
+ *  - connect failing with EAGAIN: passed through for TCP, retried only for
+ *    Unix-domain sockets. */
 #include "io_util.h"
 #include "seccomp_util.h"
 
 #include <sys/stat.h>
+#include <sys/un.h>
 
 #define REFUSED ENOTRECOVERABLE /* an errno no real F_SETFL gives */
 
@@ -101,11 +106,67 @@ static void never_switched(void)
     run_filtered(never_switched_case);
 }
 
+/* write(2) may return 0 for a non-zero length (some file systems and
+ * devices do): cancel_io_write passes it on, cancel_io_write_all reports EIO
+ * rather than trying again for ever. */
+static void write_of_nothing_case(void)
+{
+    int p[2];
+    CHECK_EQ(pipe2(p, O_CLOEXEC), 0);
+    seccomp_refuse(SYS_pwritev2, 0, (uint32_t)p[1], 0);
+    seccomp_refuse(SYS_write, 0, (uint32_t)p[1], 0);
+    CHECK_EQ(cancel_io_write(CANCEL_TOKEN_NONE, p[1], "abc", 3), 0);
+    size_t done = 99;
+    errno = 1234;
+    CHECK_EQ(cancel_io_write_all(CANCEL_TOKEN_NONE, p[1], "abc", 3, &done), EIO);
+    CHECK_EQ(done, 0);
+    CHECK_EQ(errno, 1234);
+}
+
+static void write_of_nothing(void)
+{
+    run_filtered(write_of_nothing_case);
+}
+
+/* connect's EAGAIN means a full backlog only for Unix-domain sockets,
+ * where the call naps and retries; for TCP (no local port free) it is the
+ * answer. */
+static void connect_eagain_case(void)
+{
+    int tcp = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int tcp_nb = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    int unx = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    CHECK(tcp >= 0 && tcp_nb >= 0 && unx >= 0);
+    seccomp_refuse(SYS_connect, SECCOMP_ANY_ARG, 0, EAGAIN);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(9), .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    errno = 0;
+    CHECK_EQ(cancel_io_connect(CANCEL_TOKEN_NONE, tcp, (struct sockaddr *)&a, sizeof a), -1);
+    CHECK_EQ(errno, EAGAIN);
+    CHECK_EQ(cancel_io_connect(CANCEL_TOKEN_NONE, tcp_nb, (struct sockaddr *)&a, sizeof a), -1);
+    CHECK_EQ(errno, EAGAIN);
+    CHECK(!is_nonblocking(tcp));
+    /* Unix-domain: retried until the token's deadline */
+    struct sockaddr_un u = {.sun_family = AF_UNIX};
+    snprintf(u.sun_path, sizeof u.sun_path, "%s/sock", dir);
+    cancel_source *s = cancel_source_new_child(CANCEL_TOKEN_NONE, 5 * 1000 * 1000, NULL);
+    CHECK_EQ(cancel_io_connect(cancel_source_token(s), unx, (struct sockaddr *)&u, sizeof u), -1);
+    CHECK_EQ(errno, ECANCELED);
+    CHECK_EQ(cancel_token_cause(cancel_source_token(s)).reason, CANCEL_REASON_TIMEOUT);
+    cancel_source_free(s);
+}
+
+static void connect_eagain(void)
+{
+    run_filtered(connect_eagain_case);
+}
+
 int main(void)
 {
     snprintf(dir, sizeof dir, "/tmp/cancel-io-XXXXXX");
     CHECK(mkdtemp(dir));
     RUN(never_switched);
+    RUN(write_of_nothing);
+    RUN(connect_eagain);
     char path[96];
     snprintf(path, sizeof path, "%s/file", dir);
     unlink(path);
