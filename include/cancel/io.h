@@ -41,7 +41,8 @@
  *    that may wait should not be made from a cancellation callback (it would
  *    hold up the canceller); with a try-once timeout it may.
  *  - No call leaves anything behind: no registration, no descriptor, no
- *    thread. Beyond the token's descriptor (below), nothing is allocated
+ *    thread (the descriptors a call holds while it runs, below, are closed
+ *    before it returns). Beyond the token's descriptor (below), nothing is allocated
  *    except by cancel_io_poll for more than 15 descriptors, and by timeouts
  *    on the manual clock (a child source per call).
  *
@@ -62,28 +63,47 @@
  *
  * The try must not block even if another thread took the data between the
  * wake-up and the transfer (two readers of one pipe, two acceptors of one
- * listener), so it uses a per-call non-blocking transfer:
+ * listener), so it uses, per kind of descriptor:
  *  - cancel_io_recv, cancel_io_send: MSG_DONTWAIT.
  *  - cancel_io_read, cancel_io_write: preadv2/pwritev2 with RWF_NOWAIT
- *    (sockets, pipes, eventfd and timerfd reads, regular files and most
- *    character devices on current kernels). For regular files and block
- *    devices, which are always "ready", the transfer is a plain read or
- *    write: a disk access is not interruptible.
- *  - Where the kernel offers no per-call non-blocking transfer (it answers
- *    EOPNOTSUPP: ttys and ptys, FIFOs opened by name, eventfd writes, some
- *    devices) and for cancel_io_accept and cancel_io_connect (which have none
- *    at all): if the descriptor is already non-blocking (O_NONBLOCK), the
- *    plain call is used. If it is blocking, the call waits with the
- *    descriptor untouched and then makes the one transfer system call with
- *    O_NONBLOCK set on the open file description, restoring the flags right
- *    after; a process-wide lock serialises these switches so that concurrent
- *    calls never restore the flags under each other. The only other ways to
- *    keep "must not hang" were a thread per call or reopening the file (which
- *    eventfds, sockets and pty masters do not allow); the cost is that a
- *    program reading the same open file description directly (not through
- *    this library) at that very moment may see EAGAIN once. A descriptor
- *    you make non-blocking yourself (SOCK_NONBLOCK, O_NONBLOCK) is never
- *    switched. O_NONBLOCK is always as it was when a call returns.
+ *    (sockets, pipes, eventfd and timerfd reads, most character devices).
+ *    Where the kernel refuses it (EOPNOTSUPP), by the file's type:
+ *  - regular files, block devices (and directories), which are always
+ *    "ready": the plain read or write, as read(2) and write(2) would make
+ *    it. A disk access is not interruptible, and O_NONBLOCK means nothing
+ *    to these files. A write to a file costs one fstat more than write(2).
+ *  - ttys (pty masters excepted) and FIFOs: the file is opened again,
+ *    non-blocking, through /proc/thread-self/fd for the duration of the
+ *    call, and the transfer made on that private open file description.
+ *    The flags of yours, which other processes share (a terminal's with the
+ *    shell and the other jobs), are never touched: a background job stopped
+ *    by SIGTTIN while it reads the terminal leaves it as it was.
+ *  - the rest, and cancel_io_accept and cancel_io_connect, which have no
+ *    per-call flag at all (sockets, pty masters, eventfd writes, other
+ *    character devices, and a tty or FIFO the system refused to open again:
+ *    no permission on the device, no /proc, no descriptor left): a
+ *    descriptor already non-blocking (SOCK_NONBLOCK, O_NONBLOCK) is used as
+ *    it is and never switched. A blocking one is waited for untouched; then
+ *    O_NONBLOCK is set on its open file description for the one transfer
+ *    system call, and the flags are restored right after, through a
+ *    duplicate of the descriptor made for the call, so that the restore
+ *    reaches the same description even if your descriptor number is closed
+ *    and reused meanwhile. Calls of this process switching one file never
+ *    overlap (they are serialised per file, only for those few system
+ *    calls; calls on other files never wait for each other). So when a call
+ *    returns, O_NONBLOCK is as it was; meanwhile, for one system call,
+ *    another process sharing the description sees it set (and may get one
+ *    EAGAIN from its own blocking call), and if the process is killed in
+ *    that window, it stays set.
+ *    Nothing serialises these switches across processes. A blocking
+ *    descriptor of this last group shared with another process that also
+ *    uses these calls on it, typically a listening socket inherited by
+ *    pre-forked workers that all call cancel_io_accept, is therefore not
+ *    safe: one worker can see the flag another set, make its accept
+ *    believing it non-blocking, and block in it, deaf to its token, once
+ *    the other restored the flag. Make such a descriptor non-blocking
+ *    (SOCK_NONBLOCK, or fcntl(fd, F_SETFL, O_NONBLOCK) before forking):
+ *    the calls then never switch it and all workers stay cancellable.
  *
  * SIGPIPE: the library never changes its disposition. Like write(2),
  * cancel_io_write and cancel_io_write_all on a pipe or socket whose reader is
@@ -96,7 +116,10 @@
  * the source is released. So every call here except cancel_sleep may fail
  * with EMFILE, ENFILE or ENOMEM when that descriptor cannot be made; the
  * caller's descriptor is then left as it was (nothing transferred, flags
- * unchanged). A call that never waits never needs it.
+ * unchanged). A call that never waits never needs it. A call that switches
+ * O_NONBLOCK (see above) holds a duplicate of the caller's descriptor while
+ * it runs, and a call on a tty or FIFO the private description; without a
+ * descriptor for either it fails the same way, with EMFILE or ENFILE.
  *
  * While a call waits, the thread's "blocked in" record names it (for the
  * task layer's reports).
@@ -155,9 +178,12 @@ CANCEL_API ssize_t cancel_io_write(cancel_token tok, int fd, const void *buf, si
  * `flags` means "try once": EAGAIN rather than a wait. MSG_WAITALL on a
  * stream socket waits until `len` bytes arrived, the peer closed, an error,
  * or cancellation; if some bytes arrived first, that count is returned
- * (nothing is lost) and the next call reports the condition. Returns the
- * count (0: the peer closed), or -1 with errno: ECANCELED, EFAULT, ENOTSOCK,
- * any error of recv(2), EMFILE/ENFILE. */
+ * (nothing is lost) and the next call reports the condition. MSG_PEEK with
+ * MSG_WAITALL (without MSG_DONTWAIT) is refused with EINVAL: nothing could
+ * wait for the rest without taking or spinning on the part already there.
+ * Returns the count (0: the peer closed), or -1 with errno: ECANCELED,
+ * EFAULT, EINVAL (that combination), ENOTSOCK, any error of recv(2),
+ * EMFILE/ENFILE. */
 CANCEL_API ssize_t cancel_io_recv(cancel_token tok, int fd, void *buf, size_t len, int flags);
 
 /* Like send(2), with `flags` passed through (MSG_NOSIGNAL, MSG_MORE...).
@@ -170,9 +196,11 @@ CANCEL_API ssize_t cancel_io_send(cancel_token tok, int fd, const void *buf, siz
  * waits for a connection on the listening socket `fd`. Returns the new
  * descriptor, or -1 with errno: ECANCELED (no connection was taken), any
  * error of accept4(2) (EBADF, EINVAL: not listening...), EMFILE/ENFILE (also
- * for the token's descriptor). On a blocking listener the accept itself is
- * made non-blocking as described at the top; several threads may accept on
- * one listener. addr and addrlen as accept4 (both may be NULL). */
+ * for the token's descriptor and the duplicate). On a blocking listener the
+ * accept itself is made non-blocking as described at the top; several
+ * threads may accept on one listener, but several processes only on a
+ * non-blocking one (see the top: pre-forked workers). addr and addrlen as
+ * accept4 (both may be NULL). */
 CANCEL_API int cancel_io_accept(cancel_token tok, int fd, struct sockaddr *addr, socklen_t *addrlen, int flags);
 
 /* Like connect(2), on a blocking or non-blocking socket: starts the
@@ -185,11 +213,14 @@ CANCEL_API int cancel_io_accept(cancel_token tok, int fd, struct sockaddr *addr,
  * socket as unusable and close it. O_NONBLOCK is as it was. A Unix-domain
  * socket whose listener's backlog is full is retried after short naps (1 ms,
  * doubling up to 64 ms), which wake at once on cancellation: the kernel has
- * nothing to poll for that case. */
+ * nothing to poll for that case. For other sockets EAGAIN (TCP: no local
+ * port free) is returned as connect(2) returns it. */
 CANCEL_API int cancel_io_connect(cancel_token tok, int fd, const struct sockaddr *addr, socklen_t addrlen);
 
 /* Writes all `len` bytes, waiting as cancel_io_write. Returns 0 once all are
- * written, or an error number (ECANCELED, EFAULT, EPIPE, EBADF, EMFILE...).
+ * written, or an error number (ECANCELED, EFAULT, EPIPE, EBADF, EMFILE...;
+ * EIO when a write returns 0 for a non-zero length, as some file systems
+ * and devices do: nothing would ever make progress).
  * *done (NULL: not wanted) always receives how many bytes were written, so
  * that a cancelled transfer can be resumed or accounted for. errno is left
  * alone. */

@@ -214,7 +214,8 @@ CANCEL_API int cancel_process_wait(cancel_token wait_tok, cancel_process *p, int
 /* Sends `sig` to the child's group (to the child alone without own_group),
  * as cancellation does, while the child is not reaped. Returns 0, ESRCH
  * (already reaped: nothing was signalled), EINVAL (p NULL, or sig outside
- * 0..NSIG-1; 0 tests for existence). A child that exited but was not reaped
+ * 0..NSIG-1 or unknown to the kernel; 0 tests for existence), EPERM (the
+ * child runs as another user now, as a set-user-ID program does). A child that exited but was not reaped
  * yet is still signalled (harmlessly for the child itself; the group's
  * other members receive it). Thread-safe; may be called from a callback. */
 CANCEL_API int cancel_process_signal(cancel_process *p, int sig);

@@ -68,7 +68,9 @@ typedef struct cancel_signal_watch cancel_signal_watch;
 #define CANCEL_SIGNAL_FORCE_SECOND 1u
 
 /* Watches `count` signals (`signals`, each in 1.._NSIG-1, not SIGKILL or
- * SIGSTOP nor a signal the C library reserves) for `src`, which must stay
+ * SIGSTOP nor a signal the C library reserves, nor a fault signal: SIGSEGV,
+ * SIGBUS, SIGFPE, SIGILL, SIGTRAP, SIGSYS, whose handler returning re-runs
+ * the faulting instruction) for `src`, which must stay
  * alive until cancel_signal_watch_free returns. `flags`: 0 or
  * CANCEL_SIGNAL_FORCE_SECOND. Stores the watch in *out and returns 0, or
  * returns: EINVAL (NULL src, signals or out; count 0; a signal out of range

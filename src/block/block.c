@@ -65,19 +65,6 @@ int64_t cancel__until_kernel_deadline(const struct cancel__until *u)
     return kernel_deadline_void(u) ? -1 : u->kernel_deadline;
 }
 
-int cancel__until_poll_ms(const struct cancel__until *u)
-{
-    if (u->kernel_deadline < 0)
-        return u->deadline == CANCEL_INFINITE || u->timer ? -1 : 0;
-    if (kernel_deadline_void(u))
-        return -1;
-    int64_t left = u->kernel_deadline - cancel__clock_ns();
-    if (left <= 0)
-        return 0;
-    int64_t ms = (left + 999999) / 1000000;
-    return ms > INT_MAX ? INT_MAX : (int)ms;
-}
-
 struct timespec *cancel__until_timespec(const struct cancel__until *u, struct timespec *ts)
 {
     if ((u->kernel_deadline < 0 && (u->deadline == CANCEL_INFINITE || u->timer)) || kernel_deadline_void(u))

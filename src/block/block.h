@@ -51,8 +51,6 @@ static inline cancel_token cancel__until_token(const struct cancel__until *u)
  * manual clock is switched on during the call (the kernel cannot keep such
  * a deadline; the call then waits for its other conditions). */
 CANCEL_HIDDEN int64_t cancel__until_kernel_deadline(const struct cancel__until *u);
-/* Milliseconds for poll(2) (rounded up, never early), -1 for none. */
-CANCEL_HIDDEN int cancel__until_poll_ms(const struct cancel__until *u);
 /* The time left for ppoll(2) and the like in *ts; NULL for none. */
 struct timespec;
 CANCEL_HIDDEN struct timespec *cancel__until_timespec(const struct cancel__until *u, struct timespec *ts);

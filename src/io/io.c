@@ -1,28 +1,74 @@
 /*
  * Descriptor I/O that wakes on cancellation: read, write, recv, send,
- * accept, connect, and the all-or-EOF loops. The mechanism per descriptor
- * kind is documented in <cancel/io.h>; this file says why.
+ * accept, connect, and the all-or-EOF loops. <cancel/io.h> states the
+ * mechanism per descriptor kind; this file says why.
  *
  * Every transfer is "try without blocking, wait, try again" (wait.c). The
  * try must never block, since another thread may take the data between our
- * wake-up and our transfer (two readers, two acceptors), so it uses what the
- * kernel offers per call: MSG_DONTWAIT for recv/send, RWF_NOWAIT with
- * preadv2/pwritev2 for read/write (sockets, pipes, eventfd reads...). The
- * kernel answers EOPNOTSUPP for files that cannot honour RWF_NOWAIT (ttys,
- * FIFOs, eventfd writes), never blocking instead, and regular files are
- * always "ready", so a failed RWF_NOWAIT there is turned into a plain call.
- * accept and connect have no per-call flag at all.
+ * wake-up and our transfer (two readers, two acceptors). How a try avoids
+ * blocking, cheapest first (enum mode):
  *
- * Locking and lifetime. The only lock is `flip_mu`, process-wide, for
- * descriptors with no per-call non-blocking transfer: under it a call reads
- * the file status flags, sets O_NONBLOCK if it was clear, makes the one
- * transfer system call, which cannot block, and restores the flags. Holding
- * it across the whole read-modify-restore keeps two of our calls on one open
- * file description (possibly under two descriptor numbers, so nothing
- * narrower than the process would do) from saving each other's temporary
- * flag as the original. Nothing that waits runs under it, and no user code.
- * pthread_atfork handlers hold it across fork, so a child never inherits it
- * taken. The per-thread hints below are thread-local: no sharing.
+ *  - M_NOWAIT: a flag of the call itself, MSG_DONTWAIT for recv/send,
+ *    RWF_NOWAIT with preadv2/pwritev2 for read/write. Nothing shared is
+ *    touched. For a file that cannot honour RWF_NOWAIT the kernel answers
+ *    EOPNOTSUPP before doing anything; fstat then picks one of the three
+ *    below (classify).
+ *  - M_PLAIN: regular files, block devices and directories are always
+ *    "ready", and O_NONBLOCK means nothing to them: the plain call, which no
+ *    flag could make cancellable. (Also where RWF_NOWAIT says EAGAIN on a
+ *    file that polls ready: a page to read from the disk.) A per-thread
+ *    hint remembers the descriptor last found so, per kind of call, which
+ *    saves the failed try next time: a write to a file is then fstat and
+ *    write(2).
+ *  - M_PRIVATE: ttys (pty masters excepted) and FIFOs can be opened again,
+ *    through /proc/thread-self/fd/N, with O_NONBLOCK: a private open file
+ *    description of the same terminal or pipe, on which the plain call
+ *    cannot block and whose flags nobody else sees. It is opened at the
+ *    first try that needs it and closed when the call ends. The shared
+ *    description is never changed: a background job stopped by SIGTTIN in
+ *    the read leaves the terminal as it was. A pty master cannot be opened
+ *    again (that makes a new pty; ioctl(TIOCGPTN) succeeds on masters
+ *    alone), nor can sockets and anonymous files such as eventfds.
+ *  - M_FLIP: the rest, all of them types that honour O_NONBLOCK: accept and
+ *    connect (sockets have no per-call flag for them), pty masters, eventfd
+ *    writes, character devices without RWF_NOWAIT, and a tty or FIFO whose
+ *    reopening was refused (permissions, no /proc, EMFILE). A descriptor
+ *    already non-blocking gets the plain call. A blocking one is first
+ *    duplicated (F_DUPFD_CLOEXEC, kept for the call): the duplicate pins
+ *    the open file description, and the flags are read, O_NONBLOCK set, the
+ *    one transfer system call made and the flags restored through it, so
+ *    that if the caller's number is closed and reused meanwhile, the
+ *    restore cannot land on the newcomer.
+ *
+ * Locking and lifetime. A flip is a read-modify-restore of state that every
+ * descriptor of the description shares, so two of our calls must never flip
+ * one description at once: the second would save the first one's temporary
+ * O_NONBLOCK as the original, or take it for the caller's own, make the
+ * plain call, and block once the first restored. A flip, and the look that
+ * finds a descriptor non-blocking already, therefore run in a section
+ * exclusive per inode (st_dev, st_ino), the finest identity of a
+ * description that user space can read. Descriptions that share an inode
+ * (every eventfd shares one anonymous inode, every pty master the ptmx
+ * inode; two opens of one device) are serialised together: safe, only
+ * coarser. `flip_mu` guards the list of sections in progress (`busy`: one
+ * record per section, on its caller's stack) and `waiters`, and is held for
+ * a few instructions, never across a system call. A call whose inode is
+ * busy waits on `flip_cv` for a section of another thread, which is a few
+ * system calls that cannot wait for I/O; it does not listen to its token
+ * meanwhile, and need not. Different inodes never wait for each other, so a
+ * transfer that stalls inside its section (a page fault on the caller's
+ * buffer served by FUSE or userfaultfd, a driver that ignores O_NONBLOCK)
+ * holds up flips of its own inode only, and never fork.
+ * pthread_atfork holds flip_mu across fork; the child empties the list (its
+ * sections belong to threads the child does not have) and makes flip_cv
+ * anew.
+ *
+ * Across processes nothing serialises a flip: another process sharing the
+ * description sees O_NONBLOCK for the duration of one system call, and two
+ * processes flipping one blocking description can leave one of them in a
+ * blocking call, deaf to its token. <cancel/io.h> therefore asks for
+ * non-blocking descriptors there. The per-thread hints are thread-local: no
+ * sharing.
  *
  * The uncancelled path, data already there: one inline load of the token's
  * word, then the transfer: one system call, no write to any shared memory.
@@ -35,9 +81,12 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
+#include <stdio.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
+#include <termios.h>
 #include <unistd.h>
 
 /* ------------------------------------------------------------------------
@@ -46,11 +95,7 @@
 
 enum kind { K_READ, K_WRITE, K_RECV, K_SEND, K_ACCEPT, K_CONNECT };
 
-enum mode {
-    M_NOWAIT, /* RWF_NOWAIT (read/write) or MSG_DONTWAIT (recv/send) */
-    M_FLIP,   /* the plain call, O_NONBLOCK set for its duration if it was clear */
-    M_PLAIN,  /* the plain call: regular files and block devices */
-};
+enum mode { M_NOWAIT = 0, M_PLAIN, M_PRIVATE, M_FLIP }; /* see the top */
 
 struct xfer {
     enum kind kind;
@@ -63,9 +108,58 @@ struct xfer {
     socklen_t *addrlen;
     const struct sockaddr *caddr; /* connect */
     socklen_t caddrlen;
+    int own;     /* M_PRIVATE: the private description; M_FLIP: the pin; else -1 */
+    bool keyed;  /* M_FLIP: dev and ino are fd's */
+    dev_t dev;
+    ino_t ino;
+};
+
+/* M_NOWAIT unless told otherwise (it is 0), nothing of its own yet. */
+#define XFER(...) ((struct xfer){.own = -1, __VA_ARGS__})
+
+/* Ends a call's use of x: closes what it opened. */
+static void xfer_end(struct xfer *x)
+{
+    if (x->own >= 0) {
+        int e = errno;
+        close(x->own);
+        errno = e;
+        x->own = -1;
+    }
+}
+
+/* The plain system call on `fd`. */
+static ssize_t plain(const struct xfer *x, int fd)
+{
+    switch (x->kind) {
+    case K_READ:
+        return read(fd, x->buf, x->len);
+    case K_WRITE:
+        return write(fd, x->buf, x->len);
+    case K_RECV:
+        return recv(fd, x->buf, x->len, x->flags);
+    case K_SEND:
+        return send(fd, x->buf, x->len, x->flags);
+    case K_ACCEPT:
+        return accept4(fd, x->addr, x->addrlen, x->flags);
+    case K_CONNECT:
+        return connect(fd, x->caddr, x->caddrlen);
+    }
+    errno = EINVAL;
+    return -1;
+}
+
+/* The sections, exclusive per inode (see the top). */
+struct section {
+    dev_t dev;
+    ino_t ino;
+    struct section *next;
 };
 
 static pthread_mutex_t flip_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t flip_cv = PTHREAD_COND_INITIALIZER;
+static struct section *busy; /* under flip_mu */
+static int waiters;          /* under flip_mu: calls waiting on flip_cv */
 static pthread_once_t flip_once = PTHREAD_ONCE_INIT;
 
 static void flip_lock(void)
@@ -76,64 +170,147 @@ static void flip_unlock(void)
 {
     pthread_mutex_unlock(&flip_mu);
 }
+static void flip_child(void)
+{
+    busy = NULL;
+    waiters = 0;
+    pthread_cond_init(&flip_cv, NULL); /* its waiters stayed in the parent */
+    pthread_mutex_unlock(&flip_mu);
+}
 static void flip_setup(void)
 {
-    pthread_atfork(flip_lock, flip_unlock, flip_unlock);
+    pthread_atfork(flip_lock, flip_unlock, flip_child);
 }
 
-/* The plain system call. */
-static ssize_t plain(const struct xfer *x)
-{
-    switch (x->kind) {
-    case K_READ:
-        return read(x->fd, x->buf, x->len);
-    case K_WRITE:
-        return write(x->fd, x->buf, x->len);
-    case K_RECV:
-        return recv(x->fd, x->buf, x->len, x->flags);
-    case K_SEND:
-        return send(x->fd, x->buf, x->len, x->flags);
-    case K_ACCEPT:
-        return accept4(x->fd, x->addr, x->addrlen, x->flags);
-    case K_CONNECT:
-        return connect(x->fd, x->caddr, x->caddrlen);
-    }
-    errno = EINVAL;
-    return -1;
-}
-
-/* The plain call with O_NONBLOCK set on the open file description for its
- * duration (unless it is set already); see the locking paragraph. */
-static ssize_t flipped(const struct xfer *x)
+static void section_enter(struct section *s)
 {
     pthread_once(&flip_once, flip_setup);
     pthread_mutex_lock(&flip_mu);
-    ssize_t r;
-    int fl = fcntl(x->fd, F_GETFL);
+    for (;;) {
+        struct section *b = busy;
+        while (b && (b->dev != s->dev || b->ino != s->ino))
+            b = b->next;
+        if (!b)
+            break;
+        waiters++;
+        pthread_cond_wait(&flip_cv, &flip_mu);
+        waiters--;
+    }
+    s->next = busy;
+    busy = s;
+    pthread_mutex_unlock(&flip_mu);
+}
+
+static void section_leave(struct section *s)
+{
+    int e = errno;
+    pthread_mutex_lock(&flip_mu);
+    struct section **pp = &busy;
+    while (*pp != s)
+        pp = &(*pp)->next;
+    *pp = s->next;
+    if (waiters)
+        pthread_cond_broadcast(&flip_cv);
+    pthread_mutex_unlock(&flip_mu);
+    errno = e;
+}
+
+/* The plain call with O_NONBLOCK set on the open file description for its
+ * duration, unless it is set already (M_FLIP at the top). */
+static ssize_t flipped(struct xfer *x)
+{
+    if (!x->keyed) {
+        struct stat st;
+        if (fstat(x->fd, &st) != 0)
+            return -1;
+        x->dev = st.st_dev;
+        x->ino = st.st_ino;
+        x->keyed = true;
+    }
+    struct section s = {x->dev, x->ino, NULL};
+    section_enter(&s);
+    int fd = x->own >= 0 ? x->own : x->fd;
+    int fl = fcntl(fd, F_GETFL);
+    if (fl >= 0 && !(fl & O_NONBLOCK) && x->own < 0) {
+        /* Blocking: pin the description, and read its flags there (the
+         * number may have been reused since the look above). */
+        fd = x->own = fcntl(x->fd, F_DUPFD_CLOEXEC, 0);
+        fl = fd < 0 ? -1 : fcntl(fd, F_GETFL);
+    }
+    ssize_t r = -1;
     if (fl < 0) {
         r = -1;
     } else if (fl & O_NONBLOCK) {
-        r = plain(x);
-    } else if (fcntl(x->fd, F_SETFL, fl | O_NONBLOCK) < 0) {
-        r = -1;
-    } else {
-        r = plain(x);
+        /* The caller's own setting: no call of ours flips a non-blocking
+         * description, so it stays set through the transfer. */
+        section_leave(&s);
+        return plain(x, fd);
+    } else if (fcntl(fd, F_SETFL, fl | O_NONBLOCK) == 0) {
+        r = plain(x, fd);
         int e = errno;
-        /* Fails only if another thread closed the descriptor meanwhile. */
-        (void)fcntl(x->fd, F_SETFL, fl);
+        (void)fcntl(fd, F_SETFL, fl); /* on the pin: cannot fail */
         errno = e;
     }
-    pthread_mutex_unlock(&flip_mu);
+    section_leave(&s);
     return r;
 }
 
-static ssize_t try_once(const struct xfer *x)
+/* Per thread and kind (read, write): the descriptor last found to be a
+ * regular file, block device or directory after RWF_NOWAIT was refused. A
+ * call on it checks the type (fstat) and makes the plain call at once; a
+ * stale entry (the number reused) costs that fstat once. */
+static _Thread_local int plain_hint[2] = {-1, -1};
+
+static bool plain_type(mode_t m)
 {
-    if (x->mode == M_FLIP)
-        return flipped(x);
-    if (x->mode == M_PLAIN)
-        return plain(x);
+    return S_ISREG(m) || S_ISBLK(m) || S_ISDIR(m);
+}
+
+/* RWF_NOWAIT was refused: chooses M_PLAIN, M_PRIVATE or M_FLIP for x.
+ * Returns 0 or an error of fstat. */
+static int classify(struct xfer *x)
+{
+    struct stat st;
+    if (fstat(x->fd, &st) != 0)
+        return errno;
+    if (plain_type(st.st_mode)) {
+        x->mode = M_PLAIN;
+        plain_hint[x->kind] = x->fd;
+        return 0;
+    }
+    x->mode = M_FLIP;
+    x->dev = st.st_dev;
+    x->ino = st.st_ino;
+    x->keyed = true;
+    struct termios t;
+    unsigned ptn;
+    if (S_ISFIFO(st.st_mode) ||
+        (S_ISCHR(st.st_mode) && tcgetattr(x->fd, &t) == 0 && ioctl(x->fd, TIOCGPTN, &ptn) != 0)) {
+        char path[40];
+        snprintf(path, sizeof path, "/proc/thread-self/fd/%d", x->fd);
+        int acc = x->kind == K_READ ? O_RDONLY : O_WRONLY;
+        int fd = open(path, acc | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
+        if (fd >= 0) {
+            x->own = fd;
+            x->mode = M_PRIVATE;
+        }
+    }
+    return 0;
+}
+
+static ssize_t try_once(struct xfer *x)
+{
     struct iovec v = {x->buf, x->len};
+    switch (x->mode) {
+    case M_PLAIN:
+        return plain(x, x->fd);
+    case M_PRIVATE:
+        return plain(x, x->own);
+    case M_FLIP:
+        return flipped(x);
+    case M_NOWAIT:
+        break;
+    }
     switch (x->kind) {
     case K_READ:
         return preadv2(x->fd, &v, 1, -1, RWF_NOWAIT);
@@ -176,6 +353,13 @@ static ssize_t run(cancel_token tok, struct xfer *x, const char *what, bool once
     int err = 0;
     ssize_t r = -1;
 
+    if ((x->kind == K_READ || x->kind == K_WRITE) && plain_hint[x->kind] == x->fd) {
+        struct stat st;
+        if (fstat(x->fd, &st) == 0 && plain_type(st.st_mode))
+            x->mode = M_PLAIN;
+        else
+            plain_hint[x->kind] = -1;
+    }
     if (!once && x->fd >= 0 && *hint == x->fd) {
         /* Poll first; if the wait cannot begin (no descriptor for the
          * token), try: a call that need not wait needs none. */
@@ -201,7 +385,9 @@ static ssize_t run(cancel_token tok, struct xfer *x, const char *what, bool once
         if (err == EINTR)
             continue;
         if (err == EOPNOTSUPP && x->mode == M_NOWAIT && (x->kind == K_READ || x->kind == K_WRITE)) {
-            x->mode = M_FLIP; /* no RWF_NOWAIT for this kind of file */
+            err = classify(x); /* no RWF_NOWAIT for this kind of file */
+            if (err)
+                break;
             continue;
         }
         if ((err != EAGAIN && err != EWOULDBLOCK) || once)
@@ -217,7 +403,7 @@ static ssize_t run(cancel_token tok, struct xfer *x, const char *what, bool once
             struct stat st;
             if (!typed && x->mode == M_NOWAIT && (x->kind == K_READ || x->kind == K_WRITE)) {
                 typed = true;
-                if (fstat(x->fd, &st) == 0 && (S_ISREG(st.st_mode) || S_ISBLK(st.st_mode))) {
+                if (fstat(x->fd, &st) == 0 && plain_type(st.st_mode)) {
                     x->mode = M_PLAIN;
                     continue;
                 }
@@ -242,6 +428,7 @@ static ssize_t run(cancel_token tok, struct xfer *x, const char *what, bool once
         ready = true;
     }
 out:
+    xfer_end(x);
     if (waiting)
         cancel__io_wait_end(&w);
     if (r >= 0) {
@@ -272,7 +459,7 @@ ssize_t cancel_io_read(cancel_token tok, int fd, void *buf, size_t len)
     if (!buf)
         return fail(EFAULT);
     int saved = errno;
-    struct xfer x = {.kind = K_READ, .mode = M_NOWAIT, .fd = fd, .buf = buf, .len = len};
+    struct xfer x = XFER(.kind = K_READ, .fd = fd, .buf = buf, .len = len);
     ssize_t r = run(tok, &x, "cancel_io_read", false);
     if (r >= 0)
         errno = saved;
@@ -288,7 +475,7 @@ ssize_t cancel_io_write(cancel_token tok, int fd, const void *buf, size_t len)
     if (!buf)
         return fail(EFAULT);
     int saved = errno;
-    struct xfer x = {.kind = K_WRITE, .mode = M_NOWAIT, .fd = fd, .buf = (void *)buf, .len = len};
+    struct xfer x = XFER(.kind = K_WRITE, .fd = fd, .buf = (void *)buf, .len = len);
     ssize_t r = run(tok, &x, "cancel_io_write", false);
     if (r >= 0)
         errno = saved;
@@ -301,11 +488,15 @@ ssize_t cancel_io_recv(cancel_token tok, int fd, void *buf, size_t len, int flag
         return fail(ECANCELED);
     if (len > 0 && !buf)
         return fail(EFAULT);
-    int saved = errno;
     bool once = flags & MSG_DONTWAIT;
     bool all = (flags & MSG_WAITALL) && !once;
-    struct xfer x = {.kind = K_RECV, .mode = M_NOWAIT, .fd = fd, .buf = buf, .len = len,
-                     .flags = flags & ~(MSG_WAITALL | MSG_DONTWAIT)};
+    /* Peeking, the loop below would take the same bytes again; waiting for
+     * more than a partial peek has nothing to poll for (POLLIN stays set). */
+    if (all && (flags & MSG_PEEK))
+        return fail(EINVAL);
+    int saved = errno;
+    struct xfer x = XFER(.kind = K_RECV, .fd = fd, .buf = buf, .len = len,
+                         .flags = flags & ~(MSG_WAITALL | MSG_DONTWAIT));
     ssize_t r = run(tok, &x, "cancel_io_recv", once);
     if (all && r > 0 && (size_t)r < len) {
         /* MSG_WAITALL cannot be combined with a non-blocking try, so it is
@@ -338,8 +529,7 @@ ssize_t cancel_io_send(cancel_token tok, int fd, const void *buf, size_t len, in
         return fail(EFAULT);
     int saved = errno;
     bool once = flags & MSG_DONTWAIT;
-    struct xfer x = {.kind = K_SEND, .mode = M_NOWAIT, .fd = fd, .buf = (void *)buf, .len = len,
-                     .flags = flags & ~MSG_DONTWAIT};
+    struct xfer x = XFER(.kind = K_SEND, .fd = fd, .buf = (void *)buf, .len = len, .flags = flags & ~MSG_DONTWAIT);
     ssize_t r = run(tok, &x, "cancel_io_send", once);
     if (r >= 0)
         errno = saved;
@@ -351,8 +541,8 @@ int cancel_io_accept(cancel_token tok, int fd, struct sockaddr *addr, socklen_t 
     if (cancel_token_is_requested(tok))
         return (int)fail(ECANCELED);
     int saved = errno;
-    struct xfer x = {.kind = K_ACCEPT, .mode = M_FLIP, .fd = fd, .addr = addr, .addrlen = addrlen,
-                     .flags = flags};
+    struct xfer x = XFER(.kind = K_ACCEPT, .mode = M_FLIP, .fd = fd, .addr = addr, .addrlen = addrlen,
+                         .flags = flags);
     ssize_t r = run(tok, &x, "cancel_io_accept", false);
     if (r >= 0)
         errno = saved;
@@ -370,7 +560,7 @@ int cancel_io_connect(cancel_token tok, int fd, const struct sockaddr *addr, soc
     int err = cancel__io_wait_begin(&w, tok, CANCEL_INFINITE);
     if (err)
         return (int)fail(err);
-    struct xfer x = {.kind = K_CONNECT, .mode = M_FLIP, .fd = fd, .caddr = addr, .caddrlen = addrlen};
+    struct xfer x = XFER(.kind = K_CONNECT, .mode = M_FLIP, .fd = fd, .caddr = addr, .caddrlen = addrlen);
     int nap = 0;
     bool started = false;
     for (;;) {
@@ -387,10 +577,11 @@ int cancel_io_connect(cancel_token tok, int fd, const struct sockaddr *addr, soc
             started = true;
             break;
         }
-        if (err != EAGAIN)
+        if (err != EAGAIN || addr->sa_family != AF_UNIX)
             break;
-        /* A Unix-domain listener with a full backlog (or, for TCP, no free
-         * local port): nothing to poll for, so nap and retry. */
+        /* A Unix-domain listener with a full backlog: nothing to poll for,
+         * so nap and retry. (For TCP, EAGAIN means no local port is free:
+         * the caller's answer, as connect(2) gives it.) */
         nap = nap == 0 ? 1 : nap >= 64 ? 64 : nap * 2;
         err = cancel__io_wait_ready(&w, fd, 0, "cancel_io_connect", nap);
         if (err != EAGAIN)
@@ -408,6 +599,7 @@ int cancel_io_connect(cancel_token tok, int fd, const struct sockaddr *addr, soc
             (void)connect(fd, &unspec, sizeof unspec);
         }
     }
+    xfer_end(&x);
     cancel__io_wait_end(&w);
     if (err)
         return (int)fail(err);
@@ -428,6 +620,8 @@ int cancel_io_write_all(cancel_token tok, int fd, const void *buf, size_t len, s
         ssize_t n = cancel_io_write(tok, fd, (const char *)buf + total, len - total);
         if (n < 0)
             err = errno;
+        else if (n == 0)
+            err = EIO; /* no progress, and nothing to wait for */
         else
             total += (size_t)n;
     }

@@ -126,18 +126,23 @@ static void sleep_until(int64_t deadline)
         return;
     }
     /* The manual clock: a private source's token, waited on with the time
-     * left, wakes when the clock is moved past it. Without memory, the
-     * real clock's sleep is the best we can do. */
-    cancel_source *own = cancel_source_new();
-    if (!own) {
+     * left, wakes when the clock is moved past it. Without memory for one,
+     * nap on the real clock and look again: returning would end the sleep
+     * before its time. */
+    for (;;) {
+        cancel_source *own = cancel_source_new();
+        if (own) {
+            while (deadline == CANCEL_INFINITE || cancel_now() < deadline)
+                cancel_token_wait(cancel_source_token(own),
+                                  deadline == CANCEL_INFINITE ? CANCEL_INFINITE : deadline - cancel_now());
+            cancel_source_free(own);
+            return;
+        }
+        if (deadline != CANCEL_INFINITE && cancel_now() >= deadline)
+            return;
         struct timespec ts = {0, 1000000};
         nanosleep(&ts, NULL);
-        return;
     }
-    while (deadline == CANCEL_INFINITE || cancel_now() < deadline)
-        cancel_token_wait(cancel_source_token(own),
-                          deadline == CANCEL_INFINITE ? CANCEL_INFINITE : deadline - cancel_now());
-    cancel_source_free(own);
 }
 
 int cancel_sleep(cancel_token tok, int64_t ns)

@@ -123,7 +123,9 @@ static void try_reap_locked(struct cancel_process *p)
 }
 
 /* Sends sig, then `also` unless it is 0, to the child's group, or to the
- * child alone. 0 or ESRCH. */
+ * child alone. 0, ESRCH, or what the kernel refused with (EPERM: the child
+ * took another user's identity, as a set-user-ID program does; EINVAL: a
+ * signal number the kernel does not know). */
 static int send_locked(struct cancel_process *p, int sig, int also)
 {
     if (p->reaped)
@@ -139,7 +141,7 @@ static int send_locked(struct cancel_process *p, int sig, int also)
     /* Not a group leader, or its group is gone (the child moved to another
      * group, taking every member along): the child alone. */
     if (sys_pidfd_send_signal(p->pidfd, sig) != 0)
-        return ESRCH;
+        return errno;
     if (also)
         sys_pidfd_send_signal(p->pidfd, also);
     return 0;

@@ -95,6 +95,14 @@ static void slot_release(int signo)
     s->owner = NULL;
 }
 
+/* Signals the kernel sends for a fault of the instruction that runs: a
+ * handler that returns re-runs the instruction, which faults again, for
+ * ever. Cancelling cannot be the answer to those. */
+static bool is_fault(int sig)
+{
+    return sig == SIGSEGV || sig == SIGBUS || sig == SIGFPE || sig == SIGILL || sig == SIGTRAP || sig == SIGSYS;
+}
+
 int cancel_signal_watch_new(cancel_source *src, const int *signals, size_t count, unsigned flags,
                             cancel_signal_watch **out)
 {
@@ -108,8 +116,8 @@ int cancel_signal_watch_new(cancel_source *src, const int *signals, size_t count
         struct sigaction cur;
         /* sigaction refuses SIGKILL, SIGSTOP and the C library's own
          * signals even when only asked: nothing is installed yet. */
-        if (sig <= 0 || sig >= _NSIG || sig == SIGKILL || sig == SIGSTOP || sigismember(&seen, sig) ||
-            sigaction(sig, NULL, &cur) != 0) {
+        if (sig <= 0 || sig >= _NSIG || sig == SIGKILL || sig == SIGSTOP || is_fault(sig) ||
+            sigismember(&seen, sig) || sigaction(sig, NULL, &cur) != 0) {
             errno = saved;
             return EINVAL;
         }

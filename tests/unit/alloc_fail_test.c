@@ -20,6 +20,7 @@
 #include <cancel.h>
 #include <errno.h>
 #include <poll.h>
+#include <cancel/io.h>
 #include <cancel/process.h>
 
 void *__real_malloc(size_t);
@@ -371,6 +372,33 @@ static void fire_without_memory(void)
     cancel_clock_use_manual(false);
 }
 
+/* cancel_sleep on the manual clock with no memory for the source it sleeps
+ * on: it naps and tries again, and returns only once the clock has reached
+ * its end (before, it returned after one nap). The clock is moved once the
+ * sleeper has been refused three times. */
+static void *advance_after_refusals(void *arg)
+{
+    (void)arg;
+    for (int i = 0; i < 100000 && atomic_load(&failed_everywhere) < 3; i++)
+        test_sleep_ns(100 * 1000);
+    cancel_clock_advance(10 * 1000 * 1000);
+    return NULL;
+}
+
+static void manual_sleep_without_memory(void)
+{
+    cancel_clock_use_manual(true);
+    int64_t end = cancel_now() + 10 * 1000 * 1000;
+    atomic_store(&failed_everywhere, 0);
+    atomic_store(&fail_everywhere, 1);
+    pthread_t th = test_spawn(advance_after_refusals, NULL);
+    CHECK_EQ(cancel_sleep(CANCEL_TOKEN_NONE, 10 * 1000 * 1000), 0);
+    CHECK(cancel_now() >= end); /* not before its time */
+    atomic_store(&fail_everywhere, 0);
+    test_join(th);
+    cancel_clock_use_manual(false);
+}
+
 int main(void)
 {
     RUN(thread_start_fails);
@@ -386,6 +414,7 @@ int main(void)
     each_failure("deadlines", deadlines);
     RUN(cascade_without_memory);
     RUN(fire_without_memory);
+    RUN(manual_sleep_without_memory);
     cancel_source_free(parent1);
     cancel_source_free(parent2);
     fprintf(stderr, "   %ld allocation points exercised\n", points);

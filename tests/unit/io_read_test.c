@@ -4,10 +4,13 @@
 #include "io_util.h"
 
 #include <signal.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 
-enum kind { PIPE, UNIX, TCP, EVENTFD, PTY, FIFO, NKINDS };
-static const char *const kind_name[] = {"pipe", "unix", "tcp", "eventfd", "pty", "fifo"};
+/* PTY reads the slave and writes the master; PTYM the other way round. */
+enum kind { PIPE, UNIX, TCP, EVENTFD, PTY, PTYM, FIFO, NKINDS };
+static const char *const kind_name[] = {"pipe", "unix", "tcp", "eventfd", "pty", "pty master", "fifo"};
 
 /* Read tests read `rd` and feed through `wr`; write tests write `wr` and
  * drain through `rd`. For an eventfd both are the same descriptor. */
@@ -47,6 +50,9 @@ static struct pair make_pair(enum kind k, bool nonblocking)
         break;
     case PTY:
         open_pty(&p.wr, &p.rd);
+        break;
+    case PTYM:
+        open_pty(&p.rd, &p.wr);
         break;
     case FIFO: {
         char path[96];
@@ -241,7 +247,7 @@ static void write_every_kind(void)
  * to waiting (and stay cancellable), not block in the kernel. */
 static void two_readers_never_hang(void)
 {
-    enum kind kinds[] = {PIPE, UNIX, EVENTFD, PTY, FIFO};
+    enum kind kinds[] = {PIPE, UNIX, EVENTFD, PTY, PTYM, FIFO};
     for (size_t i = 0; i < sizeof kinds / sizeof *kinds; i++) {
         enum kind k = kinds[i];
         fprintf(stderr, "   %s\n", kind_name[k]);
@@ -571,6 +577,15 @@ static void recv_and_send_flags(void)
     CHECK_EQ(cancel_io_recv(t, p.rd, buf, 2, MSG_PEEK), 2);
     CHECK_EQ(cancel_io_recv(t, p.rd, buf, 2, 0), 2);
     CHECK(memcmp(buf, "pq", 2) == 0);
+    /* MSG_PEEK with MSG_WAITALL is refused, the data left where it is; with
+     * MSG_DONTWAIT it is one peek */
+    CHECK_EQ(write(p.wr, "abc", 3), 3);
+    errno = 0;
+    CHECK_EQ(cancel_io_recv(t, p.rd, buf, 8, MSG_PEEK | MSG_WAITALL), -1);
+    CHECK_EQ(errno, EINVAL);
+    CHECK_EQ(cancel_io_recv(t, p.rd, buf, 8, MSG_PEEK | MSG_WAITALL | MSG_DONTWAIT), 3);
+    CHECK_EQ(cancel_io_recv(t, p.rd, buf, 8, 0), 3);
+    CHECK(memcmp(buf, "abc", 3) == 0);
     /* MSG_WAITALL waits for all of it */
     struct call c;
     init_call(&c, do_recv, t, p.rd, 6);
@@ -755,10 +770,98 @@ static void cancel_races_entry(void)
     close_pair(p);
 }
 
+/* A background job reading its terminal is stopped by SIGTTIN inside the
+ * read. The terminal's open file description, shared with the foreground
+ * job, must stay as it was meanwhile, and after the job is killed there:
+ * ttys are read through a private description, never by switching the
+ * shared one to non-blocking. */
+static void background_tty_read_keeps_flags(void)
+{
+    int m, s;
+    open_pty(&m, &s);
+    fflush(stderr);
+    pid_t shell = fork();
+    CHECK(shell >= 0);
+    if (shell == 0) {
+        /* A session leader whose controlling terminal is the pty... */
+        close(m);
+        if (setsid() < 0 || ioctl(s, TIOCSCTTY, 0) != 0)
+            _exit(10);
+        pid_t job = fork();
+        if (job == 0) {
+            /* ...and a job of its in the background: `server &`. */
+            setpgid(0, 0);
+            signal(SIGTTIN, SIG_DFL);
+            sigset_t none;
+            sigemptyset(&none);
+            sigprocmask(SIG_SETMASK, &none, NULL);
+            char b;
+            (void)cancel_io_read(CANCEL_TOKEN_NONE, s, &b, 1);
+            _exit(0);
+        }
+        setpgid(job, job);
+        int st;
+        if (waitpid(job, &st, WUNTRACED) != job || !WIFSTOPPED(st) || WSTOPSIG(st) != SIGTTIN)
+            _exit(11);
+        int stopped = fcntl(s, F_GETFL);
+        kill(job, SIGKILL);
+        waitpid(job, &st, 0);
+        int killed = fcntl(s, F_GETFL);
+        if (stopped < 0 || killed < 0)
+            _exit(12);
+        _exit((stopped & O_NONBLOCK ? 1 : 0) | (killed & O_NONBLOCK ? 2 : 0));
+    }
+    int st;
+    CHECK_EQ(waitpid(shell, &st, 0), shell);
+    CHECK(WIFEXITED(st));
+    CHECK_EQ(WEXITSTATUS(st), 0); /* 1, 3: left non-blocking; 10-12: setup */
+    CHECK(!is_nonblocking(s));
+    close(m);
+    close(s);
+}
+
+/* The private description a tty or FIFO is read or written through lives
+ * as long as the call: nothing is left open, however the call ends. */
+static void nothing_left_open(void)
+{
+    enum kind kinds[] = {PTY, PTYM, FIFO, EVENTFD};
+    for (size_t i = 0; i < sizeof kinds / sizeof *kinds; i++) {
+        struct pair p = make_pair(kinds[i], false);
+        size_t u = unit(kinds[i]);
+        char buf[8];
+        cancel_source *s = cancel_source_new();
+        CHECK(cancel_token_fd(cancel_source_token(s)) >= 0); /* the source's, kept until freed */
+        int open_before = open_fds();
+        feed(p);
+        CHECK_EQ(cancel_io_read(cancel_source_token(s), p.rd, buf, u), (ssize_t)u);
+        CHECK_EQ(open_fds(), open_before);
+        struct call c;
+        init_call(&c, do_read, cancel_source_token(s), p.rd, u);
+        call_start(&c);
+        call_wait_blocked(&c, "cancel_io_read");
+        feed(p);
+        call_join(&c);
+        CHECK_EQ(c.result, (ssize_t)u);
+        CHECK_EQ(open_fds(), open_before);
+        init_call(&c, do_read, cancel_source_token(s), p.rd, u);
+        call_start(&c);
+        call_wait_blocked(&c, "cancel_io_read");
+        cancel_source_cancel(s);
+        call_join(&c);
+        CHECK_EQ(c.err, ECANCELED);
+        CHECK_EQ(open_fds(), open_before);
+        CHECK_EQ(cancel_io_write(CANCEL_TOKEN_NONE, p.wr, c.buf, u), (ssize_t)u);
+        CHECK_EQ(open_fds(), open_before);
+        cancel_source_free(s);
+        close_pair(p);
+    }
+}
+
 int main(void)
 {
     snprintf(fifo_dir, sizeof fifo_dir, "/tmp/cancel-io-XXXXXX");
     CHECK(mkdtemp(fifo_dir));
+    RUN(background_tty_read_keeps_flags);
     RUN(read_every_kind);
     RUN(write_every_kind);
     RUN(two_readers_never_hang);
@@ -774,6 +877,7 @@ int main(void)
     RUN(cancel_races_entry);
     RUN(emfile_for_the_token);
     RUN(regular_file);
+    RUN(nothing_left_open);
     rmdir(fifo_dir);
     return 0;
 }

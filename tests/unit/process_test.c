@@ -1,6 +1,7 @@
 /* <cancel/process.h>: spawning, waiting, options, errors, descriptors,
  * threads and fork. Cancellation and signals: process_kill_test.c. */
 #include "process_util.h"
+#include "seccomp_util.h"
 
 #include <sys/resource.h>
 #include <sys/stat.h>
@@ -557,6 +558,32 @@ static void out_of_descriptors(void)
     CHECK_EQ(count_children(NULL), 0);
 }
 
+/* A signal the kernel refuses (EPERM: the child became another user, as a
+ * set-user-ID program does) is reported as refused, not as "already
+ * reaped". The refusal is made by a seccomp filter in a child of fork, since
+ * the test may run as root. */
+static void refused_signal_case(void)
+{
+    seccomp_refuse(SYS_pidfd_send_signal, 1, SIGUSR1, EPERM);
+    cancel_process_options o = CANCEL_PROCESS_OPTIONS_INIT;
+    o.own_group = false;
+    cancel_process *p = spawn_sh(CANCEL_TOKEN_NONE, "sleep 10", -1, -1, &o);
+    errno = 1234;
+    CHECK_EQ(cancel_process_signal(p, SIGUSR1), EPERM);
+    CHECK_EQ(errno, 1234);
+    CHECK_EQ(cancel_process_signal(p, SIGKILL), 0);
+    int st;
+    CHECK_EQ(cancel_process_wait(CANCEL_TOKEN_NONE, p, CANCEL_INFINITE, &st), 0);
+    CHECK(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL);
+    CHECK_EQ(cancel_process_signal(p, SIGUSR1), ESRCH);
+    cancel_process_free(p);
+}
+
+static void refused_signal(void)
+{
+    run_filtered(refused_signal_case);
+}
+
 int main(int argc, char **argv)
 {
     helper_dispatch(argc, argv);
@@ -577,6 +604,7 @@ int main(int argc, char **argv)
     RUN(spawn_from_threads);
     RUN(fork_after_spawn);
     RUN(out_of_descriptors);
+    RUN(refused_signal);
     int zombies;
     CHECK_EQ(count_children(&zombies), 0);
     CHECK_EQ(zombies, 0);

@@ -102,7 +102,10 @@ static void refused_watches_install_nothing(void)
     CHECK(same_action(&usr1_before, &usr1_after));
     /* EINVAL */
     int dup[] = {SIGUSR1, SIGUSR1};
-    int bad[][2] = {{SIGUSR1, 0}, {SIGUSR1, _NSIG}, {SIGUSR1, SIGKILL}, {SIGUSR1, SIGSTOP}, {SIGUSR1, -1}};
+    int bad[][2] = {{SIGUSR1, 0}, {SIGUSR1, _NSIG}, {SIGUSR1, SIGKILL}, {SIGUSR1, SIGSTOP}, {SIGUSR1, -1},
+                     /* fault signals: a returning handler re-runs the fault */
+                     {SIGUSR1, SIGSEGV}, {SIGUSR1, SIGBUS}, {SIGUSR1, SIGFPE}, {SIGUSR1, SIGILL},
+                     {SIGUSR1, SIGTRAP}, {SIGUSR1, SIGSYS}};
     int usr1 = SIGUSR1;
     errno = 0;
     CHECK_EQ(cancel_signal_watch_new(other, dup, 2, 0, &w2), EINVAL);

@@ -1,0 +1,177 @@
+/* What the kernel rarely answers, made to answer it with a seccomp filter in
+ * a child process (seccomp_util.h):
+ *  - F_SETFL refused: regular files, ttys and FIFOs are read and written
+ *    without ever changing the flags of the caller's open file description
+ *    (a pty master, which cannot be opened again, is the one that needs
+ *    them);
+ *  - a write that returns 0: cancel_io_write_all reports EIO instead of
+ *    looping for ever;
+ *  - connect failing with EAGAIN: passed through for TCP, retried only for
+ *    Unix-domain sockets. */
+#include "io_util.h"
+#include "seccomp_util.h"
+
+#include <sys/stat.h>
+#include <sys/un.h>
+
+#define REFUSED ENOTRECOVERABLE /* an errno no real F_SETFL gives */
+
+static char dir[64];
+
+struct feeder {
+    int fd;
+    _Atomic(struct cancel__blocked *) reader;
+};
+
+/* Writes one byte to fd once the reader is blocked in its call. */
+static void *feeder_main(void *arg)
+{
+    struct feeder *f = arg;
+    struct cancel__blocked *b;
+    while (!(b = atomic_load(&f->reader)) || !atomic_load(&b->what))
+        test_sleep_ns(100 * 1000);
+    CHECK_EQ(write(f->fd, "z", 1), 1);
+    return NULL;
+}
+
+/* A read of `rd` that has to wait, fed through `wr` once it waits. */
+static void blocked_read(int rd, int wr)
+{
+    struct feeder f = {wr, NULL};
+    pthread_t th = test_spawn(feeder_main, &f);
+    cancel_source *s = cancel_source_new();
+    atomic_store(&f.reader, cancel__blocked_here());
+    char b;
+    CHECK_EQ(cancel_io_read(cancel_source_token(s), rd, &b, 1), 1);
+    CHECK_EQ(b, 'z');
+    test_join(th);
+    cancel_source_free(s);
+}
+
+static void never_switched_case(void)
+{
+    char path[96];
+    snprintf(path, sizeof path, "%s/file", dir);
+    int file = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    CHECK(file >= 0);
+    snprintf(path, sizeof path, "%s/fifo", dir);
+    CHECK_EQ(mkfifo(path, 0600), 0);
+    int fifo_rd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    int fifo_wr = open(path, O_WRONLY | O_CLOEXEC);
+    CHECK(fifo_rd >= 0 && fifo_wr >= 0);
+    set_nonblocking(fifo_rd, false);
+    int master, slave;
+    open_pty(&master, &slave);
+
+    seccomp_refuse(SYS_fcntl, 1, F_SETFL, REFUSED);
+    errno = 0;
+    CHECK_EQ(fcntl(slave, F_SETFL, O_RDWR), -1);
+    CHECK_EQ(errno, REFUSED);
+    int open_before = open_fds();
+
+    /* a regular file: twice, the second time through the hint */
+    CHECK_EQ(cancel_io_write_all(CANCEL_TOKEN_NONE, file, "hello", 5, NULL), 0);
+    CHECK_EQ(cancel_io_write(CANCEL_TOKEN_NONE, file, "world", 5), 5);
+    CHECK_EQ(lseek(file, 0, SEEK_SET), 0);
+    char buf[16];
+    CHECK_EQ(cancel_io_read(CANCEL_TOKEN_NONE, file, buf, sizeof buf), 10);
+    CHECK(memcmp(buf, "helloworld", 10) == 0);
+
+    /* a FIFO, both ends, with data there and after a wait */
+    CHECK_EQ(cancel_io_write(CANCEL_TOKEN_NONE, fifo_wr, "ab", 2), 2);
+    CHECK_EQ(cancel_io_read(CANCEL_TOKEN_NONE, fifo_rd, buf, sizeof buf), 2);
+    blocked_read(fifo_rd, fifo_wr);
+
+    /* a tty, both ways: the slave is opened again; the master cannot be
+     * (that would make a new pty), so it is the one that is switched */
+    CHECK_EQ(cancel_io_write(CANCEL_TOKEN_NONE, slave, "s", 1), 1);
+    CHECK_EQ(read(master, buf, 1), 1);
+    CHECK_EQ(buf[0], 's');
+    CHECK_EQ(write(master, "m", 1), 1);
+    CHECK_EQ(cancel_io_read(CANCEL_TOKEN_NONE, slave, buf, 1), 1);
+    CHECK_EQ(buf[0], 'm');
+    blocked_read(slave, master);
+    CHECK_EQ(write(slave, "x", 1), 1);
+    errno = 0;
+    CHECK_EQ(cancel_io_read(CANCEL_TOKEN_NONE, master, buf, 1), -1);
+    CHECK_EQ(errno, REFUSED);
+
+    CHECK_EQ(open_fds(), open_before);
+    CHECK(!is_nonblocking(file) && !is_nonblocking(fifo_rd) && !is_nonblocking(fifo_wr));
+    CHECK(!is_nonblocking(slave) && !is_nonblocking(master));
+}
+
+static void never_switched(void)
+{
+    run_filtered(never_switched_case);
+}
+
+/* write(2) may return 0 for a non-zero length (some file systems and
+ * devices do): cancel_io_write passes it on, cancel_io_write_all reports EIO
+ * rather than trying again for ever. */
+static void write_of_nothing_case(void)
+{
+    int p[2];
+    CHECK_EQ(pipe2(p, O_CLOEXEC), 0);
+    seccomp_refuse(SYS_pwritev2, 0, (uint32_t)p[1], 0);
+    seccomp_refuse(SYS_write, 0, (uint32_t)p[1], 0);
+    CHECK_EQ(cancel_io_write(CANCEL_TOKEN_NONE, p[1], "abc", 3), 0);
+    size_t done = 99;
+    errno = 1234;
+    CHECK_EQ(cancel_io_write_all(CANCEL_TOKEN_NONE, p[1], "abc", 3, &done), EIO);
+    CHECK_EQ(done, 0);
+    CHECK_EQ(errno, 1234);
+}
+
+static void write_of_nothing(void)
+{
+    run_filtered(write_of_nothing_case);
+}
+
+/* connect's EAGAIN means a full backlog only for Unix-domain sockets,
+ * where the call naps and retries; for TCP (no local port free) it is the
+ * answer. */
+static void connect_eagain_case(void)
+{
+    int tcp = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int tcp_nb = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    int unx = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    CHECK(tcp >= 0 && tcp_nb >= 0 && unx >= 0);
+    seccomp_refuse(SYS_connect, SECCOMP_ANY_ARG, 0, EAGAIN);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(9), .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    errno = 0;
+    CHECK_EQ(cancel_io_connect(CANCEL_TOKEN_NONE, tcp, (struct sockaddr *)&a, sizeof a), -1);
+    CHECK_EQ(errno, EAGAIN);
+    CHECK_EQ(cancel_io_connect(CANCEL_TOKEN_NONE, tcp_nb, (struct sockaddr *)&a, sizeof a), -1);
+    CHECK_EQ(errno, EAGAIN);
+    CHECK(!is_nonblocking(tcp));
+    /* Unix-domain: retried until the token's deadline */
+    struct sockaddr_un u = {.sun_family = AF_UNIX};
+    snprintf(u.sun_path, sizeof u.sun_path, "%s/sock", dir);
+    cancel_source *s = cancel_source_new_child(CANCEL_TOKEN_NONE, 5 * 1000 * 1000, NULL);
+    CHECK_EQ(cancel_io_connect(cancel_source_token(s), unx, (struct sockaddr *)&u, sizeof u), -1);
+    CHECK_EQ(errno, ECANCELED);
+    CHECK_EQ(cancel_token_cause(cancel_source_token(s)).reason, CANCEL_REASON_TIMEOUT);
+    cancel_source_free(s);
+}
+
+static void connect_eagain(void)
+{
+    run_filtered(connect_eagain_case);
+}
+
+int main(void)
+{
+    snprintf(dir, sizeof dir, "/tmp/cancel-io-XXXXXX");
+    CHECK(mkdtemp(dir));
+    RUN(never_switched);
+    RUN(write_of_nothing);
+    RUN(connect_eagain);
+    char path[96];
+    snprintf(path, sizeof path, "%s/file", dir);
+    unlink(path);
+    snprintf(path, sizeof path, "%s/fifo", dir);
+    unlink(path);
+    rmdir(dir);
+    return 0;
+}
