@@ -74,16 +74,24 @@ static bool disarm(struct interrupter *it, cancel_registration *reg)
 }
 
 /* Clears the interrupt flag if no statement of db is active; returns
- * whether it did. Overwrites the connection's error state when it does. */
+ * whether it did. Overwrites the connection's error state when it does.
+ * Holds the connection's mutex (recursive) throughout: another thread
+ * sharing the connection could otherwise finalize the statement the walk
+ * is on, or start one between the walk and the clearing. */
 static bool clear_if_idle(sqlite3 *db)
 {
-    for (sqlite3_stmt *s = sqlite3_next_stmt(db, NULL); s != NULL; s = sqlite3_next_stmt(db, s))
-        if (sqlite3_stmt_busy(s))
-            return false;
-    sqlite3_stmt *none = NULL;
-    (void)sqlite3_prepare_v2(db, "", 0, &none, NULL);
-    sqlite3_finalize(none); /* NULL: an empty string makes no statement */
-    return true;
+    sqlite3_mutex *mu = sqlite3_db_mutex(db);
+    sqlite3_mutex_enter(mu);
+    bool idle = true;
+    for (sqlite3_stmt *s = sqlite3_next_stmt(db, NULL); s != NULL && idle; s = sqlite3_next_stmt(db, s))
+        idle = !sqlite3_stmt_busy(s);
+    if (idle) {
+        sqlite3_stmt *none = NULL;
+        (void)sqlite3_prepare_v2(db, "", 0, &none, NULL);
+        sqlite3_finalize(none); /* NULL: an empty string makes no statement */
+    }
+    sqlite3_mutex_leave(mu);
+    return idle;
 }
 
 int cancel_sqlite_step(cancel_token tok, sqlite3_stmt *stmt)

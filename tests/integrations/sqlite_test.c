@@ -2,7 +2,90 @@
 #include "check.h"
 
 #include <cancel/sqlite.h>
+#include <stdbool.h>
 #include <unistd.h>
+
+/* SQLite's own configuration hooks, installed before SQLite starts: its
+ * mutex methods, wrapped so that a test can act at exact points of a call
+ * (each time the calling thread takes the connection's mutex, or releases
+ * it for good), as another thread sharing the connection could; and its
+ * allocator, wrapped to poison freed memory (lookaside off), so that a use
+ * after free fails in every build, not only under AddressSanitizer. */
+static sqlite3_mutex_methods real_mutex;
+static sqlite3_mem_methods real_mem;
+
+struct mutex_hook {
+    sqlite3_mutex *mu; /* the connection's mutex */
+    int depth;         /* how deep this thread holds it */
+    int entered;       /* how many times this thread entered it */
+    bool acting;       /* inside on_enter/on_release: no recursion */
+    void (*on_enter)(struct mutex_hook *);   /* before each enter */
+    void (*on_release)(struct mutex_hook *); /* after each full release */
+    void *arg;
+};
+static _Thread_local struct mutex_hook *hook; /* the calling thread's, during one call */
+
+static void hooked_enter(sqlite3_mutex *m)
+{
+    struct mutex_hook *h = hook;
+    if (h != NULL && m == h->mu && !h->acting) {
+        h->entered++;
+        if (h->on_enter != NULL) {
+            h->acting = true;
+            h->on_enter(h);
+            h->acting = false;
+        }
+    }
+    real_mutex.xMutexEnter(m);
+    if (h != NULL && m == h->mu)
+        h->depth++;
+}
+
+static int hooked_try(sqlite3_mutex *m)
+{
+    int rc = real_mutex.xMutexTry(m);
+    if (rc == SQLITE_OK && hook != NULL && m == hook->mu)
+        hook->depth++;
+    return rc;
+}
+
+static void hooked_leave(sqlite3_mutex *m)
+{
+    struct mutex_hook *h = hook;
+    real_mutex.xMutexLeave(m);
+    if (h != NULL && m == h->mu && --h->depth == 0 && !h->acting && h->on_release != NULL) {
+        h->acting = true;
+        h->on_release(h);
+        h->acting = false;
+    }
+}
+
+static void poisoned_free(void *p)
+{
+    if (p != NULL)
+        memset(p, 0xA5, (size_t)real_mem.xSize(p));
+    real_mem.xFree(p);
+}
+
+static void install_sqlite_hooks(void)
+{
+    /* SQLite fills in its default methods when it starts; they can be
+     * replaced once it has shut down again. */
+    CHECK_EQ(sqlite3_initialize(), SQLITE_OK);
+    CHECK_EQ(sqlite3_shutdown(), SQLITE_OK);
+    CHECK_EQ(sqlite3_config(SQLITE_CONFIG_GETMUTEX, &real_mutex), SQLITE_OK);
+    CHECK_EQ(sqlite3_config(SQLITE_CONFIG_GETMALLOC, &real_mem), SQLITE_OK);
+    CHECK(real_mutex.xMutexEnter != NULL && real_mem.xFree != NULL);
+    sqlite3_mutex_methods m = real_mutex;
+    m.xMutexEnter = hooked_enter;
+    m.xMutexTry = hooked_try;
+    m.xMutexLeave = hooked_leave;
+    CHECK_EQ(sqlite3_config(SQLITE_CONFIG_MUTEX, &m), SQLITE_OK);
+    sqlite3_mem_methods mem = real_mem;
+    mem.xFree = poisoned_free;
+    CHECK_EQ(sqlite3_config(SQLITE_CONFIG_MALLOC, &mem), SQLITE_OK);
+    CHECK_EQ(sqlite3_config(SQLITE_CONFIG_LOOKASIDE, 0, 0), SQLITE_OK);
+}
 
 /* A query that never ends by itself: if the call returns, the token did it. */
 static const char FOREVER[] =
@@ -342,6 +425,58 @@ static void freed_source_lets_step_finish(void)
     sqlite3_close(db);
 }
 
+/* Another thread shares the connection and finalizes its own statements
+ * while a call looks at the connection's statements (to learn whether the
+ * interrupt can be cleared). Played deterministically: each time the calling
+ * thread releases the connection's mutex for good during the call, the
+ * other thread (the hook, standing for it) finalizes its newest statement,
+ * the first one the call would look at. The call must hold the mutex while
+ * it walks the statements: a walk between two releases reads a finalized
+ * statement (poisoned: a crash, or AddressSanitizer's report). */
+struct finalizer {
+    sqlite3_stmt *st[8];
+    int n;
+};
+static void finalize_newest(struct mutex_hook *h)
+{
+    struct finalizer *f = h->arg;
+    if (f->n > 0)
+        CHECK_EQ(sqlite3_finalize(f->st[--f->n]), SQLITE_OK);
+}
+
+static void shared_connection_finalizes_meanwhile(void)
+{
+    struct fn_ctx f = {NULL, 0, 5};
+    sqlite3 *db = open_db_fn(&f);
+    if (sqlite3_db_mutex(db) == NULL) {
+        fprintf(stderr, "   SQLite without mutexes: a connection cannot be shared\n");
+        sqlite3_close(db);
+        return;
+    }
+    prime(db);
+    sqlite3_stmt *st;
+    CHECK_EQ(sqlite3_prepare_v2(db, "SELECT cancel_now()", -1, &st, NULL), SQLITE_OK);
+    struct finalizer fin = {{NULL}, 0};
+    for (; fin.n < 8; fin.n++) /* prepared last: walked first */
+        CHECK_EQ(sqlite3_prepare_v2(db, "SELECT x FROM t", -1, &fin.st[fin.n], NULL), SQLITE_OK);
+    f.src = cancel_source_new();
+    cancel_source *src = f.src;
+    struct mutex_hook h = {sqlite3_db_mutex(db), 0, 0, false, NULL, finalize_newest, &fin};
+    hook = &h;
+    int rc = cancel_sqlite_step(cancel_source_token(src), st);
+    hook = NULL;
+    CHECK_EQ(rc, SQLITE_INTERRUPT);
+    CHECK(fin.n < 8); /* the other thread did act during the call */
+    fprintf(stderr, "   %d statements finalized meanwhile\n", 8 - fin.n);
+    check_no_pending(db);
+    while (fin.n > 0)
+        sqlite3_finalize(fin.st[--fin.n]);
+    sqlite3_finalize(st);
+    check_usable(db);
+    cancel_source_free(src);
+    sqlite3_close(db);
+}
+
 /* SQLite's rule, as the header states it: another active statement of the
  * connection is interrupted too. */
 static void other_active_statement_is_interrupted_too(void)
@@ -528,6 +663,7 @@ int main(void)
     const char *dir = getenv("TMPDIR");
     snprintf(db_path, sizeof db_path, "%s/cancel-sqlite-test-%d.db", dir ? dir : "/tmp", (int)getpid());
     fprintf(stderr, "SQLite %s\n", sqlite3_libversion());
+    install_sqlite_hooks();
     RUN(observer_sees_a_pending_interrupt);
     RUN(steps_like_sqlite3_step);
     RUN(already_cancelled_runs_nothing);
@@ -539,6 +675,7 @@ int main(void)
     RUN(late_interrupt_on_done);
     RUN(late_interrupt_on_error);
     RUN(freed_source_lets_step_finish);
+    RUN(shared_connection_finalizes_meanwhile);
     RUN(other_active_statement_is_interrupted_too);
     RUN(exec_like_sqlite3_exec);
     RUN(exec_cancelled_from_callback);
