@@ -22,7 +22,8 @@
  * set it after the step it was meant for has returned (the cancellation
  * raced the end of the step). So once the callback fired during a call:
  *  - a statement still running (it produced a row, or SQLITE_BUSY left it
- *    inside its transaction) would fail its next step: it is reset and the
+ *    inside its transaction) would fail its next step and keeps the flag
+ *    from being cleared: it is reset (step) or finalized (exec) and the
  *    call reports SQLITE_INTERRUPT;
  *  - then, if no statement of the connection is active, the flag is cleared
  *    by preparing an empty string (the parser clears it on entry when no
@@ -235,8 +236,20 @@ int cancel_sqlite_exec(cancel_token tok, sqlite3 *db, const char *sql,
     char *msg = NULL;
     if (rc != SQLITE_OK && failed == NULL && errmsg != NULL)
         msg = sqlite3_mprintf("%s", own ? sqlite3_errstr(rc) : sqlite3_errmsg(db));
-    if (disarm(&it, &reg))
+    if (disarm(&it, &reg)) {
+        if (failed != NULL && sqlite3_stmt_busy(failed)) {
+            /* SQLITE_BUSY left it inside its transaction, still active, so
+             * the flag could not be cleared: give it up, as step does. */
+            sqlite3_finalize(failed);
+            failed = NULL;
+            rc = SQLITE_INTERRUPT;
+            if (errmsg != NULL) {
+                sqlite3_free(msg);
+                msg = sqlite3_mprintf("%s", sqlite3_errstr(rc));
+            }
+        }
         (void)clear_if_idle(db);
+    }
     if (failed != NULL) {
         rc = sqlite3_finalize(failed); /* its error, back into sqlite3_errmsg */
         if (errmsg != NULL)

@@ -425,6 +425,61 @@ static void freed_source_lets_step_finish(void)
     sqlite3_close(db);
 }
 
+/* A statement waiting for a lock another connection holds: the busy handler
+ * cancels the token and gives up, so SQLite returns SQLITE_BUSY with the
+ * statement still active (inside its transaction) and the interrupt set.
+ * The call gives the statement up (SQLITE_INTERRUPT) and clears the
+ * interrupt: nothing is pending, nothing was written. */
+static int busy_cancels(void *arg, int tries)
+{
+    (void)tries;
+    cancel_source_cancel(arg);
+    return 0;
+}
+
+static void cancelled_while_waiting_for_a_lock(int use_exec)
+{
+    sqlite3 *a = open_db(), *b;
+    CHECK_EQ(sqlite3_open(db_path, &b), SQLITE_OK);
+    CHECK_EQ(sqlite3_exec(a, "BEGIN IMMEDIATE; INSERT INTO t VALUES (60)", NULL, NULL, NULL), SQLITE_OK);
+    cancel_source *src = cancel_source_new();
+    cancel_token tok = cancel_source_token(src);
+    sqlite3_busy_handler(b, busy_cancels, src);
+    int rc;
+    char *msg = NULL;
+    if (use_exec) {
+        rc = cancel_sqlite_exec(tok, b, "INSERT INTO t VALUES (61)", NULL, NULL, &msg);
+    } else {
+        sqlite3_stmt *st;
+        CHECK_EQ(sqlite3_prepare_v2(b, "INSERT INTO t VALUES (61)", -1, &st, NULL), SQLITE_OK);
+        rc = cancel_sqlite_step(tok, st);
+        CHECK(!sqlite3_stmt_busy(st));
+        sqlite3_finalize(st);
+    }
+    CHECK(cancel_token_is_requested(tok)); /* the busy handler did run */
+    CHECK_EQ(rc, SQLITE_INTERRUPT);
+    if (use_exec)
+        CHECK_STR(msg, "interrupted");
+    sqlite3_free(msg);
+    sqlite3_busy_handler(b, NULL, NULL);
+    CHECK_EQ(sqlite3_exec(a, "COMMIT", NULL, NULL, NULL), SQLITE_OK); /* frames for b to checkpoint */
+    check_no_pending(b);
+    CHECK_EQ(count_rows(b, "x = 61"), 0);
+    CHECK_EQ(count_rows(b, "x = 60"), 1);
+    cancel_source_free(src);
+    sqlite3_close(b);
+    sqlite3_close(a);
+}
+
+static void step_cancelled_while_waiting_for_a_lock(void)
+{
+    cancelled_while_waiting_for_a_lock(0);
+}
+static void exec_cancelled_while_waiting_for_a_lock(void)
+{
+    cancelled_while_waiting_for_a_lock(1);
+}
+
 /* Another thread shares the connection and finalizes its own statements
  * while a call looks at the connection's statements (to learn whether the
  * interrupt can be cleared). Played deterministically: each time the calling
@@ -675,6 +730,8 @@ int main(void)
     RUN(late_interrupt_on_done);
     RUN(late_interrupt_on_error);
     RUN(freed_source_lets_step_finish);
+    RUN(step_cancelled_while_waiting_for_a_lock);
+    RUN(exec_cancelled_while_waiting_for_a_lock);
     RUN(shared_connection_finalizes_meanwhile);
     RUN(other_active_statement_is_interrupted_too);
     RUN(exec_like_sqlite3_exec);
