@@ -532,6 +532,166 @@ static void shared_connection_finalizes_meanwhile(void)
     sqlite3_close(db);
 }
 
+/* A cancellation at every point where the call takes the connection's
+ * mutex, one point per round: the k-th time, the hook (standing for another
+ * thread) cancels. One of those points is SQLite's start of the statement,
+ * right before it clears the interrupt flag (it does when no other
+ * statement is active): a cancellation there, after the call's last look
+ * at the token, must still stop the statement. The statement never ends by
+ * itself; the test's own progress handler is the watchdog that stops it if
+ * it runs on after the cancellation (and says so), or if the round's point
+ * never came (the rounds are over). */
+struct at_point {
+    cancel_source *src;
+    int k;          /* cancel at the k-th entry */
+    bool cancelled; /* it did */
+    int ticks;      /* progress calls since the cancellation (or the start) */
+    bool ran_on;    /* the statement ran on long after the cancellation */
+};
+static void cancel_at_kth_entry(struct mutex_hook *h)
+{
+    struct at_point *a = h->arg;
+    if (h->entered == a->k) {
+        cancel_source_cancel(a->src);
+        a->cancelled = true;
+        a->ticks = 0;
+    }
+}
+static int watchdog(void *arg)
+{
+    struct at_point *a = arg;
+    if (!a->cancelled)
+        return ++a->ticks > 2000; /* about 2 million VM steps: the point never came */
+    if (++a->ticks > 100) { /* 100,000 VM steps after the cancellation */
+        a->ran_on = true;
+        return 1;
+    }
+    return 0;
+}
+
+static void cancelled_at_every_mutex_entry(int use_exec)
+{
+    sqlite3 *db = open_db();
+    if (sqlite3_db_mutex(db) == NULL) {
+        fprintf(stderr, "   SQLite without mutexes: no points to test\n");
+        sqlite3_close(db);
+        return;
+    }
+    sqlite3_stmt *st;
+    CHECK_EQ(sqlite3_prepare_v2(db, FOREVER, -1, &st, NULL), SQLITE_OK);
+    int points = 0;
+    for (int k = 1; k < 200; k++) {
+        prime(db);
+        struct at_point a = {cancel_source_new(), k, false, 0, false};
+        cancel_token tok = cancel_source_token(a.src);
+        sqlite3_progress_handler(db, 1000, watchdog, &a);
+        struct mutex_hook h = {sqlite3_db_mutex(db), 0, 0, false, cancel_at_kth_entry, NULL, &a};
+        hook = &h;
+        int rc = use_exec ? cancel_sqlite_exec(tok, db, FOREVER, NULL, NULL, NULL) : cancel_sqlite_step(tok, st);
+        hook = NULL;
+        sqlite3_progress_handler(db, 0, NULL, NULL);
+        CHECK_EQ(rc, SQLITE_INTERRUPT);
+        CHECK(!sqlite3_stmt_busy(st));
+        cancel_source_free(a.src);
+        if (!a.cancelled)
+            break; /* the call took the mutex fewer than k times */
+        if (a.ran_on)
+            fprintf(stderr, "   cancelled at entry %d of %d: the statement ran on\n", k, h.entered);
+        CHECK(!a.ran_on);
+        check_no_pending(db);
+        points++;
+    }
+    fprintf(stderr, "   %d points\n", points);
+    CHECK(points >= 2);
+    sqlite3_finalize(st);
+    check_usable(db);
+    sqlite3_close(db);
+}
+
+static void step_cancelled_at_every_point(void)
+{
+    cancelled_at_every_mutex_entry(0);
+}
+static void exec_cancelled_at_every_point(void)
+{
+    cancelled_at_every_mutex_entry(1);
+}
+
+/* What the guard against the lost cancellation (an extra statement active
+ * while a statement starts) must not change, with a token that can be
+ * cancelled: VACUUM still runs (SQLite refuses it beside another active
+ * statement: no guard for it), the journal mode still changes, a failed
+ * statement still reports its error, and a trace callback sees only the
+ * caller's statements. */
+struct traced {
+    int mine;   /* the test's statements */
+    int guards; /* the calls' guards, named by their SQL */
+};
+static int on_trace(unsigned type, void *arg, void *p, void *x)
+{
+    (void)type, (void)p;
+    struct traced *t = arg;
+    if (strncmp((const char *)x, CANCEL_SQLITE_GUARD_SQL, strlen(CANCEL_SQLITE_GUARD_SQL)) == 0)
+        t->guards++;
+    else
+        t->mine++;
+    return 0;
+}
+
+static void guard_changes_nothing_visible(void)
+{
+    sqlite3 *db = open_db();
+    cancel_source *src = cancel_source_new();
+    cancel_token tok = cancel_source_token(src);
+    struct traced traced = {0, 0};
+    sqlite3_trace_v2(db, SQLITE_TRACE_STMT, on_trace, &traced);
+    sqlite3_stmt *st;
+    const char *vacuums[] = {"VACUUM", " /* c */ -- c\n vacuum main", "Vacuum;"};
+    for (int i = 0; i < 3; i++) {
+        CHECK_EQ(sqlite3_prepare_v2(db, vacuums[i], -1, &st, NULL), SQLITE_OK);
+        CHECK_EQ(cancel_sqlite_step(tok, st), SQLITE_DONE);
+        sqlite3_finalize(st);
+        CHECK_EQ(cancel_sqlite_exec(tok, db, vacuums[i], NULL, NULL, NULL), SQLITE_OK);
+    }
+    CHECK_EQ(sqlite3_prepare_v2(db, "PRAGMA journal_mode=DELETE", -1, &st, NULL), SQLITE_OK);
+    CHECK_EQ(cancel_sqlite_step(tok, st), SQLITE_ROW);
+    CHECK_STR((const char *)sqlite3_column_text(st, 0), "delete");
+    sqlite3_finalize(st);
+    CHECK_EQ(cancel_sqlite_exec(tok, db, "PRAGMA journal_mode=WAL", NULL, NULL, NULL), SQLITE_OK);
+    CHECK_EQ(sqlite3_prepare_v2(db, "PRAGMA journal_mode", -1, &st, NULL), SQLITE_OK);
+    CHECK_EQ(cancel_sqlite_step(tok, st), SQLITE_ROW);
+    CHECK_STR((const char *)sqlite3_column_text(st, 0), "wal");
+    sqlite3_finalize(st);
+    /* an error, not cancelled */
+    sqlite3_extended_result_codes(db, 1);
+    CHECK_EQ(sqlite3_prepare_v2(db, "INSERT INTO t VALUES (1)", -1, &st, NULL), SQLITE_OK);
+    CHECK_EQ(cancel_sqlite_step(tok, st), SQLITE_CONSTRAINT_UNIQUE);
+    CHECK_EQ(sqlite3_extended_errcode(db), SQLITE_CONSTRAINT_UNIQUE);
+    CHECK_STR(sqlite3_errmsg(db), "UNIQUE constraint failed: t.x");
+    sqlite3_finalize(st);
+    char *msg = NULL;
+    CHECK_EQ(cancel_sqlite_exec(tok, db, "INSERT INTO t VALUES (2)", NULL, NULL, &msg),
+             SQLITE_CONSTRAINT_UNIQUE);
+    CHECK_STR(msg, "UNIQUE constraint failed: t.x");
+    CHECK_STR(sqlite3_errmsg(db), "UNIQUE constraint failed: t.x");
+    sqlite3_free(msg);
+    /* rows, and a statement run to its end */
+    CHECK_EQ(sqlite3_prepare_v2(db, "SELECT x FROM t ORDER BY x", -1, &st, NULL), SQLITE_OK);
+    int n = 0, rc;
+    while ((rc = cancel_sqlite_step(tok, st)) == SQLITE_ROW)
+        CHECK_EQ(sqlite3_column_int(st, 0), ++n);
+    CHECK_EQ(rc, SQLITE_DONE);
+    sqlite3_finalize(st);
+    /* statements traced: 3 x 2 VACUUMs, 2 journal_mode, 1 query, 2 inserts,
+     * 1 select; a guard before each but the VACUUMs, and none for the
+     * select's steps after its first */
+    CHECK_EQ(traced.mine, 12);
+    CHECK_EQ(traced.guards, 6);
+    CHECK(!cancel_token_is_requested(tok));
+    sqlite3_close(db);
+    cancel_source_free(src);
+}
+
 /* SQLite's rule, as the header states it: another active statement of the
  * connection is interrupted too. */
 static void other_active_statement_is_interrupted_too(void)
@@ -733,6 +893,9 @@ int main(void)
     RUN(step_cancelled_while_waiting_for_a_lock);
     RUN(exec_cancelled_while_waiting_for_a_lock);
     RUN(shared_connection_finalizes_meanwhile);
+    RUN(step_cancelled_at_every_point);
+    RUN(exec_cancelled_at_every_point);
+    RUN(guard_changes_nothing_visible);
     RUN(other_active_statement_is_interrupted_too);
     RUN(exec_like_sqlite3_exec);
     RUN(exec_cancelled_from_callback);
