@@ -129,9 +129,10 @@ CANCEL_API cancel_uring *cancel_uring_new(struct io_uring *ring, cancel_token to
  *  - an error number (EINVAL, ENOMEM...) the kernel returned for the
  *    scope's poll, which could not be re-armed: the scope can no longer
  *    cancel. `op` is left untied; the operation runs untied.
- * With a scope that can never cancel, returns 0 and leaves `op` untied (so
- * untying is harmless). Several operations with the same user_data are
- * each cancelled. Ring's thread. */
+ * With a scope that can never cancel, returns 0 and leaves `op` untied.
+ * Every answer but EINVAL writes `op` (tied, or untied so that untying it
+ * is harmless), whatever it held before. Several operations with the same
+ * user_data are each cancelled. Ring's thread. */
 CANCEL_API int cancel_uring_tie(cancel_uring *scope, struct io_uring_sqe *sqe, cancel_uring_op *op);
 
 /* Unties an operation, normally once its CQE arrived, so that the storage

@@ -267,6 +267,11 @@ int cancel_uring_tie(cancel_uring *cu, struct io_uring_sqe *sqe, cancel_uring_op
 {
     if (cu == NULL || sqe == NULL || op == NULL || (sqe->user_data & CANCEL_URING_USER_DATA_BIT))
         return EINVAL;
+    /* Untied, whatever the storage held, on every path that leaves it so:
+     * cancel_uring_untie reads it. */
+    op->cancel__prev = op->cancel__next = NULL;
+    op->cancel__scope = NULL;
+    op->cancel__user_data = sqe->user_data;
     if (cu->state == FIRED || cancel_token_is_requested(cu->tok)) {
         /* Not started: the entry becomes a request of ours that fails at
          * once (nothing carries that user_data), breaking its link chain. */
@@ -283,9 +288,7 @@ int cancel_uring_tie(cancel_uring *cu, struct io_uring_sqe *sqe, cancel_uring_op
         return cu->error;
     if (cu->state == INERT)
         return 0;
-    op->cancel__user_data = sqe->user_data;
     op->cancel__scope = cu;
-    op->cancel__prev = NULL;
     op->cancel__next = cu->head;
     if (cu->head != NULL)
         cu->head->cancel__prev = op;

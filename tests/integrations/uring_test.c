@@ -502,6 +502,64 @@ static void token_none_and_bad_arguments(void)
     }
 }
 
+/* Every answer of cancel_uring_tie that leaves `op` untied writes it so:
+ * untying it then is harmless, whatever the storage held before (here,
+ * what malloc may hand back). The scopes: one that can never cancel
+ * (CANCEL_TOKEN_NONE), one whose source was freed uncancelled (its poll has
+ * told it), one already cancelled. */
+static void untied_storage_is_written(void)
+{
+    cancel_uring_op *t = malloc(sizeof *t);
+    CHECK(t != NULL);
+    int p[2];
+    CHECK_EQ(pipe2(p, O_CLOEXEC), 0);
+    char buf[8];
+    struct reaped r = {0};
+    /* never cancels */
+    cancel_uring *none = cancel_uring_new(&ring, CANCEL_TOKEN_NONE);
+    memset(t, 0xAB, sizeof *t);
+    struct io_uring_sqe *sqe = get_sqe(90);
+    io_uring_prep_nop(sqe);
+    io_uring_sqe_set_data64(sqe, 90);
+    CHECK_EQ(cancel_uring_tie(none, sqe, t), 0);
+    io_uring_submit(&ring);
+    reap_user(&r, 1);
+    cancel_uring_untie(t);
+    CHECK_EQ(cancel_uring_free(none), 0);
+    /* freed uncancelled: its poll completed, it stopped counting */
+    cancel_source *src = cancel_source_new();
+    cancel_uring *freed = cancel_uring_new(&ring, cancel_source_token(src));
+    io_uring_submit(&ring);
+    cancel_source_free(src);
+    while (r.ours < 1)
+        reap_one(&r);
+    memset(t, 0xAB, sizeof *t);
+    CHECK_EQ(tie_read(freed, p[0], buf, 1, 91, t), 0);
+    io_uring_submit(&ring);
+    CHECK_EQ(write(p[1], "f", 1), 1);
+    reap_user(&r, 2);
+    CHECK_EQ(result_of(&r, 91), 1);
+    cancel_uring_untie(t);
+    CHECK_EQ(cancel_uring_free(freed), 0);
+    /* already cancelled */
+    src = cancel_source_new();
+    cancel_source_cancel(src);
+    cancel_uring *fired = cancel_uring_new(&ring, cancel_source_token(src));
+    memset(t, 0xAB, sizeof *t);
+    CHECK_EQ(tie_read(fired, p[0], buf, 1, 92, t), ECANCELED);
+    cancel_uring_untie(t);
+    io_uring_submit(&ring);
+    while (r.ours < 2) /* the turned entry */
+        reap_one(&r);
+    CHECK_EQ(cancel_uring_free(fired), 0);
+    cancel_source_free(src);
+    reap_ready(&r);
+    CHECK_EQ(r.n, 2);
+    free(t);
+    close(p[0]);
+    close(p[1]);
+}
+
 /* Cancellation racing completion, many times: a read of one byte, the byte
  * written and the token cancelled from two threads at random moments. The
  * read completes exactly once, with the byte or -ECANCELED, and a byte not
@@ -617,6 +675,7 @@ int main(void)
     RUN(small_ring);
     RUN(deadline_on_manual_clock);
     RUN(token_none_and_bad_arguments);
+    RUN(untied_storage_is_written);
     RUN(race_with_completion);
     io_uring_queue_exit(&ring);
     cancel_quiesce(CANCEL_INFINITE);
