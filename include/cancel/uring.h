@@ -136,7 +136,11 @@ CANCEL_API cancel_uring *cancel_uring_new(struct io_uring *ring, cancel_token to
 CANCEL_API int cancel_uring_tie(cancel_uring *scope, struct io_uring_sqe *sqe, cancel_uring_op *op);
 
 /* Unties an operation, normally once its CQE arrived, so that the storage
- * can be reused and its user_data given to another request. Untied storage
+ * can be reused and its user_data given to another request. A multishot
+ * operation (accept, receive or poll with a multishot flag) posts CQEs
+ * with IORING_CQE_F_MORE while more are to come: untie it on its last CQE,
+ * the one without IORING_CQE_F_MORE; untied earlier, it would go on
+ * running, no longer cancelled by the token. Untied storage
  * (zeroed, already untied, or untied by the scope itself when it cancelled
  * the operation or was freed) is left alone. Ring's thread. */
 CANCEL_API void cancel_uring_untie(cancel_uring_op *op);
@@ -152,9 +156,11 @@ CANCEL_API void cancel_uring_untie(cancel_uring_op *op);
 CANCEL_API int cancel_uring_cqe(struct io_uring *ring, const struct io_uring_cqe *cqe);
 
 /* Frees the scope: its tied operations are untied (they are no longer
- * cancelled by the token) and the token is released. If its poll is still
- * armed in the kernel, submits an IORING_OP_POLL_REMOVE; the memory is then
- * released by cancel_uring_cqe with the scope's last CQE (it returns 2).
+ * cancelled by the token). If its poll is still armed in the kernel, or
+ * queued, submits an IORING_OP_POLL_REMOVE; the memory, and with it the
+ * scope's reference to the token (which keeps the token's descriptor open
+ * for that poll), is then released by cancel_uring_cqe with the scope's
+ * last CQE (it returns 2).
  * Returns 0 when everything was released at once, EINPROGRESS when requests
  * of the scope are still in the kernel: keep handing the ring's CQEs to
  * cancel_uring_cqe until it has returned 2 for this scope before

@@ -9,8 +9,10 @@
  * queue for want of a submission queue entry (rare: the kernel refused a
  * submission); it is guarded by `owed_mu`, and `owed_count` lets the common
  * path skip the lock. The token is retained by the scope from
- * cancel_uring_new to cancel_uring_free, so that reading it when the poll
- * completes is always valid, even after the source was freed.
+ * cancel_uring_new until the scope's memory is released, so that reading it
+ * when the poll completes is always valid, even after the source was freed,
+ * and so that its descriptor stays open while a poll naming it may still
+ * be submitted (a scope freed before its poll reached the kernel).
  *
  * The kernel refers to a scope through the user_data of its requests
  * (CANCEL_URING_USER_DATA_BIT | address | kind), so the scope's memory must
@@ -53,7 +55,7 @@ enum state {
 
 struct cancel_uring {
     struct io_uring *ring;
-    cancel_token tok;      /* retained; released by cancel_uring_free */
+    cancel_token tok;      /* retained; released with the scope's memory */
     int fd;                /* the token's descriptor (WATCHING) */
     int error;             /* BROKEN: why */
     enum state state;
@@ -100,6 +102,15 @@ static struct io_uring_sqe *get_sqe(struct io_uring *ring)
     if (sqe != NULL)
         memset(sqe, 0, sizeof *sqe);
     return sqe;
+}
+
+/* Releases a freed scope's memory and its token, once nothing of it is
+ * queued or in the kernel: a poll still queued names the token's
+ * descriptor, which the token keeps open. */
+static void release(cancel_uring *cu)
+{
+    cancel_token_release(cu->tok);
+    free(cu);
 }
 
 static void unlink_op(cancel_uring *cu, cancel_uring_op *op)
@@ -338,7 +349,7 @@ int cancel_uring_cqe(struct io_uring *ring, const struct io_uring_cqe *cqe)
     if (cu->owed)
         settle(cu, true);
     if (cu->freed && cu->inflight == 0 && !cu->owed) {
-        free(cu);
+        release(cu);
         return 2;
     }
     return 1;
@@ -350,11 +361,9 @@ int cancel_uring_free(cancel_uring *cu)
         return 0;
     untie_all(cu);
     cu->freed = true;
-    cancel_token_release(cu->tok);
-    cu->tok = CANCEL_TOKEN_NONE;
     settle(cu, true);
     if (cu->inflight == 0 && !cu->owed) {
-        free(cu);
+        release(cu);
         return 0;
     }
     return EINPROGRESS;

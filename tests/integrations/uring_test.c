@@ -19,6 +19,7 @@ struct reaped {
     int n;        /* completions of the program's requests */
     uint64_t data[64];
     int res[64];
+    int bad;      /* completions of a scope's requests with -EBADF */
 };
 
 /* Reaps one CQE the way the header's loop does. */
@@ -41,6 +42,8 @@ static void reap_one(struct reaped *r)
         CHECK_EQ(k, 2);
         r->released++;
     }
+    if (k != 0 && cqe->res == -EBADF)
+        r->bad++;
     io_uring_cqe_seen(&ring, cqe);
 }
 
@@ -393,6 +396,29 @@ static void free_with_poll_armed(void)
     close(p[1]);
 }
 
+/* A scope freed before its poll reached the kernel, and its source freed
+ * too: the scope keeps the token, so the poll submitted afterwards names
+ * the token's open descriptor (not a closed one, nor one reused for
+ * something else), and releases it with the scope's memory. */
+static void freed_scope_keeps_the_descriptor(void)
+{
+    cancel_source *src = cancel_source_new();
+    int fd = cancel_token_fd(cancel_source_token(src));
+    CHECK(fd >= 0);
+    cancel_uring *scope = cancel_uring_new(&ring, cancel_source_token(src));
+    CHECK(scope != NULL);
+    CHECK_EQ(cancel_uring_free(scope), EINPROGRESS); /* its poll is queued, not submitted */
+    cancel_source_free(src);
+    CHECK(fcntl(fd, F_GETFD) != -1); /* still open */
+    io_uring_submit(&ring);
+    struct reaped r = {0};
+    reap_released(&r, 1);
+    CHECK_EQ(r.bad, 0); /* the poll and its removal found the descriptor */
+    errno = 0;
+    CHECK_EQ(fcntl(fd, F_GETFD), -1); /* released with the scope */
+    CHECK_EQ(errno, EBADF);
+}
+
 /* A ring too small for the cancel requests: the scope submits what is
  * queued to make room, and every operation is still cancelled (the
  * completion queue overflows on the way; the kernel keeps the excess). */
@@ -672,6 +698,7 @@ int main(void)
     RUN(scopes_are_independent);
     RUN(freed_source_lets_operations_run);
     RUN(free_with_poll_armed);
+    RUN(freed_scope_keeps_the_descriptor);
     RUN(small_ring);
     RUN(deadline_on_manual_clock);
     RUN(token_none_and_bad_arguments);
