@@ -19,8 +19,23 @@
  * outlive them: `inflight` counts the requests queued or in the kernel, and
  * a freed scope is released by cancel_uring_cqe when the last one completes.
  * Tied operations are the caller's storage, linked into the scope's list
- * while tied; the scope unlinks them when it cancels them, when it can no
- * longer cancel (the source was freed uncancelled) and when it is freed.
+ * while tied; the caller unlinks them (cancel_uring_untie, on their CQE),
+ * and the scope does when it can no longer cancel (the source was freed
+ * uncancelled) and when it is freed.
+ *
+ * Rounds. Once cancelled, the scope sends a round of cancel requests, one
+ * per tied operation, and keeps the operations tied: a request that finds
+ * nothing (-ENOENT) does not tell an operation already completed (its CQE
+ * is on the way) from one the kernel has not issued yet (linked after a
+ * predecessor whose completion is still being processed), which would run
+ * on once issued. So when a round ends with a request that found nothing
+ * and operations still tied, the scope has the kernel process its pending
+ * completions (io_uring_get_events: with IORING_SETUP_DEFER_TASKRUN they
+ * wait for the ring's thread) and sends another round to those still tied,
+ * up to MAX_ROUNDS: an operation the user never unties, or one linked after
+ * an operation left untied, would otherwise make rounds for ever. The
+ * rounds walk the list with a cursor, so that a round short of submission
+ * queue entries goes on where it stopped.
  *
  * Why a poll and not a callback: a cancellation callback runs on the
  * cancelling thread, which must not touch the ring (liburing rings are not
@@ -46,6 +61,9 @@ enum kind {
 };
 #define KIND_MASK UINT64_C(7)
 
+/* Rounds of cancel requests at most, the first included (see the top). */
+#define MAX_ROUNDS 8
+
 enum state {
     WATCHING, /* the token may still be cancelled */
     FIRED,    /* cancelled: tied operations are (being) cancelled, ties refused */
@@ -65,6 +83,11 @@ struct cancel_uring {
     bool freed;            /* cancel_uring_free was called */
     bool owed;             /* in the owed list */
     cancel_uring_op *head; /* tied operations */
+    /* FIRED: the round under way */
+    cancel_uring_op *cursor; /* the next tied operation to send a cancel to */
+    unsigned round_out;      /* its cancel requests queued or in the kernel */
+    unsigned rounds;         /* rounds begun */
+    bool missed;             /* one of its requests found nothing */
     struct cancel_uring *next_owed; /* under owed_mu */
 };
 
@@ -115,6 +138,8 @@ static void release(cancel_uring *cu)
 
 static void unlink_op(cancel_uring *cu, cancel_uring_op *op)
 {
+    if (cu->cursor == op)
+        cu->cursor = op->cancel__next;
     if (op->cancel__prev != NULL)
         op->cancel__prev->cancel__next = op->cancel__next;
     else
@@ -152,6 +177,7 @@ static bool queue_cancel(cancel_uring *cu, uint64_t user_data)
     sqe->addr = user_data;
     sqe->user_data = tag(cu, K_CANCEL);
     cu->inflight++;
+    cu->round_out++;
     return true;
 }
 
@@ -200,9 +226,9 @@ static void settle(cancel_uring *cu, bool and_submit)
         else
             short_of_sqes = true;
     }
-    while (cu->state == FIRED && cu->head != NULL && !short_of_sqes) {
-        if (queue_cancel(cu, cu->head->cancel__user_data)) {
-            unlink_op(cu, cu->head);
+    while (cu->state == FIRED && cu->cursor != NULL && !short_of_sqes) {
+        if (queue_cancel(cu, cu->cursor->cancel__user_data)) {
+            cu->cursor = cu->cursor->cancel__next;
             queued = true;
         } else {
             short_of_sqes = true;
@@ -313,11 +339,37 @@ void cancel_uring_untie(cancel_uring_op *op)
         unlink_op(op->cancel__scope, op);
 }
 
+/* Begins a round of cancel requests (see the top); settle queues them. */
+static void begin_round(cancel_uring *cu)
+{
+    cu->cursor = cu->head;
+    cu->missed = false;
+    cu->rounds++;
+}
+
+/* A cancel request completed (res: 0, -ENOENT, -EALREADY...). */
+static void on_cancel(cancel_uring *cu, int res)
+{
+    cu->round_out--;
+    if (res == -ENOENT)
+        cu->missed = true;
+    if (cu->freed || cu->round_out != 0 || cu->cursor != NULL || !cu->missed || cu->head == NULL ||
+        cu->rounds >= MAX_ROUNDS)
+        return;
+    /* Completions the kernel has yet to process issue linked operations. */
+    int saved = errno;
+    (void)io_uring_get_events(cu->ring);
+    errno = saved;
+    begin_round(cu);
+    settle(cu, true);
+}
+
 /* The poll completed (res: the poll mask, or -errno). */
 static void on_poll(cancel_uring *cu, int res)
 {
     if (cancel_token_is_requested(cu->tok)) {
         cu->state = FIRED;
+        begin_round(cu);
     } else if (!cancel_token_can_be_canceled(cu->tok)) {
         cu->state = INERT; /* freed uncancelled: the operations run on */
         untie_all(cu);
@@ -345,6 +397,8 @@ int cancel_uring_cqe(struct io_uring *ring, const struct io_uring_cqe *cqe)
         cu->poll_armed = false;
         if (!cu->freed && cu->state == WATCHING)
             on_poll(cu, cqe->res);
+    } else if (kind == K_CANCEL) {
+        on_cancel(cu, cqe->res);
     }
     if (cu->owed)
         settle(cu, true);

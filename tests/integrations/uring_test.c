@@ -192,7 +192,7 @@ static void read_accept_timeout_cancelled(int async)
     CHECK_EQ(result_of(&r, 1), -ECANCELED);
     CHECK_EQ(result_of(&r, 2), -ECANCELED);
     CHECK_EQ(result_of(&r, 3), -ECANCELED);
-    cancel_uring_untie(&t1); /* untied by the scope already: harmless */
+    cancel_uring_untie(&t1); /* as the loop of the header does */
     cancel_uring_untie(&t2);
     cancel_uring_untie(&t3);
     /* The pipe was not read from, the listener accepts. */
@@ -454,6 +454,114 @@ static void small_ring(void)
     ring = saved;
 }
 
+/* A link chain A -> B whose head completes as the token is cancelled: the
+ * scope's first cancel requests find neither (A is done, B not issued yet:
+ * the kernel issues a linked request only once its predecessor's completion
+ * has been processed), and B must still be cancelled once it is issued.
+ * Made deterministic with a ring that defers the kernel's task work to the
+ * ring's own waits (IORING_SETUP_DEFER_TASKRUN, Linux 6.1): A is a no-op,
+ * the token is cancelled before the submission, so the scope's poll and A
+ * complete during it, and B is issued only when the loop next waits, after
+ * the scope has handled its poll. B reads an empty pipe: only a
+ * cancellation ends it (a generous limit turns a hang into a failure). */
+static void chain_issued_after_the_cancel_requests(void)
+{
+    struct io_uring saved = ring;
+    struct io_uring_params params = {0};
+    params.flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN;
+    int e = io_uring_queue_init_params(16, &ring, &params);
+    if (e < 0) {
+        fprintf(stderr, "   no IORING_SETUP_DEFER_TASKRUN (%s): skipped\n", strerror(-e));
+        ring = saved;
+        return;
+    }
+    int p[2];
+    CHECK_EQ(pipe2(p, O_CLOEXEC), 0);
+    cancel_source *src = cancel_source_new();
+    cancel_uring *scope = cancel_uring_new(&ring, cancel_source_token(src));
+    CHECK(scope != NULL);
+    cancel_uring_op ta = CANCEL_URING_OP_INIT, tb = CANCEL_URING_OP_INIT;
+    struct io_uring_sqe *sqe = get_sqe(110);
+    io_uring_prep_nop(sqe);
+    io_uring_sqe_set_data64(sqe, 110);
+    sqe->flags |= IOSQE_IO_LINK;
+    CHECK_EQ(cancel_uring_tie(scope, sqe, &ta), 0);
+    char buf[4];
+    CHECK_EQ(tie_read(scope, p[0], buf, 1, 111, &tb), 0);
+    cancel_source_cancel(src);
+    io_uring_submit(&ring);
+    struct reaped r = {0};
+    for (int64_t deadline = test_now_ns() + 10 * 1000000000LL; r.n < 2;) {
+        struct io_uring_cqe *cqe;
+        struct __kernel_timespec ts = {0, 10 * 1000 * 1000};
+        e = io_uring_wait_cqe_timeout(&ring, &cqe, &ts);
+        if (e == -ETIME || e == -EINTR) {
+            CHECK(test_now_ns() < deadline); /* B was never cancelled */
+            continue;
+        }
+        CHECK_EQ(e, 0);
+        int k = cancel_uring_cqe(&ring, cqe);
+        if (k == 0) {
+            r.data[r.n] = cqe->user_data;
+            r.res[r.n++] = cqe->res;
+            cancel_uring_untie(cqe->user_data == 110 ? &ta : &tb);
+        }
+        io_uring_cqe_seen(&ring, cqe);
+    }
+    CHECK_EQ(result_of(&r, 110), 0);
+    CHECK_EQ(result_of(&r, 111), -ECANCELED);
+    if (cancel_uring_free(scope) == EINPROGRESS)
+        reap_released(&r, 1);
+    cancel_source_free(src);
+    close(p[0]);
+    close(p[1]);
+    io_uring_queue_exit(&ring);
+    ring = saved;
+}
+
+/* The rounds of cancel requests stop: an operation linked after one left
+ * untied (against the header's advice) is not issued while that one runs,
+ * so every round's request for it finds nothing. The scope gives up after
+ * a bounded number of rounds (each completes at once, inside the loop's
+ * cancel_uring_cqe), leaving nothing in the kernel; the operation, issued
+ * later, runs on. */
+static void rounds_are_bounded(void)
+{
+    int p[2], q[2];
+    CHECK_EQ(pipe2(p, O_CLOEXEC), 0);
+    CHECK_EQ(pipe2(q, O_CLOEXEC), 0);
+    cancel_source *src = cancel_source_new();
+    cancel_uring *scope = cancel_uring_new(&ring, cancel_source_token(src));
+    CHECK(scope != NULL);
+    char a[4], b[4];
+    struct io_uring_sqe *sqe = get_sqe(120);
+    io_uring_prep_read(sqe, p[0], a, 1, 0);
+    io_uring_sqe_set_data64(sqe, 120);
+    sqe->flags |= IOSQE_IO_LINK; /* not tied */
+    cancel_uring_op tb = CANCEL_URING_OP_INIT;
+    CHECK_EQ(tie_read(scope, q[0], b, 1, 121, &tb), 0);
+    io_uring_submit(&ring);
+    cancel_source_cancel(src);
+    struct reaped r = {0};
+    reap_one(&r); /* the poll: the first round goes out */
+    while (io_uring_cq_ready(&ring) > 0) /* each round's requests complete at once */
+        reap_one(&r);
+    CHECK_EQ(r.n, 0);
+    fprintf(stderr, "   %d requests of the scope, then it gave up\n", r.ours);
+    CHECK(r.ours > 2);                       /* the poll and more than one round */
+    CHECK_EQ(cancel_uring_free(scope), 0);   /* nothing of it left in the kernel */
+    CHECK_EQ(write(p[1], "a", 1), 1);
+    CHECK_EQ(write(q[1], "b", 1), 1);
+    reap_user(&r, 2);
+    CHECK_EQ(result_of(&r, 120), 1);
+    CHECK_EQ(result_of(&r, 121), 1); /* issued after the rounds: it ran on */
+    cancel_source_free(src);
+    close(p[0]);
+    close(p[1]);
+    close(q[0]);
+    close(q[1]);
+}
+
 /* A deadline on the manual clock: the clock, not time, decides when the
  * kernel cancels. */
 struct advancer {
@@ -700,6 +808,8 @@ int main(void)
     RUN(free_with_poll_armed);
     RUN(freed_scope_keeps_the_descriptor);
     RUN(small_ring);
+    RUN(chain_issued_after_the_cancel_requests);
+    RUN(rounds_are_bounded);
     RUN(deadline_on_manual_clock);
     RUN(token_none_and_bad_arguments);
     RUN(untied_storage_is_written);
