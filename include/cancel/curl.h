@@ -26,7 +26,12 @@
  * the token is cancelled, the call takes the easy handle out of its multi
  * handle (curl_multi_remove_handle: curl's documented way to abort a
  * transfer in progress, which closes its connection) and returns. It sets
- * no option on the easy handle.
+ * no option on the easy handle. curl makes its wake-up socket pair with the
+ * multi handle and goes on without it when descriptors are exhausted; the
+ * call then waits on the token's descriptor (cancel_token_fd, held open for
+ * the call) beside curl's sockets instead. Should that descriptor not be
+ * available either, a cancellation is noticed within a second, at the
+ * wait's timeout.
  *
  * Resources on cancellation: the connection of the aborted transfer is
  * closed on the calling thread before the call returns; the easy handle,
