@@ -44,6 +44,13 @@
  *    the easy handle a share handle with CURL_LOCK_DATA_CONNECT
  *    (CURLOPT_SHARE): its connection cache outlives the call;
  *  - CURLOPT_MAXCONNECTS does not apply (curl's multi default applies).
+ *  - CURLOPT_CONNECT_ONLY is not supported: the connection it leaves for
+ *    curl_easy_send and curl_easy_recv belongs to the call's multi handle,
+ *    which is cleaned up, closing it, before the call returns (those calls
+ *    then find no connection). For a connect-only transfer that a token
+ *    can stop, add the easy handle to a multi handle of your own, woken by
+ *    cancel_curl_multi_wakeup (below), and keep it there while you use the
+ *    connection.
  *  - A cancellation during a name lookup by curl's threaded resolver (the
  *    usual build) returns only once that lookup ends, unless CURLOPT_QUICK_EXIT
  *    (curl 7.87) is set: curl waits for its resolver thread when a transfer

@@ -520,6 +520,72 @@ static void wakeup_callback_for_own_loop(void)
     curl_easy_cleanup(e);
 }
 
+/* CURLOPT_CONNECT_ONLY, as the header states it: the connection
+ * cancel_curl_perform makes does not outlive the call (it belongs to the
+ * call's multi handle), so curl_easy_send then finds none; the header's
+ * alternative, a multi handle of the program's own woken by
+ * cancel_curl_multi_wakeup, keeps it for curl_easy_send and
+ * curl_easy_recv. */
+static void connect_only(void)
+{
+    char url[128];
+    http_url(&server, "/", url, sizeof url);
+    CURL *e = curl_easy_init();
+    curl_easy_setopt(e, CURLOPT_URL, url);
+    curl_easy_setopt(e, CURLOPT_CONNECT_ONLY, 1L);
+    cancel_source *src = cancel_source_new();
+    cancel_token tok = cancel_source_token(src);
+    int closed = http_get(&server, &server.closed);
+    CHECK_EQ(cancel_curl_perform(tok, e), CURLE_OK);
+    http_wait_count(&server, &server.closed, closed + 1); /* closed with the call */
+    size_t n = 0;
+    CHECK(curl_easy_send(e, "x", 1, &n) != CURLE_OK);
+    curl_easy_cleanup(e);
+
+    e = curl_easy_init();
+    curl_easy_setopt(e, CURLOPT_URL, url);
+    curl_easy_setopt(e, CURLOPT_CONNECT_ONLY, 1L);
+    CURLM *m = curl_multi_init();
+    CHECK_EQ(curl_multi_add_handle(m, e), CURLM_OK);
+    cancel_registration reg;
+    CHECK_EQ(cancel_register(tok, &reg, cancel_curl_multi_wakeup, m), 0);
+    int running = 1;
+    while (running && !cancel_token_is_requested(tok)) {
+        CHECK_EQ(curl_multi_perform(m, &running), CURLM_OK);
+        if (running)
+            curl_multi_poll(m, NULL, 0, 1000, NULL);
+    }
+    int left;
+    CURLMsg *msg = curl_multi_info_read(m, &left);
+    CHECK(msg != NULL && msg->msg == CURLMSG_DONE);
+    CHECK_EQ(msg->data.result, CURLE_OK);
+    const char req[] = "GET /fast HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
+    CHECK_EQ(curl_easy_send(e, req, sizeof req - 1, &n), CURLE_OK);
+    CHECK_EQ(n, sizeof req - 1);
+    curl_socket_t sock;
+    CHECK_EQ(curl_easy_getinfo(e, CURLINFO_ACTIVESOCKET, &sock), CURLE_OK);
+    char resp[512];
+    size_t got = 0;
+    while (got < sizeof resp - 1 && !(got > 5 && memcmp(resp + got - 5, "hello", 5) == 0)) {
+        CURLcode rc = curl_easy_recv(e, resp + got, sizeof resp - 1 - got, &n);
+        if (rc == CURLE_AGAIN) {
+            struct pollfd pf = {sock, POLLIN, 0};
+            CHECK_EQ(poll(&pf, 1, 10 * 1000), 1);
+            continue;
+        }
+        CHECK_EQ(rc, CURLE_OK);
+        CHECK(n > 0);
+        got += n;
+    }
+    resp[got] = '\0';
+    CHECK(strstr(resp, " 200 ") != NULL);
+    CHECK(cancel_unregister(&reg)); /* never fired */
+    curl_multi_remove_handle(m, e);
+    curl_multi_cleanup(m);
+    curl_easy_cleanup(e);
+    cancel_source_free(src);
+}
+
 int main(void)
 {
     if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
@@ -542,6 +608,7 @@ int main(void)
     RUN(share_keeps_connections);
     RUN(race_with_end_of_transfer);
     RUN(wakeup_callback_for_own_loop);
+    RUN(connect_only);
     http_stop(&server);
     curl_global_cleanup();
     cancel_quiesce(CANCEL_INFINITE);
