@@ -26,7 +26,12 @@
  * the token is cancelled, the call takes the easy handle out of its multi
  * handle (curl_multi_remove_handle: curl's documented way to abort a
  * transfer in progress, which closes its connection) and returns. It sets
- * no option on the easy handle.
+ * no option on the easy handle. curl makes its wake-up socket pair with the
+ * multi handle and goes on without it when descriptors are exhausted; the
+ * call then waits on the token's descriptor (cancel_token_fd, held open for
+ * the call) beside curl's sockets instead. Should that descriptor not be
+ * available either, a cancellation is noticed within a second, at the
+ * wait's timeout.
  *
  * Resources on cancellation: the connection of the aborted transfer is
  * closed on the calling thread before the call returns; the easy handle,
@@ -39,6 +44,13 @@
  *    the easy handle a share handle with CURL_LOCK_DATA_CONNECT
  *    (CURLOPT_SHARE): its connection cache outlives the call;
  *  - CURLOPT_MAXCONNECTS does not apply (curl's multi default applies).
+ *  - CURLOPT_CONNECT_ONLY is not supported: the connection it leaves for
+ *    curl_easy_send and curl_easy_recv belongs to the call's multi handle,
+ *    which is cleaned up, closing it, before the call returns (those calls
+ *    then find no connection). For a connect-only transfer that a token
+ *    can stop, add the easy handle to a multi handle of your own, woken by
+ *    cancel_curl_multi_wakeup (below), and keep it there while you use the
+ *    connection.
  *  - A cancellation during a name lookup by curl's threaded resolver (the
  *    usual build) returns only once that lookup ends, unless CURLOPT_QUICK_EXIT
  *    (curl 7.87) is set: curl waits for its resolver thread when a transfer

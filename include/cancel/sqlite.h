@@ -37,15 +37,36 @@
  * came first; a cancellation racing the end of a step yields either that
  * step's result or SQLITE_INTERRUPT.
  *
- * What this does to the connection's error state, only when the interrupt
- * was requested during the call: sqlite3_errcode and sqlite3_errmsg describe
- * the statement's error as usual (cancel_sqlite_step resets a failed
- * statement to put them back after the clearing, so your own sqlite3_reset
- * of it then returns SQLITE_OK; cancel_sqlite_exec finalizes it after the
- * clearing). When the call itself chose the result (SQLITE_INTERRUPT for a
- * row given up, or exec's SQLITE_INTERRUPT between steps, SQLITE_ABORT and
- * SQLITE_NOMEM), sqlite3_errmsg does not describe it; exec's *errmsg always
- * does.
+ * SQLite also clears the interrupt flag when a statement starts while no
+ * other statement of the connection is active, which would lose a
+ * cancellation landing between the call's last look at the token and that
+ * start (the statement would then run to its end). So when the statement is
+ * about to start on an idle connection, with a token that can be
+ * cancelled, the call first starts a guard: a statement of its own, one row
+ * of PRAGMA busy_timeout (no transaction, no lock; SELECT 1 if an
+ * authorizer refuses the pragma), kept active until the step returns, then
+ * finalized. With it active SQLite leaves the flag alone, and the
+ * cancellation stops the statement as it starts. The guard costs a
+ * statement start about a microsecond (docs/integrations.md), and you may
+ * notice it: a trace callback sees it (its SQL begins with
+ * CANCEL_SQLITE_GUARD_SQL), an authorizer is asked for it, a progress
+ * handler counts its few VM steps, and sqlite3_next_stmt lists it during
+ * the call. There is none for VACUUM (SQLite refuses VACUUM while another
+ * statement is active) nor when neither guard can be prepared: there, a
+ * cancellation landing in that instant (a few dozen nanoseconds, more if
+ * the thread is preempted there) is seen only when the step returns.
+ *
+ * What this does to the connection's error state, when the interrupt was
+ * requested during the call or a guard was used: sqlite3_errcode and
+ * sqlite3_errmsg describe the statement's error as usual
+ * (cancel_sqlite_step resets a failed statement to put them back after the
+ * clearing or the guard, so your own sqlite3_reset of it then returns
+ * SQLITE_OK; cancel_sqlite_exec finalizes it after the clearing). When the
+ * call itself chose the result (SQLITE_INTERRUPT for a row given up, or
+ * exec's SQLITE_INTERRUPT between steps, SQLITE_ABORT and SQLITE_NOMEM),
+ * sqlite3_errmsg does not describe it; exec's *errmsg always does. After a
+ * successful step with a guard, sqlite3_errcode is SQLITE_OK rather than
+ * SQLITE_ROW or SQLITE_DONE.
  *
  * SQLite's own rule about other statements: while other statements of the
  * same connection are active (stepped, not yet reset or finished: an outer
@@ -55,23 +76,18 @@
  * does. Use a connection per cancellable unit of work to keep
  * cancellations apart.
  *
- * One more limit of SQLite's: a statement that starts while no other is
- * active clears the interrupt flag first. The calls check the token right
- * before SQLite starts the statement; a cancellation that lands in the
- * instant between that check and the start (a few dozen nanoseconds) is
- * seen when the step returns rather than during it.
- *
  * Conventions: the error rule of <cancel.h> gives way to SQLite's here; each
  * function returns what its SQLite counterpart returns (the result code,
  * extended if the connection asks for extended codes), plus SQLITE_INTERRUPT
  * for a cancellation. A token already cancelled returns SQLITE_INTERRUPT at
  * once: no step runs, nothing is prepared, the connection is not touched.
- * Threading follows SQLite's: no lock of ours is held (cancel_sqlite_exec
- * holds the connection's own mutex throughout, as sqlite3_exec does); the
- * token's callback, which only calls sqlite3_interrupt, runs on the
- * cancelling thread (or the library thread for asynchronous cancels and
- * deadlines). A source freed
- * uncancelled during a call stops counting. Neither function may be called
+ * Threading follows SQLite's: no lock of ours is held; both calls hold the
+ * connection's own mutex throughout (as sqlite3_exec does, and as
+ * sqlite3_step does for the step), so other threads sharing the connection
+ * wait for the call. The token's callback, which only calls
+ * sqlite3_interrupt, runs on the cancelling thread (or the library thread
+ * for asynchronous cancels and deadlines). A source freed uncancelled
+ * during a call stops counting. Neither function may be called
  * from a cancellation callback (they block for the statement's duration).
  * They change errno only as SQLite's own calls do.
  */
@@ -85,6 +101,10 @@
 #ifdef __cplusplus
 extern "C" {
 #endif
+
+/* The SQL of a guard statement (see above) begins with this comment, so
+ * that a trace callback can tell guards apart. */
+#define CANCEL_SQLITE_GUARD_SQL "/* cancel_sqlite guard */ "
 
 /* sqlite3_step(stmt) that a cancellation of `tok` interrupts. Returns
  * sqlite3_step's result, or SQLITE_INTERRUPT when the token ended the step

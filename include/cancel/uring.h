@@ -35,22 +35,32 @@
  * What happens on cancellation, on your loop's thread: the token's
  * descriptor turns readable, the kernel completes the scope's poll, your
  * loop passes that CQE to cancel_uring_cqe, which queues one
- * IORING_OP_ASYNC_CANCEL per tied operation still in flight and submits
- * them (io_uring_submit: with any SQE you prepared and had not submitted
- * yet). Each operation then completes once, with -ECANCELED, or with its
- * result if it finished first (the race is the kernel's: a completion is
- * never both). An operation the kernel cannot stop at once (one blocked in
- * an io-wq worker: the cancel answers -EALREADY) completes when the kernel
- * manages to interrupt it, often with -EINTR. Chains: tie every operation of
- * a link chain; one not started yet completes with -ECANCELED when its
- * predecessor is cancelled, as the kernel does for links. The descriptors
- * you passed stay yours: nothing is closed.
+ * IORING_OP_ASYNC_CANCEL per tied operation (a round) and submits them
+ * (io_uring_submit: with any SQE you prepared and had not submitted yet).
+ * Each operation then completes once, with -ECANCELED, or with its result
+ * if it finished first (the race is the kernel's: a completion is never
+ * both), and stays tied until you untie it. An operation the kernel cannot
+ * stop at once (one blocked in an io-wq worker: the cancel answers
+ * -EALREADY) completes when the kernel manages to interrupt it, often with
+ * -EINTR. A cancel request that finds nothing means the operation has just
+ * completed, or is linked in a chain and not issued yet (its predecessor's
+ * completion is still being processed); so when a round ends with one and
+ * operations are still tied, cancel_uring_cqe has the kernel process its
+ * pending completions (io_uring_get_events) and sends another round to the
+ * operations still tied, up to 8 rounds. Chains: tie every operation of a
+ * link chain; one not started yet completes with -ECANCELED when its
+ * predecessor is cancelled, as the kernel does for links, and one whose
+ * predecessor completed as the token was cancelled is cancelled once
+ * issued. An operation linked after one you did not tie, which runs on, is
+ * issued after the rounds are over and runs on too. The descriptors you
+ * passed stay yours: nothing is closed.
  *
  * Costs on your ring: the scope's poll takes one SQE when the scope is
  * made (for a token that can be cancelled) and one CQE when it completes;
  * cancel_uring_free takes one more SQE and two CQEs if the poll is still
- * armed; on cancellation each tied operation in flight takes one SQE and
- * one CQE for its cancel request. Size the rings for that. When the
+ * armed; on cancellation each tied operation takes one SQE and one CQE for
+ * its cancel request, per round (one round, unless a request found
+ * nothing). Size the rings for that. When the
  * submission queue is full the functions submit what is queued to make
  * room; if the kernel still refuses (its completion queue overflowing), the
  * cancel requests still owed are queued by a later call of cancel_uring_cqe
@@ -129,15 +139,20 @@ CANCEL_API cancel_uring *cancel_uring_new(struct io_uring *ring, cancel_token to
  *  - an error number (EINVAL, ENOMEM...) the kernel returned for the
  *    scope's poll, which could not be re-armed: the scope can no longer
  *    cancel. `op` is left untied; the operation runs untied.
- * With a scope that can never cancel, returns 0 and leaves `op` untied (so
- * untying is harmless). Several operations with the same user_data are
- * each cancelled. Ring's thread. */
+ * With a scope that can never cancel, returns 0 and leaves `op` untied.
+ * Every answer but EINVAL writes `op` (tied, or untied so that untying it
+ * is harmless), whatever it held before. Several operations with the same
+ * user_data are each cancelled. Ring's thread. */
 CANCEL_API int cancel_uring_tie(cancel_uring *scope, struct io_uring_sqe *sqe, cancel_uring_op *op);
 
 /* Unties an operation, normally once its CQE arrived, so that the storage
- * can be reused and its user_data given to another request. Untied storage
- * (zeroed, already untied, or untied by the scope itself when it cancelled
- * the operation or was freed) is left alone. Ring's thread. */
+ * can be reused and its user_data given to another request. A multishot
+ * operation (accept, receive or poll with a multishot flag) posts CQEs
+ * with IORING_CQE_F_MORE while more are to come: untie it on its last CQE,
+ * the one without IORING_CQE_F_MORE; untied earlier, it would go on
+ * running, no longer cancelled by the token. Untied storage
+ * (zeroed, already untied, or untied by the scope itself when it was freed
+ * or its source was freed uncancelled) is left alone. Ring's thread. */
 CANCEL_API void cancel_uring_untie(cancel_uring_op *op);
 
 /* Hands a completion to the scopes: returns 0 for a completion of yours,
@@ -145,15 +160,18 @@ CANCEL_API void cancel_uring_untie(cancel_uring_op *op);
  * and go on) or 2 (the same, and it was the last request of a scope freed
  * with cancel_uring_free, whose memory is now released). For the completion
  * of a scope's poll, when the token is cancelled, queues and submits the
- * cancel requests of its tied operations. Call it for every CQE of a ring
+ * cancel requests of its tied operations; for the last request of a round,
+ * when one found nothing, the next round (see above). Call it for every CQE of a ring
  * that has scopes, before you mark the CQE seen; the CQE itself is not
  * modified. Ring's thread. */
 CANCEL_API int cancel_uring_cqe(struct io_uring *ring, const struct io_uring_cqe *cqe);
 
 /* Frees the scope: its tied operations are untied (they are no longer
- * cancelled by the token) and the token is released. If its poll is still
- * armed in the kernel, submits an IORING_OP_POLL_REMOVE; the memory is then
- * released by cancel_uring_cqe with the scope's last CQE (it returns 2).
+ * cancelled by the token). If its poll is still armed in the kernel, or
+ * queued, submits an IORING_OP_POLL_REMOVE; the memory, and with it the
+ * scope's reference to the token (which keeps the token's descriptor open
+ * for that poll), is then released by cancel_uring_cqe with the scope's
+ * last CQE (it returns 2).
  * Returns 0 when everything was released at once, EINPROGRESS when requests
  * of the scope are still in the kernel: keep handing the ring's CQEs to
  * cancel_uring_cqe until it has returned 2 for this scope before

@@ -13,7 +13,12 @@
  * so the caller may close it. That wait is never refused with EDEADLK: the
  * callback blocks on nothing, so its thread cannot be part of a cycle of
  * waits. No lock of ours exists; cancel_sqlite_exec holds the connection's
- * mutex, as sqlite3_exec does, which sqlite3_interrupt never takes.
+ * mutex, as sqlite3_exec does, which sqlite3_interrupt never takes;
+ * cancel_sqlite_step holds it too, from before the guard (below) to the end
+ * of its books, as sqlite3_step holds it for the whole step anyway. Holding
+ * it keeps the list of statements still while the books walk it, and keeps
+ * another thread sharing the connection from starting or ending a statement
+ * between the guard's decision and the step.
  *
  * The interrupt is a flag of the connection. SQLite clears it when a
  * statement is prepared or starts while no statement of the connection is
@@ -22,7 +27,8 @@
  * set it after the step it was meant for has returned (the cancellation
  * raced the end of the step). So once the callback fired during a call:
  *  - a statement still running (it produced a row, or SQLITE_BUSY left it
- *    inside its transaction) would fail its next step: it is reset and the
+ *    inside its transaction) would fail its next step and keeps the flag
+ *    from being cleared: it is reset (step) or finalized (exec) and the
  *    call reports SQLITE_INTERRUPT;
  *  - then, if no statement of the connection is active, the flag is cleared
  *    by preparing an empty string (the parser clears it on entry when no
@@ -35,12 +41,26 @@
  * Whether the callback ran is read from its flag, not from unregister's
  * result: unregister also returns false for a registration made inert by a
  * source freed uncancelled, which fired nothing.
+ *
+ * The guard. The clearing SQLite does when a statement starts with no other
+ * active would also wipe an interrupt our callback set between the call's
+ * last look at the token and that start: the cancellation would be lost and
+ * the statement would run to its end, for ever for some. So before that
+ * look, when the statement is about to start on an idle connection, the
+ * call starts a statement of its own (a pragma that reads a setting: one
+ * row, no transaction, no lock) and keeps it active until the step has
+ * returned: with it active, SQLite leaves the flag alone. It is finalized
+ * before the books, which overwrites the connection's error state, so a
+ * statement that failed is then reset to copy its error back. Not for
+ * VACUUM, which SQLite refuses to run beside another active statement.
  */
 #include <cancel/sqlite.h>
 
+#include <ctype.h>
 #include <errno.h>
 #include <stdatomic.h>
 #include <stdbool.h>
+#include <string.h>
 
 struct interrupter {
     sqlite3 *db;
@@ -73,17 +93,80 @@ static bool disarm(struct interrupter *it, cancel_registration *reg)
     return atomic_load_explicit(&it->fired, memory_order_relaxed);
 }
 
-/* Clears the interrupt flag if no statement of db is active; returns
- * whether it did. Overwrites the connection's error state when it does. */
-static bool clear_if_idle(sqlite3 *db)
+/* Whether a statement of db is active (stepped, neither reset nor done).
+ * The caller holds the connection's mutex: another thread sharing the
+ * connection could otherwise finalize the statement the walk is on. */
+static bool any_active(sqlite3 *db)
 {
     for (sqlite3_stmt *s = sqlite3_next_stmt(db, NULL); s != NULL; s = sqlite3_next_stmt(db, s))
         if (sqlite3_stmt_busy(s))
-            return false;
+            return true;
+    return false;
+}
+
+/* Clears the interrupt flag if no statement of db is active; returns
+ * whether it did. Overwrites the connection's error state when it does.
+ * The caller holds the connection's mutex, from the walk to the clearing,
+ * so that no statement of another thread starts in between. */
+static bool clear_if_idle(sqlite3 *db)
+{
+    if (any_active(db))
+        return false;
     sqlite3_stmt *none = NULL;
     (void)sqlite3_prepare_v2(db, "", 0, &none, NULL);
     sqlite3_finalize(none); /* NULL: an empty string makes no statement */
     return true;
+}
+
+/* Whether the statement may be a VACUUM, judged by its first keyword after
+ * white space and comments (no SQL text: it may be). */
+static bool may_be_vacuum(sqlite3_stmt *stmt)
+{
+    const char *s = sqlite3_sql(stmt);
+    if (s == NULL)
+        return true;
+    for (;;) {
+        if (*s == ' ' || *s == '\t' || *s == '\n' || *s == '\f' || *s == '\r') {
+            s++;
+        } else if (s[0] == '-' && s[1] == '-') {
+            if ((s = strchr(s, '\n')) == NULL)
+                return false;
+        } else if (s[0] == '/' && s[1] == '*') {
+            if ((s = strstr(s + 2, "*/")) == NULL)
+                return false;
+            s += 2;
+        } else {
+            break;
+        }
+    }
+    if (sqlite3_strnicmp(s, "VACUUM", 6) != 0)
+        return false;
+    unsigned char next = (unsigned char)s[6]; /* the keyword ends there? */
+    return !(isalnum(next) || next == '_' || next == '$' || next >= 0x80);
+}
+
+/* The guard (see the top): started before the token's last check when
+ * `stmt` is about to start with no other statement of db active; NULL when
+ * none is needed or none could be made. The caller holds the connection's
+ * mutex until `stmt` has started, so that the "no other active" it was
+ * judged on stays true. */
+static sqlite3_stmt *guard_start(cancel_token tok, sqlite3 *db, sqlite3_stmt *stmt)
+{
+    if (!cancel_token_can_be_canceled(tok) || sqlite3_stmt_busy(stmt) || any_active(db) ||
+        may_be_vacuum(stmt))
+        return NULL;
+    /* The pragma is the cheaper to prepare; SELECT 1 in case an authorizer
+     * refuses pragmas. The comment names it in trace callbacks. */
+    static const char *const sql[] = {CANCEL_SQLITE_GUARD_SQL "PRAGMA busy_timeout",
+                                      CANCEL_SQLITE_GUARD_SQL "SELECT 1"};
+    for (size_t i = 0; i < sizeof sql / sizeof sql[0]; i++) {
+        sqlite3_stmt *g = NULL;
+        if (sqlite3_prepare_v2(db, sql[i], -1, &g, NULL) == SQLITE_OK && g != NULL &&
+            sqlite3_step(g) == SQLITE_ROW)
+            return g;
+        sqlite3_finalize(g);
+    }
+    return NULL;
 }
 
 int cancel_sqlite_step(cancel_token tok, sqlite3_stmt *stmt)
@@ -93,32 +176,45 @@ int cancel_sqlite_step(cancel_token tok, sqlite3_stmt *stmt)
     if (cancel_token_is_requested(tok))
         return SQLITE_INTERRUPT;
     sqlite3 *db = sqlite3_db_handle(stmt);
+    /* Held throughout, as sqlite3_step holds it for the whole step anyway
+     * (recursive; NULL, a no-op, without SQLite's mutexes). */
+    sqlite3_mutex *mu = sqlite3_db_mutex(db);
+    sqlite3_mutex_enter(mu);
+    sqlite3_stmt *guard = guard_start(tok, db, stmt);
     struct interrupter it;
     cancel_registration reg;
-    if (!arm(&it, &reg, tok, db))
-        return SQLITE_INTERRUPT;
-    /* From the registration on, a cancellation interrupts the step, except
-     * in the instant between this check and SQLite's start of a fresh
-     * statement, which clears the flag (header). */
-    bool stepped = !cancel_token_is_requested(tok);
-    int rc = stepped ? sqlite3_step(stmt) : SQLITE_INTERRUPT;
-    if (!disarm(&it, &reg))
-        return rc;
-    bool failed = stepped && rc != SQLITE_ROW && rc != SQLITE_DONE;
-    if (sqlite3_stmt_busy(stmt)) {
-        (void)sqlite3_reset(stmt);
-        rc = SQLITE_INTERRUPT;
-        failed = false; /* a row or SQLITE_BUSY: no error of the statement's to keep */
+    int rc = SQLITE_INTERRUPT;
+    bool stepped = false, fired = false;
+    if (arm(&it, &reg, tok, db)) {
+        /* From the registration on, a cancellation interrupts the step: the
+         * guard keeps SQLite from clearing the flag when the step starts. */
+        stepped = !cancel_token_is_requested(tok);
+        if (stepped)
+            rc = sqlite3_step(stmt);
+        fired = disarm(&it, &reg);
     }
-    if (clear_if_idle(db) && failed)
+    bool overwritten = guard != NULL; /* finalizing it overwrites the error state */
+    sqlite3_finalize(guard);
+    bool failed = stepped && rc != SQLITE_ROW && rc != SQLITE_DONE;
+    if (fired) {
+        if (sqlite3_stmt_busy(stmt)) {
+            (void)sqlite3_reset(stmt);
+            rc = SQLITE_INTERRUPT;
+            failed = false; /* a row or SQLITE_BUSY: no error of the statement's to keep */
+        }
+        if (clear_if_idle(db))
+            overwritten = true;
+    }
+    if (failed && overwritten)
         (void)sqlite3_reset(stmt); /* the statement's error back into sqlite3_errmsg */
+    sqlite3_mutex_leave(mu);
     return rc;
 }
 
 /* Steps one statement to its end, calling back for each row. Returns
  * SQLITE_DONE, the step's error, or our own code with *own set (the token,
  * the callback's abort, no memory); leaves finalizing to the caller. */
-static int exec_rows(cancel_token tok, sqlite3_stmt *st,
+static int exec_rows(cancel_token tok, sqlite3_stmt *st, sqlite3_stmt **guard,
                      int (*callback)(void *, int, char **, char **), void *arg, bool *own)
 {
     char **cols = NULL; /* ncol names, ncol values, NULL */
@@ -130,6 +226,10 @@ static int exec_rows(cancel_token tok, sqlite3_stmt *st,
             break;
         }
         rc = sqlite3_step(st);
+        if (*guard != NULL) { /* the statement has started: the guard is done */
+            sqlite3_finalize(*guard);
+            *guard = NULL;
+        }
         if (rc != SQLITE_ROW)
             break;
         if (callback == NULL)
@@ -210,7 +310,9 @@ int cancel_sqlite_exec(cancel_token tok, sqlite3 *db, const char *sql,
         sql = tail;
         if (st == NULL) /* only white space or a comment */
             continue;
-        rc = exec_rows(tok, st, callback, arg, &own);
+        sqlite3_stmt *guard = guard_start(tok, db, st);
+        rc = exec_rows(tok, st, &guard, callback, arg, &own);
+        sqlite3_finalize(guard); /* the token stopped it before the first step */
         if (rc == SQLITE_DONE) {
             rc = sqlite3_finalize(st);
             if (rc != SQLITE_OK)
@@ -227,8 +329,20 @@ int cancel_sqlite_exec(cancel_token tok, sqlite3 *db, const char *sql,
     char *msg = NULL;
     if (rc != SQLITE_OK && failed == NULL && errmsg != NULL)
         msg = sqlite3_mprintf("%s", own ? sqlite3_errstr(rc) : sqlite3_errmsg(db));
-    if (disarm(&it, &reg))
+    if (disarm(&it, &reg)) {
+        if (failed != NULL && sqlite3_stmt_busy(failed)) {
+            /* SQLITE_BUSY left it inside its transaction, still active, so
+             * the flag could not be cleared: give it up, as step does. */
+            sqlite3_finalize(failed);
+            failed = NULL;
+            rc = SQLITE_INTERRUPT;
+            if (errmsg != NULL) {
+                sqlite3_free(msg);
+                msg = sqlite3_mprintf("%s", sqlite3_errstr(rc));
+            }
+        }
         (void)clear_if_idle(db);
+    }
     if (failed != NULL) {
         rc = sqlite3_finalize(failed); /* its error, back into sqlite3_errmsg */
         if (errmsg != NULL)

@@ -9,16 +9,33 @@
  * queue for want of a submission queue entry (rare: the kernel refused a
  * submission); it is guarded by `owed_mu`, and `owed_count` lets the common
  * path skip the lock. The token is retained by the scope from
- * cancel_uring_new to cancel_uring_free, so that reading it when the poll
- * completes is always valid, even after the source was freed.
+ * cancel_uring_new until the scope's memory is released, so that reading it
+ * when the poll completes is always valid, even after the source was freed,
+ * and so that its descriptor stays open while a poll naming it may still
+ * be submitted (a scope freed before its poll reached the kernel).
  *
  * The kernel refers to a scope through the user_data of its requests
  * (CANCEL_URING_USER_DATA_BIT | address | kind), so the scope's memory must
  * outlive them: `inflight` counts the requests queued or in the kernel, and
  * a freed scope is released by cancel_uring_cqe when the last one completes.
  * Tied operations are the caller's storage, linked into the scope's list
- * while tied; the scope unlinks them when it cancels them, when it can no
- * longer cancel (the source was freed uncancelled) and when it is freed.
+ * while tied; the caller unlinks them (cancel_uring_untie, on their CQE),
+ * and the scope does when it can no longer cancel (the source was freed
+ * uncancelled) and when it is freed.
+ *
+ * Rounds. Once cancelled, the scope sends a round of cancel requests, one
+ * per tied operation, and keeps the operations tied: a request that finds
+ * nothing (-ENOENT) does not tell an operation already completed (its CQE
+ * is on the way) from one the kernel has not issued yet (linked after a
+ * predecessor whose completion is still being processed), which would run
+ * on once issued. So when a round ends with a request that found nothing
+ * and operations still tied, the scope has the kernel process its pending
+ * completions (io_uring_get_events: with IORING_SETUP_DEFER_TASKRUN they
+ * wait for the ring's thread) and sends another round to those still tied,
+ * up to MAX_ROUNDS: an operation the user never unties, or one linked after
+ * an operation left untied, would otherwise make rounds for ever. The
+ * rounds walk the list with a cursor, so that a round short of submission
+ * queue entries goes on where it stopped.
  *
  * Why a poll and not a callback: a cancellation callback runs on the
  * cancelling thread, which must not touch the ring (liburing rings are not
@@ -44,6 +61,9 @@ enum kind {
 };
 #define KIND_MASK UINT64_C(7)
 
+/* Rounds of cancel requests at most, the first included (see the top). */
+#define MAX_ROUNDS 8
+
 enum state {
     WATCHING, /* the token may still be cancelled */
     FIRED,    /* cancelled: tied operations are (being) cancelled, ties refused */
@@ -53,7 +73,7 @@ enum state {
 
 struct cancel_uring {
     struct io_uring *ring;
-    cancel_token tok;      /* retained; released by cancel_uring_free */
+    cancel_token tok;      /* retained; released with the scope's memory */
     int fd;                /* the token's descriptor (WATCHING) */
     int error;             /* BROKEN: why */
     enum state state;
@@ -63,6 +83,11 @@ struct cancel_uring {
     bool freed;            /* cancel_uring_free was called */
     bool owed;             /* in the owed list */
     cancel_uring_op *head; /* tied operations */
+    /* FIRED: the round under way */
+    cancel_uring_op *cursor; /* the next tied operation to send a cancel to */
+    unsigned round_out;      /* its cancel requests queued or in the kernel */
+    unsigned rounds;         /* rounds begun */
+    bool missed;             /* one of its requests found nothing */
     struct cancel_uring *next_owed; /* under owed_mu */
 };
 
@@ -102,8 +127,19 @@ static struct io_uring_sqe *get_sqe(struct io_uring *ring)
     return sqe;
 }
 
+/* Releases a freed scope's memory and its token, once nothing of it is
+ * queued or in the kernel: a poll still queued names the token's
+ * descriptor, which the token keeps open. */
+static void release(cancel_uring *cu)
+{
+    cancel_token_release(cu->tok);
+    free(cu);
+}
+
 static void unlink_op(cancel_uring *cu, cancel_uring_op *op)
 {
+    if (cu->cursor == op)
+        cu->cursor = op->cancel__next;
     if (op->cancel__prev != NULL)
         op->cancel__prev->cancel__next = op->cancel__next;
     else
@@ -141,6 +177,7 @@ static bool queue_cancel(cancel_uring *cu, uint64_t user_data)
     sqe->addr = user_data;
     sqe->user_data = tag(cu, K_CANCEL);
     cu->inflight++;
+    cu->round_out++;
     return true;
 }
 
@@ -189,9 +226,9 @@ static void settle(cancel_uring *cu, bool and_submit)
         else
             short_of_sqes = true;
     }
-    while (cu->state == FIRED && cu->head != NULL && !short_of_sqes) {
-        if (queue_cancel(cu, cu->head->cancel__user_data)) {
-            unlink_op(cu, cu->head);
+    while (cu->state == FIRED && cu->cursor != NULL && !short_of_sqes) {
+        if (queue_cancel(cu, cu->cursor->cancel__user_data)) {
+            cu->cursor = cu->cursor->cancel__next;
             queued = true;
         } else {
             short_of_sqes = true;
@@ -267,6 +304,11 @@ int cancel_uring_tie(cancel_uring *cu, struct io_uring_sqe *sqe, cancel_uring_op
 {
     if (cu == NULL || sqe == NULL || op == NULL || (sqe->user_data & CANCEL_URING_USER_DATA_BIT))
         return EINVAL;
+    /* Untied, whatever the storage held, on every path that leaves it so:
+     * cancel_uring_untie reads it. */
+    op->cancel__prev = op->cancel__next = NULL;
+    op->cancel__scope = NULL;
+    op->cancel__user_data = sqe->user_data;
     if (cu->state == FIRED || cancel_token_is_requested(cu->tok)) {
         /* Not started: the entry becomes a request of ours that fails at
          * once (nothing carries that user_data), breaking its link chain. */
@@ -283,9 +325,7 @@ int cancel_uring_tie(cancel_uring *cu, struct io_uring_sqe *sqe, cancel_uring_op
         return cu->error;
     if (cu->state == INERT)
         return 0;
-    op->cancel__user_data = sqe->user_data;
     op->cancel__scope = cu;
-    op->cancel__prev = NULL;
     op->cancel__next = cu->head;
     if (cu->head != NULL)
         cu->head->cancel__prev = op;
@@ -299,11 +339,37 @@ void cancel_uring_untie(cancel_uring_op *op)
         unlink_op(op->cancel__scope, op);
 }
 
+/* Begins a round of cancel requests (see the top); settle queues them. */
+static void begin_round(cancel_uring *cu)
+{
+    cu->cursor = cu->head;
+    cu->missed = false;
+    cu->rounds++;
+}
+
+/* A cancel request completed (res: 0, -ENOENT, -EALREADY...). */
+static void on_cancel(cancel_uring *cu, int res)
+{
+    cu->round_out--;
+    if (res == -ENOENT)
+        cu->missed = true;
+    if (cu->freed || cu->round_out != 0 || cu->cursor != NULL || !cu->missed || cu->head == NULL ||
+        cu->rounds >= MAX_ROUNDS)
+        return;
+    /* Completions the kernel has yet to process issue linked operations. */
+    int saved = errno;
+    (void)io_uring_get_events(cu->ring);
+    errno = saved;
+    begin_round(cu);
+    settle(cu, true);
+}
+
 /* The poll completed (res: the poll mask, or -errno). */
 static void on_poll(cancel_uring *cu, int res)
 {
     if (cancel_token_is_requested(cu->tok)) {
         cu->state = FIRED;
+        begin_round(cu);
     } else if (!cancel_token_can_be_canceled(cu->tok)) {
         cu->state = INERT; /* freed uncancelled: the operations run on */
         untie_all(cu);
@@ -331,11 +397,13 @@ int cancel_uring_cqe(struct io_uring *ring, const struct io_uring_cqe *cqe)
         cu->poll_armed = false;
         if (!cu->freed && cu->state == WATCHING)
             on_poll(cu, cqe->res);
+    } else if (kind == K_CANCEL) {
+        on_cancel(cu, cqe->res);
     }
     if (cu->owed)
         settle(cu, true);
     if (cu->freed && cu->inflight == 0 && !cu->owed) {
-        free(cu);
+        release(cu);
         return 2;
     }
     return 1;
@@ -347,11 +415,9 @@ int cancel_uring_free(cancel_uring *cu)
         return 0;
     untie_all(cu);
     cu->freed = true;
-    cancel_token_release(cu->tok);
-    cu->tok = CANCEL_TOKEN_NONE;
     settle(cu, true);
     if (cu->inflight == 0 && !cu->owed) {
-        free(cu);
+        release(cu);
         return 0;
     }
     return EINPROGRESS;

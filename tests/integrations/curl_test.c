@@ -4,7 +4,67 @@
 
 #include <cancel/curl.h>
 
+#include <dlfcn.h>
+#include <fcntl.h>
+#include <sys/resource.h>
+
 static http_server server;
+
+/* libc's poll, wrapped (the executable's definition comes first for
+ * libcurl, whose curl_multi_poll calls poll) to see what a wait watches:
+ * whether it includes `watched_fd`, and whether it returned with it
+ * readable. Everything else passes straight through. */
+typedef int poll_fn(struct pollfd *, nfds_t, int);
+static poll_fn *_Atomic real_poll;
+static atomic_int watched_fd = -1;
+static atomic_int waits_watching; /* waits that included it */
+static atomic_int woken_by_it;    /* waits that returned with it readable */
+static test_gate watching = TEST_GATE_INIT; /* opened by the first wait that included it */
+
+int poll(struct pollfd *fds, nfds_t n, int timeout)
+{
+    poll_fn *f = atomic_load(&real_poll);
+    if (f == NULL) {
+        void *sym = dlsym(RTLD_NEXT, "poll");
+        memcpy(&f, &sym, sizeof f);
+        atomic_store(&real_poll, f);
+    }
+    int w = atomic_load(&watched_fd);
+    nfds_t at = n;
+    for (nfds_t i = 0; w >= 0 && i < n; i++)
+        if (fds[i].fd == w)
+            at = i;
+    if (at < n) {
+        atomic_fetch_add(&waits_watching, 1);
+        test_gate_open(&watching);
+    }
+    int rc = f(fds, n, timeout);
+    if (at < n && rc > 0 && fds[at].revents != 0)
+        atomic_fetch_add(&woken_by_it, 1);
+    return rc;
+}
+
+/* No descriptor can be made until restore_descriptors: the soft limit is
+ * lowered to the lowest free descriptor number (those above stay open). */
+static struct rlimit saved_limit;
+static bool limited;
+static void exhaust_descriptors(void)
+{
+    int lowest = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    CHECK(lowest >= 0);
+    close(lowest);
+    CHECK_EQ(getrlimit(RLIMIT_NOFILE, &saved_limit), 0);
+    struct rlimit l = saved_limit;
+    l.rlim_cur = (rlim_t)lowest;
+    CHECK_EQ(setrlimit(RLIMIT_NOFILE, &l), 0);
+    limited = true;
+}
+static void restore_descriptors(void)
+{
+    if (limited)
+        CHECK_EQ(setrlimit(RLIMIT_NOFILE, &saved_limit), 0);
+    limited = false;
+}
 
 /* What the user's callbacks saw. */
 struct seen {
@@ -223,6 +283,97 @@ static void deadline_ends_transfer(void)
     curl_easy_cleanup(e);
 }
 
+/* curl without its wake-up socket pair: no descriptor could be made when
+ * the call made its multi handle (curl then goes on without the pair, and
+ * curl_multi_wakeup fails). The token's descriptor, made before, is waited
+ * on instead, which the cancellation makes readable (with the source freed
+ * uncancelled, it wakes the wait once and is no longer watched; the
+ * transfer goes on to its end). Descriptors come back
+ * when curl opens its socket. Without that, the wait would notice the
+ * cancellation only at its timeout, and a source freed uncancelled would
+ * wake it over and over. */
+static curl_socket_t open_restoring(void *arg, curlsocktype purpose, struct curl_sockaddr *a)
+{
+    restore_descriptors();
+    return on_open(arg, purpose, a);
+}
+
+struct at_watch {
+    cancel_source *src;
+    int free_it;
+    test_gate *body;  /* cancel: at a wait begun after the first body bytes */
+    int waits;        /* waits that watched the descriptor until then */
+    bool watched;     /* a wait watched the token's descriptor */
+};
+static bool watched_again(void *arg)
+{
+    return atomic_load(&waits_watching) > ((struct at_watch *)arg)->waits;
+}
+static void *act_when_watched(void *arg)
+{
+    struct at_watch *w = arg;
+    /* a failure if it never does (the call then still ends) */
+    w->watched = test_gate_wait_for(&watching, 10 * 1000000000LL);
+    if (w->watched && !w->free_it) {
+        test_gate_wait(w->body); /* the server sends nothing more */
+        w->waits = atomic_load(&waits_watching);
+        w->watched = test_wait_until(watched_again, w, 10 * 1000000000LL);
+    }
+    if (w->free_it)
+        cancel_source_free(w->src);
+    else
+        cancel_source_cancel(w->src);
+    return NULL;
+}
+
+static void without_curls_wakeup_socket(int free_it)
+{
+    struct seen s;
+    reset_seen(&s);
+    CURL *e = new_easy(&s, free_it ? "/slow/40" : "/stall");
+    curl_easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, open_restoring);
+    cancel_source *src = cancel_source_new();
+    cancel_token tok = cancel_token_retain(cancel_source_token(src));
+    int fd = cancel_token_fd(tok); /* made while descriptors remain */
+    CHECK(fd >= 0);
+    watching = (test_gate)TEST_GATE_INIT;
+    atomic_store(&waits_watching, 0);
+    atomic_store(&woken_by_it, 0);
+    atomic_store(&watched_fd, fd);
+    struct at_watch w = {src, free_it, &s.first, 0, false};
+    pthread_t t = test_spawn(act_when_watched, &w);
+    exhaust_descriptors();
+    CURLcode rc = cancel_curl_perform(tok, e);
+    restore_descriptors(); /* if curl never opened its socket */
+    test_join(t);
+    atomic_store(&watched_fd, -1);
+    fprintf(stderr, "   %d waits watched the token's descriptor, %d woken by it\n",
+            atomic_load(&waits_watching), atomic_load(&woken_by_it));
+    CHECK(w.watched);
+    if (free_it) {
+        CHECK_EQ(atomic_load(&woken_by_it), 1); /* then no longer watched */
+        CHECK_EQ(rc, CURLE_OK);
+        CHECK_EQ(s.bytes, 40);
+    } else {
+        /* 0 when the wait returned for the socket as the cancellation came */
+        CHECK(atomic_load(&woken_by_it) <= 1);
+        CHECK_EQ(rc, CURLE_ABORTED_BY_CALLBACK);
+        cancel_source_free(src);
+    }
+    cancel_token_release(tok);
+    check_handle_intact(e, &s);
+    curl_easy_cleanup(e);
+}
+
+static void cancelled_without_curls_wakeup_socket(void)
+{
+    without_curls_wakeup_socket(0);
+}
+static void freed_source_without_curls_wakeup_socket(void)
+{
+    without_curls_wakeup_socket(1);
+}
+
 /* A source freed uncancelled mid-transfer: the transfer goes on to its end. */
 struct freer {
     cancel_source *src;
@@ -369,6 +520,72 @@ static void wakeup_callback_for_own_loop(void)
     curl_easy_cleanup(e);
 }
 
+/* CURLOPT_CONNECT_ONLY, as the header states it: the connection
+ * cancel_curl_perform makes does not outlive the call (it belongs to the
+ * call's multi handle), so curl_easy_send then finds none; the header's
+ * alternative, a multi handle of the program's own woken by
+ * cancel_curl_multi_wakeup, keeps it for curl_easy_send and
+ * curl_easy_recv. */
+static void connect_only(void)
+{
+    char url[128];
+    http_url(&server, "/", url, sizeof url);
+    CURL *e = curl_easy_init();
+    curl_easy_setopt(e, CURLOPT_URL, url);
+    curl_easy_setopt(e, CURLOPT_CONNECT_ONLY, 1L);
+    cancel_source *src = cancel_source_new();
+    cancel_token tok = cancel_source_token(src);
+    int closed = http_get(&server, &server.closed);
+    CHECK_EQ(cancel_curl_perform(tok, e), CURLE_OK);
+    http_wait_count(&server, &server.closed, closed + 1); /* closed with the call */
+    size_t n = 0;
+    CHECK(curl_easy_send(e, "x", 1, &n) != CURLE_OK);
+    curl_easy_cleanup(e);
+
+    e = curl_easy_init();
+    curl_easy_setopt(e, CURLOPT_URL, url);
+    curl_easy_setopt(e, CURLOPT_CONNECT_ONLY, 1L);
+    CURLM *m = curl_multi_init();
+    CHECK_EQ(curl_multi_add_handle(m, e), CURLM_OK);
+    cancel_registration reg;
+    CHECK_EQ(cancel_register(tok, &reg, cancel_curl_multi_wakeup, m), 0);
+    int running = 1;
+    while (running && !cancel_token_is_requested(tok)) {
+        CHECK_EQ(curl_multi_perform(m, &running), CURLM_OK);
+        if (running)
+            curl_multi_poll(m, NULL, 0, 1000, NULL);
+    }
+    int left;
+    CURLMsg *msg = curl_multi_info_read(m, &left);
+    CHECK(msg != NULL && msg->msg == CURLMSG_DONE);
+    CHECK_EQ(msg->data.result, CURLE_OK);
+    const char req[] = "GET /fast HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
+    CHECK_EQ(curl_easy_send(e, req, sizeof req - 1, &n), CURLE_OK);
+    CHECK_EQ(n, sizeof req - 1);
+    curl_socket_t sock;
+    CHECK_EQ(curl_easy_getinfo(e, CURLINFO_ACTIVESOCKET, &sock), CURLE_OK);
+    char resp[512];
+    size_t got = 0;
+    while (got < sizeof resp - 1 && !(got > 5 && memcmp(resp + got - 5, "hello", 5) == 0)) {
+        CURLcode rc = curl_easy_recv(e, resp + got, sizeof resp - 1 - got, &n);
+        if (rc == CURLE_AGAIN) {
+            struct pollfd pf = {sock, POLLIN, 0};
+            CHECK_EQ(poll(&pf, 1, 10 * 1000), 1);
+            continue;
+        }
+        CHECK_EQ(rc, CURLE_OK);
+        CHECK(n > 0);
+        got += n;
+    }
+    resp[got] = '\0';
+    CHECK(strstr(resp, " 200 ") != NULL);
+    CHECK(cancel_unregister(&reg)); /* never fired */
+    curl_multi_remove_handle(m, e);
+    curl_multi_cleanup(m);
+    curl_easy_cleanup(e);
+    cancel_source_free(src);
+}
+
 int main(void)
 {
     if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
@@ -385,10 +602,13 @@ int main(void)
     RUN(cancel_while_body_flows);
     RUN(deadline_ends_transfer);
     RUN(freed_source_lets_transfer_finish);
+    RUN(cancelled_without_curls_wakeup_socket);
+    RUN(freed_source_without_curls_wakeup_socket);
     RUN(bad_arguments);
     RUN(share_keeps_connections);
     RUN(race_with_end_of_transfer);
     RUN(wakeup_callback_for_own_loop);
+    RUN(connect_only);
     http_stop(&server);
     curl_global_cleanup();
     cancel_quiesce(CANCEL_INFINITE);

@@ -2,7 +2,90 @@
 #include "check.h"
 
 #include <cancel/sqlite.h>
+#include <stdbool.h>
 #include <unistd.h>
+
+/* SQLite's own configuration hooks, installed before SQLite starts: its
+ * mutex methods, wrapped so that a test can act at exact points of a call
+ * (each time the calling thread takes the connection's mutex, or releases
+ * it for good), as another thread sharing the connection could; and its
+ * allocator, wrapped to poison freed memory (lookaside off), so that a use
+ * after free fails in every build, not only under AddressSanitizer. */
+static sqlite3_mutex_methods real_mutex;
+static sqlite3_mem_methods real_mem;
+
+struct mutex_hook {
+    sqlite3_mutex *mu; /* the connection's mutex */
+    int depth;         /* how deep this thread holds it */
+    int entered;       /* how many times this thread entered it */
+    bool acting;       /* inside on_enter/on_release: no recursion */
+    void (*on_enter)(struct mutex_hook *);   /* before each enter */
+    void (*on_release)(struct mutex_hook *); /* after each full release */
+    void *arg;
+};
+static _Thread_local struct mutex_hook *hook; /* the calling thread's, during one call */
+
+static void hooked_enter(sqlite3_mutex *m)
+{
+    struct mutex_hook *h = hook;
+    if (h != NULL && m == h->mu && !h->acting) {
+        h->entered++;
+        if (h->on_enter != NULL) {
+            h->acting = true;
+            h->on_enter(h);
+            h->acting = false;
+        }
+    }
+    real_mutex.xMutexEnter(m);
+    if (h != NULL && m == h->mu)
+        h->depth++;
+}
+
+static int hooked_try(sqlite3_mutex *m)
+{
+    int rc = real_mutex.xMutexTry(m);
+    if (rc == SQLITE_OK && hook != NULL && m == hook->mu)
+        hook->depth++;
+    return rc;
+}
+
+static void hooked_leave(sqlite3_mutex *m)
+{
+    struct mutex_hook *h = hook;
+    real_mutex.xMutexLeave(m);
+    if (h != NULL && m == h->mu && --h->depth == 0 && !h->acting && h->on_release != NULL) {
+        h->acting = true;
+        h->on_release(h);
+        h->acting = false;
+    }
+}
+
+static void poisoned_free(void *p)
+{
+    if (p != NULL)
+        memset(p, 0xA5, (size_t)real_mem.xSize(p));
+    real_mem.xFree(p);
+}
+
+static void install_sqlite_hooks(void)
+{
+    /* SQLite fills in its default methods when it starts; they can be
+     * replaced once it has shut down again. */
+    CHECK_EQ(sqlite3_initialize(), SQLITE_OK);
+    CHECK_EQ(sqlite3_shutdown(), SQLITE_OK);
+    CHECK_EQ(sqlite3_config(SQLITE_CONFIG_GETMUTEX, &real_mutex), SQLITE_OK);
+    CHECK_EQ(sqlite3_config(SQLITE_CONFIG_GETMALLOC, &real_mem), SQLITE_OK);
+    CHECK(real_mutex.xMutexEnter != NULL && real_mem.xFree != NULL);
+    sqlite3_mutex_methods m = real_mutex;
+    m.xMutexEnter = hooked_enter;
+    m.xMutexTry = hooked_try;
+    m.xMutexLeave = hooked_leave;
+    CHECK_EQ(sqlite3_config(SQLITE_CONFIG_MUTEX, &m), SQLITE_OK);
+    sqlite3_mem_methods mem = real_mem;
+    mem.xFree = poisoned_free;
+    CHECK_EQ(sqlite3_config(SQLITE_CONFIG_MALLOC, &mem), SQLITE_OK);
+    CHECK_EQ(sqlite3_config(SQLITE_CONFIG_LOOKASIDE, 0, 0), SQLITE_OK);
+}
 
 /* A query that never ends by itself: if the call returns, the token did it. */
 static const char FOREVER[] =
@@ -342,6 +425,273 @@ static void freed_source_lets_step_finish(void)
     sqlite3_close(db);
 }
 
+/* A statement waiting for a lock another connection holds: the busy handler
+ * cancels the token and gives up, so SQLite returns SQLITE_BUSY with the
+ * statement still active (inside its transaction) and the interrupt set.
+ * The call gives the statement up (SQLITE_INTERRUPT) and clears the
+ * interrupt: nothing is pending, nothing was written. */
+static int busy_cancels(void *arg, int tries)
+{
+    (void)tries;
+    cancel_source_cancel(arg);
+    return 0;
+}
+
+static void cancelled_while_waiting_for_a_lock(int use_exec)
+{
+    sqlite3 *a = open_db(), *b;
+    CHECK_EQ(sqlite3_open(db_path, &b), SQLITE_OK);
+    CHECK_EQ(sqlite3_exec(a, "BEGIN IMMEDIATE; INSERT INTO t VALUES (60)", NULL, NULL, NULL), SQLITE_OK);
+    cancel_source *src = cancel_source_new();
+    cancel_token tok = cancel_source_token(src);
+    sqlite3_busy_handler(b, busy_cancels, src);
+    int rc;
+    char *msg = NULL;
+    if (use_exec) {
+        rc = cancel_sqlite_exec(tok, b, "INSERT INTO t VALUES (61)", NULL, NULL, &msg);
+    } else {
+        sqlite3_stmt *st;
+        CHECK_EQ(sqlite3_prepare_v2(b, "INSERT INTO t VALUES (61)", -1, &st, NULL), SQLITE_OK);
+        rc = cancel_sqlite_step(tok, st);
+        CHECK(!sqlite3_stmt_busy(st));
+        sqlite3_finalize(st);
+    }
+    CHECK(cancel_token_is_requested(tok)); /* the busy handler did run */
+    CHECK_EQ(rc, SQLITE_INTERRUPT);
+    if (use_exec)
+        CHECK_STR(msg, "interrupted");
+    sqlite3_free(msg);
+    sqlite3_busy_handler(b, NULL, NULL);
+    CHECK_EQ(sqlite3_exec(a, "COMMIT", NULL, NULL, NULL), SQLITE_OK); /* frames for b to checkpoint */
+    check_no_pending(b);
+    CHECK_EQ(count_rows(b, "x = 61"), 0);
+    CHECK_EQ(count_rows(b, "x = 60"), 1);
+    cancel_source_free(src);
+    sqlite3_close(b);
+    sqlite3_close(a);
+}
+
+static void step_cancelled_while_waiting_for_a_lock(void)
+{
+    cancelled_while_waiting_for_a_lock(0);
+}
+static void exec_cancelled_while_waiting_for_a_lock(void)
+{
+    cancelled_while_waiting_for_a_lock(1);
+}
+
+/* Another thread shares the connection and finalizes its own statements
+ * while a call looks at the connection's statements (to learn whether the
+ * interrupt can be cleared). Played deterministically: each time the calling
+ * thread releases the connection's mutex for good during the call, the
+ * other thread (the hook, standing for it) finalizes its newest statement,
+ * the first one the call would look at. The call must hold the mutex while
+ * it walks the statements: a walk between two releases reads a finalized
+ * statement (poisoned: a crash, or AddressSanitizer's report). */
+struct finalizer {
+    sqlite3_stmt *st[8];
+    int n;
+};
+static void finalize_newest(struct mutex_hook *h)
+{
+    struct finalizer *f = h->arg;
+    if (f->n > 0)
+        CHECK_EQ(sqlite3_finalize(f->st[--f->n]), SQLITE_OK);
+}
+
+static void shared_connection_finalizes_meanwhile(void)
+{
+    struct fn_ctx f = {NULL, 0, 5};
+    sqlite3 *db = open_db_fn(&f);
+    if (sqlite3_db_mutex(db) == NULL) {
+        fprintf(stderr, "   SQLite without mutexes: a connection cannot be shared\n");
+        sqlite3_close(db);
+        return;
+    }
+    prime(db);
+    sqlite3_stmt *st;
+    CHECK_EQ(sqlite3_prepare_v2(db, "SELECT cancel_now()", -1, &st, NULL), SQLITE_OK);
+    struct finalizer fin = {{NULL}, 0};
+    for (; fin.n < 8; fin.n++) /* prepared last: walked first */
+        CHECK_EQ(sqlite3_prepare_v2(db, "SELECT x FROM t", -1, &fin.st[fin.n], NULL), SQLITE_OK);
+    f.src = cancel_source_new();
+    cancel_source *src = f.src;
+    struct mutex_hook h = {sqlite3_db_mutex(db), 0, 0, false, NULL, finalize_newest, &fin};
+    hook = &h;
+    int rc = cancel_sqlite_step(cancel_source_token(src), st);
+    hook = NULL;
+    CHECK_EQ(rc, SQLITE_INTERRUPT);
+    CHECK(fin.n < 8); /* the other thread did act during the call */
+    fprintf(stderr, "   %d statements finalized meanwhile\n", 8 - fin.n);
+    check_no_pending(db);
+    while (fin.n > 0)
+        sqlite3_finalize(fin.st[--fin.n]);
+    sqlite3_finalize(st);
+    check_usable(db);
+    cancel_source_free(src);
+    sqlite3_close(db);
+}
+
+/* A cancellation at every point where the call takes the connection's
+ * mutex, one point per round: the k-th time, the hook (standing for another
+ * thread) cancels. One of those points is SQLite's start of the statement,
+ * right before it clears the interrupt flag (it does when no other
+ * statement is active): a cancellation there, after the call's last look
+ * at the token, must still stop the statement. The statement never ends by
+ * itself; the test's own progress handler is the watchdog that stops it if
+ * it runs on after the cancellation (and says so), or if the round's point
+ * never came (the rounds are over). */
+struct at_point {
+    cancel_source *src;
+    int k;          /* cancel at the k-th entry */
+    bool cancelled; /* it did */
+    int ticks;      /* progress calls since the cancellation (or the start) */
+    bool ran_on;    /* the statement ran on long after the cancellation */
+};
+static void cancel_at_kth_entry(struct mutex_hook *h)
+{
+    struct at_point *a = h->arg;
+    if (h->entered == a->k) {
+        cancel_source_cancel(a->src);
+        a->cancelled = true;
+        a->ticks = 0;
+    }
+}
+static int watchdog(void *arg)
+{
+    struct at_point *a = arg;
+    if (!a->cancelled)
+        return ++a->ticks > 2000; /* about 2 million VM steps: the point never came */
+    if (++a->ticks > 100) { /* 100,000 VM steps after the cancellation */
+        a->ran_on = true;
+        return 1;
+    }
+    return 0;
+}
+
+static void cancelled_at_every_mutex_entry(int use_exec)
+{
+    sqlite3 *db = open_db();
+    if (sqlite3_db_mutex(db) == NULL) {
+        fprintf(stderr, "   SQLite without mutexes: no points to test\n");
+        sqlite3_close(db);
+        return;
+    }
+    sqlite3_stmt *st;
+    CHECK_EQ(sqlite3_prepare_v2(db, FOREVER, -1, &st, NULL), SQLITE_OK);
+    int points = 0;
+    for (int k = 1; k < 200; k++) {
+        prime(db);
+        struct at_point a = {cancel_source_new(), k, false, 0, false};
+        cancel_token tok = cancel_source_token(a.src);
+        sqlite3_progress_handler(db, 1000, watchdog, &a);
+        struct mutex_hook h = {sqlite3_db_mutex(db), 0, 0, false, cancel_at_kth_entry, NULL, &a};
+        hook = &h;
+        int rc = use_exec ? cancel_sqlite_exec(tok, db, FOREVER, NULL, NULL, NULL) : cancel_sqlite_step(tok, st);
+        hook = NULL;
+        sqlite3_progress_handler(db, 0, NULL, NULL);
+        CHECK_EQ(rc, SQLITE_INTERRUPT);
+        CHECK(!sqlite3_stmt_busy(st));
+        cancel_source_free(a.src);
+        if (!a.cancelled)
+            break; /* the call took the mutex fewer than k times */
+        if (a.ran_on)
+            fprintf(stderr, "   cancelled at entry %d of %d: the statement ran on\n", k, h.entered);
+        CHECK(!a.ran_on);
+        check_no_pending(db);
+        points++;
+    }
+    fprintf(stderr, "   %d points\n", points);
+    CHECK(points >= 2);
+    sqlite3_finalize(st);
+    check_usable(db);
+    sqlite3_close(db);
+}
+
+static void step_cancelled_at_every_point(void)
+{
+    cancelled_at_every_mutex_entry(0);
+}
+static void exec_cancelled_at_every_point(void)
+{
+    cancelled_at_every_mutex_entry(1);
+}
+
+/* What the guard against the lost cancellation (an extra statement active
+ * while a statement starts) must not change, with a token that can be
+ * cancelled: VACUUM still runs (SQLite refuses it beside another active
+ * statement: no guard for it), the journal mode still changes, a failed
+ * statement still reports its error, and a trace callback sees only the
+ * caller's statements. */
+struct traced {
+    int mine;   /* the test's statements */
+    int guards; /* the calls' guards, named by their SQL */
+};
+static int on_trace(unsigned type, void *arg, void *p, void *x)
+{
+    (void)type, (void)p;
+    struct traced *t = arg;
+    if (strncmp((const char *)x, CANCEL_SQLITE_GUARD_SQL, strlen(CANCEL_SQLITE_GUARD_SQL)) == 0)
+        t->guards++;
+    else
+        t->mine++;
+    return 0;
+}
+
+static void guard_changes_nothing_visible(void)
+{
+    sqlite3 *db = open_db();
+    cancel_source *src = cancel_source_new();
+    cancel_token tok = cancel_source_token(src);
+    struct traced traced = {0, 0};
+    sqlite3_trace_v2(db, SQLITE_TRACE_STMT, on_trace, &traced);
+    sqlite3_stmt *st;
+    const char *vacuums[] = {"VACUUM", " /* c */ -- c\n vacuum main", "Vacuum;"};
+    for (int i = 0; i < 3; i++) {
+        CHECK_EQ(sqlite3_prepare_v2(db, vacuums[i], -1, &st, NULL), SQLITE_OK);
+        CHECK_EQ(cancel_sqlite_step(tok, st), SQLITE_DONE);
+        sqlite3_finalize(st);
+        CHECK_EQ(cancel_sqlite_exec(tok, db, vacuums[i], NULL, NULL, NULL), SQLITE_OK);
+    }
+    CHECK_EQ(sqlite3_prepare_v2(db, "PRAGMA journal_mode=DELETE", -1, &st, NULL), SQLITE_OK);
+    CHECK_EQ(cancel_sqlite_step(tok, st), SQLITE_ROW);
+    CHECK_STR((const char *)sqlite3_column_text(st, 0), "delete");
+    sqlite3_finalize(st);
+    CHECK_EQ(cancel_sqlite_exec(tok, db, "PRAGMA journal_mode=WAL", NULL, NULL, NULL), SQLITE_OK);
+    CHECK_EQ(sqlite3_prepare_v2(db, "PRAGMA journal_mode", -1, &st, NULL), SQLITE_OK);
+    CHECK_EQ(cancel_sqlite_step(tok, st), SQLITE_ROW);
+    CHECK_STR((const char *)sqlite3_column_text(st, 0), "wal");
+    sqlite3_finalize(st);
+    /* an error, not cancelled */
+    sqlite3_extended_result_codes(db, 1);
+    CHECK_EQ(sqlite3_prepare_v2(db, "INSERT INTO t VALUES (1)", -1, &st, NULL), SQLITE_OK);
+    CHECK_EQ(cancel_sqlite_step(tok, st), SQLITE_CONSTRAINT_UNIQUE);
+    CHECK_EQ(sqlite3_extended_errcode(db), SQLITE_CONSTRAINT_UNIQUE);
+    CHECK_STR(sqlite3_errmsg(db), "UNIQUE constraint failed: t.x");
+    sqlite3_finalize(st);
+    char *msg = NULL;
+    CHECK_EQ(cancel_sqlite_exec(tok, db, "INSERT INTO t VALUES (2)", NULL, NULL, &msg),
+             SQLITE_CONSTRAINT_UNIQUE);
+    CHECK_STR(msg, "UNIQUE constraint failed: t.x");
+    CHECK_STR(sqlite3_errmsg(db), "UNIQUE constraint failed: t.x");
+    sqlite3_free(msg);
+    /* rows, and a statement run to its end */
+    CHECK_EQ(sqlite3_prepare_v2(db, "SELECT x FROM t ORDER BY x", -1, &st, NULL), SQLITE_OK);
+    int n = 0, rc;
+    while ((rc = cancel_sqlite_step(tok, st)) == SQLITE_ROW)
+        CHECK_EQ(sqlite3_column_int(st, 0), ++n);
+    CHECK_EQ(rc, SQLITE_DONE);
+    sqlite3_finalize(st);
+    /* statements traced: 3 x 2 VACUUMs, 2 journal_mode, 1 query, 2 inserts,
+     * 1 select; a guard before each but the VACUUMs, and none for the
+     * select's steps after its first */
+    CHECK_EQ(traced.mine, 12);
+    CHECK_EQ(traced.guards, 6);
+    CHECK(!cancel_token_is_requested(tok));
+    sqlite3_close(db);
+    cancel_source_free(src);
+}
+
 /* SQLite's rule, as the header states it: another active statement of the
  * connection is interrupted too. */
 static void other_active_statement_is_interrupted_too(void)
@@ -528,6 +878,7 @@ int main(void)
     const char *dir = getenv("TMPDIR");
     snprintf(db_path, sizeof db_path, "%s/cancel-sqlite-test-%d.db", dir ? dir : "/tmp", (int)getpid());
     fprintf(stderr, "SQLite %s\n", sqlite3_libversion());
+    install_sqlite_hooks();
     RUN(observer_sees_a_pending_interrupt);
     RUN(steps_like_sqlite3_step);
     RUN(already_cancelled_runs_nothing);
@@ -539,6 +890,12 @@ int main(void)
     RUN(late_interrupt_on_done);
     RUN(late_interrupt_on_error);
     RUN(freed_source_lets_step_finish);
+    RUN(step_cancelled_while_waiting_for_a_lock);
+    RUN(exec_cancelled_while_waiting_for_a_lock);
+    RUN(shared_connection_finalizes_meanwhile);
+    RUN(step_cancelled_at_every_point);
+    RUN(exec_cancelled_at_every_point);
+    RUN(guard_changes_nothing_visible);
     RUN(other_active_statement_is_interrupted_too);
     RUN(exec_like_sqlite3_exec);
     RUN(exec_cancelled_from_callback);

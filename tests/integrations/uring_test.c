@@ -19,6 +19,7 @@ struct reaped {
     int n;        /* completions of the program's requests */
     uint64_t data[64];
     int res[64];
+    int bad;      /* completions of a scope's requests with -EBADF */
 };
 
 /* Reaps one CQE the way the header's loop does. */
@@ -41,6 +42,8 @@ static void reap_one(struct reaped *r)
         CHECK_EQ(k, 2);
         r->released++;
     }
+    if (k != 0 && cqe->res == -EBADF)
+        r->bad++;
     io_uring_cqe_seen(&ring, cqe);
 }
 
@@ -189,7 +192,7 @@ static void read_accept_timeout_cancelled(int async)
     CHECK_EQ(result_of(&r, 1), -ECANCELED);
     CHECK_EQ(result_of(&r, 2), -ECANCELED);
     CHECK_EQ(result_of(&r, 3), -ECANCELED);
-    cancel_uring_untie(&t1); /* untied by the scope already: harmless */
+    cancel_uring_untie(&t1); /* as the loop of the header does */
     cancel_uring_untie(&t2);
     cancel_uring_untie(&t3);
     /* The pipe was not read from, the listener accepts. */
@@ -393,6 +396,29 @@ static void free_with_poll_armed(void)
     close(p[1]);
 }
 
+/* A scope freed before its poll reached the kernel, and its source freed
+ * too: the scope keeps the token, so the poll submitted afterwards names
+ * the token's open descriptor (not a closed one, nor one reused for
+ * something else), and releases it with the scope's memory. */
+static void freed_scope_keeps_the_descriptor(void)
+{
+    cancel_source *src = cancel_source_new();
+    int fd = cancel_token_fd(cancel_source_token(src));
+    CHECK(fd >= 0);
+    cancel_uring *scope = cancel_uring_new(&ring, cancel_source_token(src));
+    CHECK(scope != NULL);
+    CHECK_EQ(cancel_uring_free(scope), EINPROGRESS); /* its poll is queued, not submitted */
+    cancel_source_free(src);
+    CHECK(fcntl(fd, F_GETFD) != -1); /* still open */
+    io_uring_submit(&ring);
+    struct reaped r = {0};
+    reap_released(&r, 1);
+    CHECK_EQ(r.bad, 0); /* the poll and its removal found the descriptor */
+    errno = 0;
+    CHECK_EQ(fcntl(fd, F_GETFD), -1); /* released with the scope */
+    CHECK_EQ(errno, EBADF);
+}
+
 /* A ring too small for the cancel requests: the scope submits what is
  * queued to make room, and every operation is still cancelled (the
  * completion queue overflows on the way; the kernel keeps the excess). */
@@ -426,6 +452,114 @@ static void small_ring(void)
     close(p[1]);
     io_uring_queue_exit(&ring);
     ring = saved;
+}
+
+/* A link chain A -> B whose head completes as the token is cancelled: the
+ * scope's first cancel requests find neither (A is done, B not issued yet:
+ * the kernel issues a linked request only once its predecessor's completion
+ * has been processed), and B must still be cancelled once it is issued.
+ * Made deterministic with a ring that defers the kernel's task work to the
+ * ring's own waits (IORING_SETUP_DEFER_TASKRUN, Linux 6.1): A is a no-op,
+ * the token is cancelled before the submission, so the scope's poll and A
+ * complete during it, and B is issued only when the loop next waits, after
+ * the scope has handled its poll. B reads an empty pipe: only a
+ * cancellation ends it (a generous limit turns a hang into a failure). */
+static void chain_issued_after_the_cancel_requests(void)
+{
+    struct io_uring saved = ring;
+    struct io_uring_params params = {0};
+    params.flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN;
+    int e = io_uring_queue_init_params(16, &ring, &params);
+    if (e < 0) {
+        fprintf(stderr, "   no IORING_SETUP_DEFER_TASKRUN (%s): skipped\n", strerror(-e));
+        ring = saved;
+        return;
+    }
+    int p[2];
+    CHECK_EQ(pipe2(p, O_CLOEXEC), 0);
+    cancel_source *src = cancel_source_new();
+    cancel_uring *scope = cancel_uring_new(&ring, cancel_source_token(src));
+    CHECK(scope != NULL);
+    cancel_uring_op ta = CANCEL_URING_OP_INIT, tb = CANCEL_URING_OP_INIT;
+    struct io_uring_sqe *sqe = get_sqe(110);
+    io_uring_prep_nop(sqe);
+    io_uring_sqe_set_data64(sqe, 110);
+    sqe->flags |= IOSQE_IO_LINK;
+    CHECK_EQ(cancel_uring_tie(scope, sqe, &ta), 0);
+    char buf[4];
+    CHECK_EQ(tie_read(scope, p[0], buf, 1, 111, &tb), 0);
+    cancel_source_cancel(src);
+    io_uring_submit(&ring);
+    struct reaped r = {0};
+    for (int64_t deadline = test_now_ns() + 10 * 1000000000LL; r.n < 2;) {
+        struct io_uring_cqe *cqe;
+        struct __kernel_timespec ts = {0, 10 * 1000 * 1000};
+        e = io_uring_wait_cqe_timeout(&ring, &cqe, &ts);
+        if (e == -ETIME || e == -EINTR) {
+            CHECK(test_now_ns() < deadline); /* B was never cancelled */
+            continue;
+        }
+        CHECK_EQ(e, 0);
+        int k = cancel_uring_cqe(&ring, cqe);
+        if (k == 0) {
+            r.data[r.n] = cqe->user_data;
+            r.res[r.n++] = cqe->res;
+            cancel_uring_untie(cqe->user_data == 110 ? &ta : &tb);
+        }
+        io_uring_cqe_seen(&ring, cqe);
+    }
+    CHECK_EQ(result_of(&r, 110), 0);
+    CHECK_EQ(result_of(&r, 111), -ECANCELED);
+    if (cancel_uring_free(scope) == EINPROGRESS)
+        reap_released(&r, 1);
+    cancel_source_free(src);
+    close(p[0]);
+    close(p[1]);
+    io_uring_queue_exit(&ring);
+    ring = saved;
+}
+
+/* The rounds of cancel requests stop: an operation linked after one left
+ * untied (against the header's advice) is not issued while that one runs,
+ * so every round's request for it finds nothing. The scope gives up after
+ * a bounded number of rounds (each completes at once, inside the loop's
+ * cancel_uring_cqe), leaving nothing in the kernel; the operation, issued
+ * later, runs on. */
+static void rounds_are_bounded(void)
+{
+    int p[2], q[2];
+    CHECK_EQ(pipe2(p, O_CLOEXEC), 0);
+    CHECK_EQ(pipe2(q, O_CLOEXEC), 0);
+    cancel_source *src = cancel_source_new();
+    cancel_uring *scope = cancel_uring_new(&ring, cancel_source_token(src));
+    CHECK(scope != NULL);
+    char a[4], b[4];
+    struct io_uring_sqe *sqe = get_sqe(120);
+    io_uring_prep_read(sqe, p[0], a, 1, 0);
+    io_uring_sqe_set_data64(sqe, 120);
+    sqe->flags |= IOSQE_IO_LINK; /* not tied */
+    cancel_uring_op tb = CANCEL_URING_OP_INIT;
+    CHECK_EQ(tie_read(scope, q[0], b, 1, 121, &tb), 0);
+    io_uring_submit(&ring);
+    cancel_source_cancel(src);
+    struct reaped r = {0};
+    reap_one(&r); /* the poll: the first round goes out */
+    while (io_uring_cq_ready(&ring) > 0) /* each round's requests complete at once */
+        reap_one(&r);
+    CHECK_EQ(r.n, 0);
+    fprintf(stderr, "   %d requests of the scope, then it gave up\n", r.ours);
+    CHECK(r.ours > 2);                       /* the poll and more than one round */
+    CHECK_EQ(cancel_uring_free(scope), 0);   /* nothing of it left in the kernel */
+    CHECK_EQ(write(p[1], "a", 1), 1);
+    CHECK_EQ(write(q[1], "b", 1), 1);
+    reap_user(&r, 2);
+    CHECK_EQ(result_of(&r, 120), 1);
+    CHECK_EQ(result_of(&r, 121), 1); /* issued after the rounds: it ran on */
+    cancel_source_free(src);
+    close(p[0]);
+    close(p[1]);
+    close(q[0]);
+    close(q[1]);
 }
 
 /* A deadline on the manual clock: the clock, not time, decides when the
@@ -500,6 +634,64 @@ static void token_none_and_bad_arguments(void)
         CHECK_EQ(errno, EINVAL);
         io_uring_queue_exit(&iop);
     }
+}
+
+/* Every answer of cancel_uring_tie that leaves `op` untied writes it so:
+ * untying it then is harmless, whatever the storage held before (here,
+ * what malloc may hand back). The scopes: one that can never cancel
+ * (CANCEL_TOKEN_NONE), one whose source was freed uncancelled (its poll has
+ * told it), one already cancelled. */
+static void untied_storage_is_written(void)
+{
+    cancel_uring_op *t = malloc(sizeof *t);
+    CHECK(t != NULL);
+    int p[2];
+    CHECK_EQ(pipe2(p, O_CLOEXEC), 0);
+    char buf[8];
+    struct reaped r = {0};
+    /* never cancels */
+    cancel_uring *none = cancel_uring_new(&ring, CANCEL_TOKEN_NONE);
+    memset(t, 0xAB, sizeof *t);
+    struct io_uring_sqe *sqe = get_sqe(90);
+    io_uring_prep_nop(sqe);
+    io_uring_sqe_set_data64(sqe, 90);
+    CHECK_EQ(cancel_uring_tie(none, sqe, t), 0);
+    io_uring_submit(&ring);
+    reap_user(&r, 1);
+    cancel_uring_untie(t);
+    CHECK_EQ(cancel_uring_free(none), 0);
+    /* freed uncancelled: its poll completed, it stopped counting */
+    cancel_source *src = cancel_source_new();
+    cancel_uring *freed = cancel_uring_new(&ring, cancel_source_token(src));
+    io_uring_submit(&ring);
+    cancel_source_free(src);
+    while (r.ours < 1)
+        reap_one(&r);
+    memset(t, 0xAB, sizeof *t);
+    CHECK_EQ(tie_read(freed, p[0], buf, 1, 91, t), 0);
+    io_uring_submit(&ring);
+    CHECK_EQ(write(p[1], "f", 1), 1);
+    reap_user(&r, 2);
+    CHECK_EQ(result_of(&r, 91), 1);
+    cancel_uring_untie(t);
+    CHECK_EQ(cancel_uring_free(freed), 0);
+    /* already cancelled */
+    src = cancel_source_new();
+    cancel_source_cancel(src);
+    cancel_uring *fired = cancel_uring_new(&ring, cancel_source_token(src));
+    memset(t, 0xAB, sizeof *t);
+    CHECK_EQ(tie_read(fired, p[0], buf, 1, 92, t), ECANCELED);
+    cancel_uring_untie(t);
+    io_uring_submit(&ring);
+    while (r.ours < 2) /* the turned entry */
+        reap_one(&r);
+    CHECK_EQ(cancel_uring_free(fired), 0);
+    cancel_source_free(src);
+    reap_ready(&r);
+    CHECK_EQ(r.n, 2);
+    free(t);
+    close(p[0]);
+    close(p[1]);
 }
 
 /* Cancellation racing completion, many times: a read of one byte, the byte
@@ -614,9 +806,13 @@ int main(void)
     RUN(scopes_are_independent);
     RUN(freed_source_lets_operations_run);
     RUN(free_with_poll_armed);
+    RUN(freed_scope_keeps_the_descriptor);
     RUN(small_ring);
+    RUN(chain_issued_after_the_cancel_requests);
+    RUN(rounds_are_bounded);
     RUN(deadline_on_manual_clock);
     RUN(token_none_and_bad_arguments);
+    RUN(untied_storage_is_written);
     RUN(race_with_completion);
     io_uring_queue_exit(&ring);
     cancel_quiesce(CANCEL_INFINITE);
