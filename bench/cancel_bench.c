@@ -219,6 +219,28 @@ static double m_deadline(void)
     }
     return (double)(now_ns() - t0) / DL_N;
 }
+/* cancel_source_new_child must cost what the calls it replaces cost. */
+static double m_new_child(void)
+{
+    int64_t t0 = now_ns();
+    for (int i = 0; i < DL_N; i++) {
+        cancel_source *s = cancel_source_new_child(parents[0], HOUR, NULL);
+        sink += (uintptr_t)s;
+        cancel_source_free(s);
+    }
+    return (double)(now_ns() - t0) / DL_N;
+}
+static double m_linked_after(void)
+{
+    int64_t t0 = now_ns();
+    for (int i = 0; i < DL_N; i++) {
+        cancel_source *s = cancel_source_new_linked(parents, 1);
+        cancel_source_cancel_after(s, HOUR);
+        sink += (uintptr_t)s;
+        cancel_source_free(s);
+    }
+    return (double)(now_ns() - t0) / DL_N;
+}
 static double m_create_free_short(void)
 {
     int64_t t0 = now_ns();
@@ -339,6 +361,8 @@ int main(int argc, char **argv)
     row("linked create + free, 2 parents", m_linked2, "create + free a source", m_create_free);
     row("create + cancel_after(1 h) + free, 0 pending", m_deadline, "create + free a source",
         m_create_free_short);
+    row("new_child(parent, 1 h, NULL) + free", m_new_child, "linked + cancel_after + free",
+        m_linked_after);
 
     enum { PENDING = 1000000 };
     cancel_source **pend = malloc(PENDING * sizeof *pend);

@@ -154,6 +154,18 @@ static int stubborn(void *arg, cancel_token tok)
  *    (cancel_source_new_inherited), cancelled when ours is, with our cause:
  *    the request crosses the process boundary. */
 static cancel_process *_Atomic remote_process;
+/* Whether our token is cancelled, once the child stopped by itself. The
+ * child carries our deadline (the same absolute time), so its library thread
+ * may act on it a moment before ours does: a deadline that has passed is
+ * our request too, and our token reads cancelled as soon as our library
+ * thread catches up. */
+static bool cancelled_or_due(cancel_token tok)
+{
+    int64_t d = cancel_token_deadline(tok);
+    if (d != CANCEL_INFINITE && cancel_now() >= d)
+        return cancel_token_wait(tok, 1000 * MS); /* due: it fires at once */
+    return cancel_token_is_requested(tok);
+}
 static int remote(void *arg, cancel_token tok)
 {
     (void)arg;
@@ -173,7 +185,7 @@ static int remote(void *arg, cancel_token tok)
     cancel_process_free(p);
     if (err)
         return err;
-    if (WIFEXITED(status) && WEXITSTATUS(status) == 0 && cancel_token_is_requested(tok))
+    if (WIFEXITED(status) && WEXITSTATUS(status) == 0 && cancelled_or_due(tok))
         return ECANCELED; /* it stopped by itself, on our request */
     return ECHILD;
 }
