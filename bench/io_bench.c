@@ -12,8 +12,10 @@
  *     listener), accept-ready-nb (the same, non-blocking listener).
  *
  * Rows:
- *  - cancel-to-return latency of a thread blocked in cancel_io_read (beside
- *    a thread in poll(2) on an eventfd woken by a write) and in cancel_sleep
+ *  - cancel-to-return latency of a thread blocked in cancel_io_read,
+ *    cancel_io_poll, cancel_io_recv, cancel_io_write and cancel_io_accept
+ *    (each beside a thread in poll(2) on an eventfd woken by a write; the
+ *    calls all wait the same way, but each is measured) and in cancel_sleep
  *    (beside a thread in FUTEX_WAIT woken by FUTEX_WAKE), p50/p99;
  *  - the overshoot of a 1 ms cancel_sleep beside clock_nanosleep;
  *  - the server pattern: two threads each looping cancel_io_read on their
@@ -68,12 +70,12 @@ static int repeats = 5;
 
 /* ---- cancel-to-return latency ---- */
 #define LAT_N 1000
-enum { L_READ, L_EVENTFD, L_SLEEP, L_FUTEX };
+enum { L_READ, L_EVENTFD, L_SLEEP, L_FUTEX, L_POLL, L_RECV, L_WRITE, L_ACCEPT };
 static _Atomic int64_t woke_at;
 static _Atomic int ready;
 static cancel_source *lat_src;
 static _Atomic uint32_t raw_word;
-static int raw_efd, lat_pipe[2];
+static int raw_efd, lat_pipe[2], lat_sock[2], lat_listener = -1;
 
 static _Atomic int waiter_tid;
 
@@ -114,6 +116,21 @@ static void *lat_waiter(void *arg)
     case L_SLEEP:
         check(cancel_sleep(t, CANCEL_INFINITE) == ECANCELED, "cancel_sleep");
         break;
+    case L_POLL: {
+        struct pollfd p = {lat_pipe[0], POLLIN, 0};
+        check(cancel_io_poll(t, &p, 1, CANCEL_INFINITE) == -1 && errno == ECANCELED, "cancel_io_poll");
+        break;
+    }
+    case L_RECV:
+        check(cancel_io_recv(t, lat_sock[0], &b, 1, 0) == -1 && errno == ECANCELED, "cancel_io_recv");
+        break;
+    case L_WRITE:
+        check(cancel_io_write(t, lat_pipe[1], &b, 1) == -1 && errno == ECANCELED, "cancel_io_write");
+        break;
+    case L_ACCEPT:
+        check(cancel_io_accept(t, lat_listener, NULL, NULL, SOCK_CLOEXEC) == -1 && errno == ECANCELED,
+              "cancel_io_accept");
+        break;
     case L_FUTEX:
         while (atomic_load(&raw_word) == 0)
             syscall(SYS_futex, (uint32_t *)&raw_word, FUTEX_WAIT_PRIVATE, 0, NULL, NULL, 0);
@@ -130,6 +147,22 @@ static void latency(int kind, double *out, int n)
         atomic_store(&raw_word, 0);
         raw_efd = eventfd(0, EFD_CLOEXEC);
         check(pipe2(lat_pipe, O_CLOEXEC) == 0, "pipe");
+        check(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, lat_sock) == 0, "socketpair");
+        if (kind == L_WRITE) {
+            /* a full pipe, left blocking as most callers have it */
+            static char junk[4096];
+            fcntl(lat_pipe[1], F_SETFL, O_NONBLOCK);
+            while (write(lat_pipe[1], junk, sizeof junk) > 0) {
+            }
+            fcntl(lat_pipe[1], F_SETFL, 0);
+        }
+        if (kind == L_ACCEPT && lat_listener < 0) {
+            struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+            lat_listener = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+            check(lat_listener >= 0 && bind(lat_listener, (struct sockaddr *)&a, sizeof a) == 0 &&
+                      listen(lat_listener, 8) == 0,
+                  "listen");
+        }
         atomic_store(&ready, 0);
         pthread_t th;
         pthread_create(&th, NULL, lat_waiter, (void *)(intptr_t)kind);
@@ -143,7 +176,7 @@ static void latency(int kind, double *out, int n)
         while (!sleeping(atomic_load(&waiter_tid)));
         nanosleep(&pause, NULL);
         int64_t t0 = now_ns();
-        if (kind == L_READ || kind == L_SLEEP) {
+        if (kind != L_FUTEX && kind != L_EVENTFD) {
             cancel_source_cancel(lat_src);
         } else if (kind == L_FUTEX) {
             atomic_store(&raw_word, 1);
@@ -157,6 +190,8 @@ static void latency(int kind, double *out, int n)
         close(raw_efd);
         close(lat_pipe[0]);
         close(lat_pipe[1]);
+        close(lat_sock[0]);
+        close(lat_sock[1]);
         cancel_source_free(lat_src);
     }
 }
@@ -348,6 +383,10 @@ int main(int argc, char **argv)
     printf("%-40s %13s   %-28s %13s   %6s\n", "cancel-to-return latency", "p50/p99 us", "baseline (same run)",
            "p50/p99 us", "ratio");
     latency_row("blocked in cancel_io_read (pipe)", L_READ, "eventfd write -> poll", L_EVENTFD);
+    latency_row("blocked in cancel_io_poll (pipe)", L_POLL, "eventfd write -> poll", L_EVENTFD);
+    latency_row("blocked in cancel_io_recv (socketpair)", L_RECV, "eventfd write -> poll", L_EVENTFD);
+    latency_row("blocked in cancel_io_write (full pipe)", L_WRITE, "eventfd write -> poll", L_EVENTFD);
+    latency_row("blocked in cancel_io_accept (TCP)", L_ACCEPT, "eventfd write -> poll", L_EVENTFD);
     latency_row("blocked in cancel_sleep", L_SLEEP, "FUTEX_WAKE -> FUTEX_WAIT", L_FUTEX);
     overshoot_row();
     printf("%-40s %13s   %-28s %13s   %6s\n", "server pattern (medians of repeats)", "ours",
