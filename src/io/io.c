@@ -52,8 +52,9 @@
  * inode; two opens of one device) are serialised together: safe, only
  * coarser. `flip_mu` guards the list of sections in progress (`busy`: one
  * record per section, on its caller's stack) and `waiters`, and is held for
- * a few instructions, never across a system call. A call whose inode is
- * busy waits on `flip_cv` for a section of another thread, which is a few
+ * a few instructions, never across a system call. (While no flip of ours
+ * is in progress anywhere, the look needs no section: look_without_section.)
+ * A call whose inode is busy waits on `flip_cv` for a section of another thread, which is a few
  * system calls that cannot wait for I/O; it does not listen to its token
  * meanwhile, and need not. Different inodes never wait for each other, so a
  * transfer that stalls inside its section (a page fault on the caller's
@@ -81,6 +82,8 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
@@ -215,10 +218,67 @@ static void section_leave(struct section *s)
     errno = e;
 }
 
+/* Our flips in progress (low 32 bits) and flips begun (high 32 bits), so
+ * that a look at a descriptor's flags can tell, without a section, that no
+ * flip of ours can have set the O_NONBLOCK it sees: none was in progress
+ * before the look and none began during it. That is the common case of a
+ * non-blocking listener, whose accept then costs one system call more (the
+ * look), not three. */
+static _Atomic uint64_t flips;
+#define FLIP_ACTIVE 0xffffffffu
+#define FLIP_BEGUN ((uint64_t)1 << 32)
+
+static void flip_begin(void)
+{
+    atomic_fetch_add_explicit(&flips, FLIP_BEGUN + 1, memory_order_relaxed);
+    /* Pairs with the fence in look_without_section: a look that sees the
+     * O_NONBLOCK set after this fence sees the count begun before it. */
+    atomic_thread_fence(memory_order_seq_cst);
+}
+
+static void flip_end(void)
+{
+    /* release: the restore of the flags comes first, for a look that reads
+     * this with acquire and finds nothing in progress. */
+    atomic_fetch_sub_explicit(&flips, 1, memory_order_release);
+}
+
+/* What a look at a descriptor's flags outside a section can tell. */
+enum look { LOOK_FAILED = -1, LOOK_UNKNOWN, LOOK_BLOCKING, LOOK_NONBLOCKING };
+
+/* Looks at fd's O_NONBLOCK without a section. LOOK_NONBLOCKING: set by the
+ * caller (no flip of ours was in progress when we looked, nor began while
+ * we did). LOOK_BLOCKING: clear, which is the caller's setting too, since
+ * our flips only ever set the flag for a while. LOOK_UNKNOWN: a flip was
+ * in progress; take the section. LOOK_FAILED: F_GETFL failed (errno). */
+static enum look look_without_section(int fd)
+{
+    /* acquire: pairs with flip_end's release (the restore is visible). */
+    uint64_t before = atomic_load_explicit(&flips, memory_order_acquire);
+    if (before & FLIP_ACTIVE)
+        return LOOK_UNKNOWN;
+    int fl = fcntl(fd, F_GETFL);
+    if (fl < 0)
+        return LOOK_FAILED;
+    if (!(fl & O_NONBLOCK))
+        return LOOK_BLOCKING;
+    /* Pairs with flip_begin's fence: had our look seen a flip's temporary
+     * O_NONBLOCK, the load below would see that flip begun. */
+    atomic_thread_fence(memory_order_seq_cst);
+    uint64_t after = atomic_load_explicit(&flips, memory_order_relaxed);
+    bool none_began = (after & ~(uint64_t)FLIP_ACTIVE) == (before & ~(uint64_t)FLIP_ACTIVE);
+    return none_began ? LOOK_NONBLOCKING : LOOK_UNKNOWN;
+}
+
 /* The plain call with O_NONBLOCK set on the open file description for its
  * duration, unless it is set already (M_FLIP at the top). */
 static ssize_t flipped(struct xfer *x)
 {
+    enum look seen = x->own < 0 ? look_without_section(x->fd) : LOOK_UNKNOWN;
+    if (seen == LOOK_FAILED)
+        return -1;
+    if (seen == LOOK_NONBLOCKING)
+        return plain(x, x->fd);
     if (!x->keyed) {
         struct stat st;
         if (fstat(x->fd, &st) != 0)
@@ -230,7 +290,8 @@ static ssize_t flipped(struct xfer *x)
     struct section s = {x->dev, x->ino, NULL};
     section_enter(&s);
     int fd = x->own >= 0 ? x->own : x->fd;
-    int fl = fcntl(fd, F_GETFL);
+    /* Seen blocking: pin at once (the flags are read on the pin). */
+    int fl = seen == LOOK_BLOCKING ? 0 : fcntl(fd, F_GETFL);
     if (fl >= 0 && !(fl & O_NONBLOCK) && x->own < 0) {
         /* Blocking: pin the description, and read its flags there (the
          * number may have been reused since the look above). */
@@ -245,11 +306,15 @@ static ssize_t flipped(struct xfer *x)
          * description, so it stays set through the transfer. */
         section_leave(&s);
         return plain(x, fd);
-    } else if (fcntl(fd, F_SETFL, fl | O_NONBLOCK) == 0) {
-        r = plain(x, fd);
-        int e = errno;
-        (void)fcntl(fd, F_SETFL, fl); /* on the pin: cannot fail */
-        errno = e;
+    } else {
+        flip_begin();
+        if (fcntl(fd, F_SETFL, fl | O_NONBLOCK) == 0) {
+            r = plain(x, fd);
+            int e = errno;
+            (void)fcntl(fd, F_SETFL, fl); /* on the pin: cannot fail */
+            errno = e;
+        }
+        flip_end();
     }
     section_leave(&s);
     return r;

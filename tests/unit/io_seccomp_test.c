@@ -7,7 +7,9 @@
  *  - a write that returns 0: cancel_io_write_all reports EIO instead of
  *    looping for ever;
  *  - connect failing with EAGAIN: passed through for TCP, retried only for
- *    Unix-domain sockets. */
+ *    Unix-domain sockets;
+ *  - fstat refused: accept and connect on non-blocking sockets make no
+ *    per-inode section (the one system call they add is F_GETFL). */
 #include "io_util.h"
 #include "seccomp_util.h"
 
@@ -160,6 +162,44 @@ static void connect_eagain(void)
     run_filtered(connect_eagain_case);
 }
 
+/* A socket the caller made non-blocking needs only a look at its flags
+ * (F_GETFL) while no switch of ours is in progress: no fstat, no section,
+ * no pinning duplicate. */
+static void refuse_stat(void)
+{
+#ifdef SYS_fstat
+    seccomp_refuse(SYS_fstat, SECCOMP_ANY_ARG, 0, REFUSED);
+#endif
+#ifdef SYS_newfstatat
+    seccomp_refuse(SYS_newfstatat, SECCOMP_ANY_ARG, 0, REFUSED);
+#endif
+#ifdef SYS_statx
+    seccomp_refuse(SYS_statx, SECCOMP_ANY_ARG, 0, REFUSED);
+#endif
+}
+
+static void nonblocking_sockets_case(void)
+{
+    struct sockaddr_in a;
+    int l = tcp_listener(4, &a);
+    set_nonblocking(l, true);
+    int c = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    CHECK(c >= 0);
+    refuse_stat();
+    CHECK_EQ(cancel_io_connect(CANCEL_TOKEN_NONE, c, (struct sockaddr *)&a, sizeof a), 0);
+    int s = cancel_io_accept(CANCEL_TOKEN_NONE, l, NULL, NULL, SOCK_CLOEXEC);
+    CHECK(s >= 0);
+    CHECK(is_nonblocking(l) && is_nonblocking(c));
+    close(s);
+    close(c);
+    close(l);
+}
+
+static void nonblocking_sockets(void)
+{
+    run_filtered(nonblocking_sockets_case);
+}
+
 int main(void)
 {
     snprintf(dir, sizeof dir, "/tmp/cancel-io-XXXXXX");
@@ -167,6 +207,7 @@ int main(void)
     RUN(never_switched);
     RUN(write_of_nothing);
     RUN(connect_eagain);
+    RUN(nonblocking_sockets);
     char path[96];
     snprintf(path, sizeof path, "%s/file", dir);
     unlink(path);
