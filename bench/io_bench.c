@@ -13,7 +13,8 @@
  *
  * Rows:
  *  - cancel-to-return latency of a thread blocked in cancel_io_read,
- *    cancel_io_poll, cancel_io_recv, cancel_io_write and cancel_io_accept
+ *    cancel_io_poll, cancel_io_recv, cancel_io_write, cancel_io_accept and
+ *    cancel_io_connect (to a loopback listener whose accept queue is full)
  *    (each beside a thread in poll(2) on an eventfd woken by a write; the
  *    calls all wait the same way, but each is measured) and in cancel_sleep
  *    (beside a thread in FUTEX_WAIT woken by FUTEX_WAKE), p50/p99;
@@ -70,12 +71,37 @@ static int repeats = 5;
 
 /* ---- cancel-to-return latency ---- */
 #define LAT_N 1000
-enum { L_READ, L_EVENTFD, L_SLEEP, L_FUTEX, L_POLL, L_RECV, L_WRITE, L_ACCEPT };
+enum { L_READ, L_EVENTFD, L_SLEEP, L_FUTEX, L_POLL, L_RECV, L_WRITE, L_ACCEPT, L_CONNECT };
 static _Atomic int64_t woke_at;
 static _Atomic int ready;
 static cancel_source *lat_src;
 static _Atomic uint32_t raw_word;
 static int raw_efd, lat_pipe[2], lat_sock[2], lat_listener = -1;
+/* A loopback listener whose accept queue is full (never accepted): the
+ * kernel drops further SYNs, so a connect to it stays in progress. */
+static int full_listener = -1;
+static struct sockaddr_in full_addr;
+
+static void make_full_listener(void)
+{
+    full_addr = (struct sockaddr_in){.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t l = sizeof full_addr;
+    full_listener = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    check(full_listener >= 0 && bind(full_listener, (struct sockaddr *)&full_addr, sizeof full_addr) == 0 &&
+              listen(full_listener, 0) == 0 &&
+              getsockname(full_listener, (struct sockaddr *)&full_addr, &l) == 0,
+          "listen");
+    /* Backlog 0 takes one connection; a second completes its handshake
+     * too on some kernels. Fill it, then check a further one hangs. */
+    for (int i = 0; i < 4; i++) {
+        int c = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        check(c >= 0, "socket");
+        (void)connect(c, (struct sockaddr *)&full_addr, sizeof full_addr);
+        struct pollfd p = {c, POLLOUT, 0};
+        if (poll(&p, 1, 200) == 0)
+            break; /* in progress: the queue is full; leave it pending */
+    }
+}
 
 static _Atomic int waiter_tid;
 
@@ -131,6 +157,16 @@ static void *lat_waiter(void *arg)
         check(cancel_io_accept(t, lat_listener, NULL, NULL, SOCK_CLOEXEC) == -1 && errno == ECANCELED,
               "cancel_io_accept");
         break;
+    case L_CONNECT: {
+        int c = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        check(c >= 0, "socket");
+        check(cancel_io_connect(t, c, (struct sockaddr *)&full_addr, sizeof full_addr) == -1 &&
+                  errno == ECANCELED,
+              "cancel_io_connect");
+        atomic_store(&woke_at, now_ns()); /* the close below is not the call's */
+        close(c);
+        return NULL;
+    }
     case L_FUTEX:
         while (atomic_load(&raw_word) == 0)
             syscall(SYS_futex, (uint32_t *)&raw_word, FUTEX_WAIT_PRIVATE, 0, NULL, NULL, 0);
@@ -163,6 +199,8 @@ static void latency(int kind, double *out, int n)
                       listen(lat_listener, 8) == 0,
                   "listen");
         }
+        if (kind == L_CONNECT && full_listener < 0)
+            make_full_listener();
         atomic_store(&ready, 0);
         pthread_t th;
         pthread_create(&th, NULL, lat_waiter, (void *)(intptr_t)kind);
@@ -387,6 +425,7 @@ int main(int argc, char **argv)
     latency_row("blocked in cancel_io_recv (socketpair)", L_RECV, "eventfd write -> poll", L_EVENTFD);
     latency_row("blocked in cancel_io_write (full pipe)", L_WRITE, "eventfd write -> poll", L_EVENTFD);
     latency_row("blocked in cancel_io_accept (TCP)", L_ACCEPT, "eventfd write -> poll", L_EVENTFD);
+    latency_row("blocked in cancel_io_connect (TCP)", L_CONNECT, "eventfd write -> poll", L_EVENTFD);
     latency_row("blocked in cancel_sleep", L_SLEEP, "FUTEX_WAKE -> FUTEX_WAIT", L_FUTEX);
     overshoot_row();
     printf("%-40s %13s   %-28s %13s   %6s\n", "server pattern (medians of repeats)", "ours",
