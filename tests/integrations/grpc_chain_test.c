@@ -6,7 +6,8 @@
  *      the peer, within milliseconds;
  *  (b) the client's token has a 300 ms deadline: B's token deadline is
  *      earlier than the client's, B's source fires TIMEOUT, the client sees
- *      DEADLINE_EXCEEDED (judged over 10 rounds);
+ *      DEADLINE_EXCEEDED (judged over 10 rounds in which the machine kept
+ *      up);
  *  (c) many concurrent calls, half cancelled at random: every handler's
  *      work stops; the others complete; nothing leaks (ASan).
  * Each runs with A's and B's calls on both kinds of completion queue.
@@ -24,6 +25,9 @@
     } while (0)
 
 struct probe {
+    /* opened by the handlers once they read this probe's request (in) and
+     * once they wrote their fields below (out) */
+    test_gate a_in, a_out, b_in, b_out;
     /* written by B's handler before it counts itself started / done */
     int64_t b_arrived_at; /* when its handler started */
     int64_t b_deadline;
@@ -46,6 +50,7 @@ static struct world {
     struct probe *probes;
     uint32_t n;
     test_counter b_started, b_done, a_done;
+    test_counter b_lost, a_lost; /* handlers whose request never came */
     test_counter b_pings, a_pings;
     struct probe ping;
 } W;
@@ -53,6 +58,18 @@ static struct world {
 static bool is_peer(cancel_cause c)
 {
     return c.origin && strcmp(c.origin, "grpc peer") == 0;
+}
+
+/* A handler whose call ended before its request came (its deadline passed
+ * on the way: only where the test sets one): it answers and counts itself
+ * done, for no probe. */
+static void lost(grpc_call *call, cancel_source *src, test_counter *lost_count, test_counter *done)
+{
+    server_reply(call, NULL, status_for(cancel_source_token(src)));
+    cancel_source_free(src);
+    grpc_call_unref(call);
+    test_counter_add(lost_count, 1);
+    test_counter_add(done, 1);
 }
 
 /* B: works until its token is cancelled or the test releases it. */
@@ -64,7 +81,10 @@ static void leaf(struct incoming *in)
     CHECK(src != NULL);
     cancel_token tok = cancel_source_token(src);
     grpc_byte_buffer *req = server_recv(call);
-    CHECK(req != NULL);
+    if (!req) {
+        lost(call, src, &W.b_lost, &W.b_done);
+        return;
+    }
     uint32_t i = payload_read(req);
     grpc_byte_buffer_destroy(req);
     if (i == PING) {
@@ -78,6 +98,7 @@ static void leaf(struct incoming *in)
     struct probe *p = &W.probes[i];
     p->b_arrived_at = arrived;
     p->b_deadline = cancel_token_deadline(tok);
+    test_gate_open(&p->b_in);
     test_counter_add(&W.b_started, 1);
 
     cancel_token either[2] = {tok, cancel_source_token(W.release)};
@@ -96,6 +117,7 @@ static void leaf(struct incoming *in)
         server_reply(call, payload_new(i), GRPC_STATUS_OK);
     cancel_source_free(src);
     grpc_call_unref(call);
+    test_gate_open(&p->b_out);
     test_counter_add(&W.b_done, 1);
 }
 
@@ -113,12 +135,16 @@ static void middle(struct incoming *in)
     CHECK(src != NULL);
     cancel_token tok = cancel_source_token(src);
     grpc_byte_buffer *req = server_recv(call);
-    CHECK(req != NULL);
+    if (!req) {
+        lost(call, src, &W.a_lost, &W.a_done);
+        return;
+    }
     uint32_t i = payload_read(req);
     CHECK(i < W.n || i == PING);
     struct probe *p = i == PING ? &W.ping : &W.probes[i];
     p->a_arrived_at = arrived;
     p->a_deadline = cancel_token_deadline(tok);
+    test_gate_open(&p->a_in);
     cancel_registration r;
     cancel_register(tok, &r, note_cancel, p);
 
@@ -136,6 +162,7 @@ static void middle(struct incoming *in)
     cancel_grpc_call_unref(down);
     cancel_source_free(src);
     grpc_call_unref(call);
+    test_gate_open(&p->a_out);
     test_counter_add(i == PING ? &W.a_pings : &W.a_done, 1);
 }
 
@@ -146,11 +173,17 @@ static void world_start(enum queue_kind ka, enum queue_kind kb, uint32_t n)
     W.n = n;
     W.probes = calloc(n, sizeof *W.probes);
     CHECK(W.probes != NULL);
+    for (uint32_t i = 0; i <= n; i++) {
+        struct probe *p = i < n ? &W.probes[i] : &W.ping;
+        p->a_in = p->a_out = p->b_in = p->b_out = (test_gate)TEST_GATE_INIT;
+    }
     W.b_started = (test_counter)TEST_COUNTER_INIT;
     W.b_done = (test_counter)TEST_COUNTER_INIT;
     W.a_done = (test_counter)TEST_COUNTER_INIT;
     W.b_pings = (test_counter)TEST_COUNTER_INIT;
     W.a_pings = (test_counter)TEST_COUNTER_INIT;
+    W.b_lost = (test_counter)TEST_COUNTER_INIT;
+    W.a_lost = (test_counter)TEST_COUNTER_INIT;
     W.release = cancel_source_new();
     server_start(&W.b, kb, leaf, NULL);
     W.to_b = channel_to(W.b.port);
@@ -227,15 +260,24 @@ static void client_cancels(enum queue_kind ka, enum queue_kind kb)
  * machine that keeps up (rounding, its cached clock), not a stall of the
  * machine. So a round counts only if each hop delivered the request to its
  * handler within DELIVERY; the test runs until 10 rounds counted (at most
- * 40) and judges those. */
+ * 40) and judges those.
+ *
+ * On a stalled machine a hop may not deliver at all: the deadline passes
+ * before the request is sent (A's call to B is then born cancelled and never
+ * leaves A), or while it travels. Such a handler never runs, or runs without
+ * a request: so each round has its own probe, the wait for a handler to
+ * receive its request is bounded (LATE, after the client's call ended: far
+ * more than DELIVERY, so a round it gives up on would not count anyway), and
+ * a round it gives up on does not count. A handler that did receive its
+ * request always ends (every wait it makes is bounded by a deadline). */
 static void deadline_shrinks(enum queue_kind ka, enum queue_kind kb)
 {
     enum { ROUNDS = 10, MAX_ROUNDS = 40 };
-    const int64_t DELIVERY = 2 * MS;
-    world_start(ka, kb, 1);
+    const int64_t DELIVERY = 2 * MS, LATE = 1000 * MS;
+    world_start(ka, kb, MAX_ROUNDS);
     int counted = 0, earlier_a = 0, earlier_b = 0, b_before_a = 0, timeout_b = 0, exceeded = 0;
     for (int r = 0; r < MAX_ROUNDS && counted < ROUNDS; r++) {
-        memset(&W.probes[0], 0, sizeof W.probes[0]);
+        struct probe *p = &W.probes[r];
         cancel_source *cs = cancel_source_new();
         CHECK_EQ(cancel_source_cancel_after(cs, 300 * MS), 0);
         int64_t d = cancel_token_deadline(cancel_source_token(cs));
@@ -243,25 +285,33 @@ static void deadline_shrinks(enum queue_kind ka, enum queue_kind kb)
         CHECK(call != NULL);
         struct unary u;
         int64_t sent = cancel_now();
-        unary_run(call, payload_new(0), &u);
-        test_counter_wait(&W.b_done, r + 1);
-        test_counter_wait(&W.a_done, r + 1);
-        struct probe *p = &W.probes[0];
-        int64_t to_a = p->a_arrived_at - sent, to_b = p->b_arrived_at - p->a_sent_at;
-        bool counts = to_a <= DELIVERY && to_b <= DELIVERY;
-        fprintf(stderr,
-                "   round %d: delivered to A in %.3f ms, to B in %.3f ms%s; deadline at A %+.3f ms, "
-                "at B %+.3f ms (vs the client's); B stopped %+.3f ms, reason %s; client status %d\n",
-                r, to_a / 1e6, to_b / 1e6, counts ? "" : " (not counted)", (p->a_deadline - d) / 1e6,
-                (p->b_deadline - d) / 1e6, (p->b_stopped_at - d) / 1e6, cancel_reason_name(p->b_reason),
-                (int)u.status);
-        if (counts) {
-            counted++;
-            earlier_a += p->a_deadline < d;
-            earlier_b += p->b_deadline < d;
-            b_before_a += p->b_deadline < p->a_deadline;
-            timeout_b += p->b_reason == CANCEL_REASON_TIMEOUT && p->b_origin_peer;
-            exceeded += u.status == GRPC_STATUS_DEADLINE_EXCEEDED;
+        unary_run(call, payload_new((uint32_t)r), &u);
+        bool at_a = test_gate_wait_for(&p->a_in, LATE);
+        if (at_a)
+            test_gate_wait_bounded(&p->a_out);
+        bool at_b = at_a && test_gate_wait_for(&p->b_in, LATE);
+        if (at_b)
+            test_gate_wait_bounded(&p->b_out);
+        if (!at_b) {
+            fprintf(stderr, "   round %d: the request did not reach %s (not counted); client status %d\n", r,
+                    at_a ? "B" : "A", (int)u.status);
+        } else {
+            int64_t to_a = p->a_arrived_at - sent, to_b = p->b_arrived_at - p->a_sent_at;
+            bool counts = to_a <= DELIVERY && to_b <= DELIVERY;
+            fprintf(stderr,
+                    "   round %d: delivered to A in %.3f ms, to B in %.3f ms%s; deadline at A %+.3f ms, "
+                    "at B %+.3f ms (vs the client's); B stopped %+.3f ms, reason %s; client status %d\n",
+                    r, to_a / 1e6, to_b / 1e6, counts ? "" : " (not counted)", (p->a_deadline - d) / 1e6,
+                    (p->b_deadline - d) / 1e6, (p->b_stopped_at - d) / 1e6, cancel_reason_name(p->b_reason),
+                    (int)u.status);
+            if (counts) {
+                counted++;
+                earlier_a += p->a_deadline < d;
+                earlier_b += p->b_deadline < d;
+                b_before_a += p->b_deadline < p->a_deadline;
+                timeout_b += p->b_reason == CANCEL_REASON_TIMEOUT && p->b_origin_peer;
+                exceeded += u.status == GRPC_STATUS_DEADLINE_EXCEEDED;
+            }
         }
         if (u.reply)
             grpc_byte_buffer_destroy(u.reply);
@@ -270,8 +320,10 @@ static void deadline_shrinks(enum queue_kind ka, enum queue_kind kb)
     }
     fprintf(stderr,
             "   of %d rounds counted: deadline earlier than the client's at A %d, at B %d "
-            "(B's earlier than A's %d); B TIMEOUT %d; DEADLINE_EXCEEDED %d\n",
-            counted, earlier_a, earlier_b, b_before_a, timeout_b, exceeded);
+            "(B's earlier than A's %d); B TIMEOUT %d; DEADLINE_EXCEEDED %d; requests lost at A %ld, "
+            "at B %ld\n",
+            counted, earlier_a, earlier_b, b_before_a, timeout_b, exceeded, test_counter_get(&W.a_lost),
+            test_counter_get(&W.b_lost));
     CHECK_EQ(counted, ROUNDS); /* a machine this busy cannot judge it */
     CHECK(earlier_a >= 8);
     CHECK(earlier_b >= 8);

@@ -20,6 +20,7 @@
 #include <grpc/grpc.h>
 #include <grpc/grpc_security.h>
 #include <grpc/support/time.h>
+#include <limits.h>
 
 enum queue_kind { QUEUE_NEXT, QUEUE_CALLBACK };
 
@@ -27,6 +28,36 @@ static inline const char *queue_kind_name(enum queue_kind k)
 {
     return k == QUEUE_NEXT ? "next" : "callback";
 }
+
+/* Every wait of these tests is bounded: a wait that outlasts this fails with
+ * a message naming what it waited for, where a hang would only show CTest's
+ * timeout. Far above anything a working call needs, even on a busy machine,
+ * and below the 120 s a test may take. */
+#define TEST_WAIT_LIMIT_NS (60 * INT64_C(1000000000))
+
+static inline struct timespec test_deadline_after(int64_t ns)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    int64_t t = (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec + ns;
+    ts.tv_sec = (time_t)(t / 1000000000);
+    ts.tv_nsec = (long)(t % 1000000000);
+    return ts;
+}
+
+static inline void test_wait_failed(const char *what, const char *file, int line)
+{
+    fprintf(stderr, "%s:%d: waited %d s for %s: giving up\n", file, line,
+            (int)(TEST_WAIT_LIMIT_NS / 1000000000), what);
+    abort();
+}
+
+/* Waits for a gate, failing loudly past TEST_WAIT_LIMIT_NS. */
+#define test_gate_wait_bounded(g)                                                       \
+    do {                                                                                \
+        if (!test_gate_wait_for((g), TEST_WAIT_LIMIT_NS))                               \
+            test_wait_failed(#g, __FILE__, __LINE__);                                   \
+    } while (0)
 
 /* A counter threads can wait on. */
 typedef struct test_counter {
@@ -49,13 +80,25 @@ static inline long test_counter_get(test_counter *c)
     pthread_mutex_unlock(&c->mu);
     return n;
 }
-static inline void test_counter_wait(test_counter *c, long at_least)
+/* Waits at most `ns` for the counter to reach [lo, hi]; whether it did. */
+static inline bool test_counter_wait_for(test_counter *c, long lo, long hi, int64_t ns)
 {
+    struct timespec ts = test_deadline_after(ns);
     pthread_mutex_lock(&c->mu);
-    while (c->n < at_least)
-        pthread_cond_wait(&c->cv, &c->mu);
+    int rc = 0;
+    while ((c->n < lo || c->n > hi) && rc == 0)
+        rc = pthread_cond_clockwait(&c->cv, &c->mu, CLOCK_MONOTONIC, &ts);
+    bool in = c->n >= lo && c->n <= hi;
     pthread_mutex_unlock(&c->mu);
+    return in;
 }
+/* Waits for the counter to reach `at_least`, failing loudly past
+ * TEST_WAIT_LIMIT_NS. */
+#define test_counter_wait(c, at_least)                                                  \
+    do {                                                                                \
+        if (!test_counter_wait_for((c), (at_least), LONG_MAX, TEST_WAIT_LIMIT_NS))      \
+            test_wait_failed(#c " >= " #at_least, __FILE__, __LINE__);                  \
+    } while (0)
 
 /* ---- one batch ---- */
 
@@ -97,7 +140,7 @@ static inline int op_batch(grpc_call *call, const grpc_op *ops, size_t n)
         fprintf(stderr, "grpc_call_start_batch: %s\n", grpc_call_error_to_string(rc));
         abort();
     }
-    test_gate_wait(&o.done);
+    test_gate_wait_bounded(&o.done);
     return o.ok;
 }
 
@@ -146,7 +189,7 @@ static inline void queue_stop(struct queue *q)
     if (q->kind == QUEUE_NEXT)
         test_join(q->poller);
     else
-        test_gate_wait(&q->shutdown.done);
+        test_gate_wait_bounded(&q->shutdown.done);
     grpc_completion_queue_destroy(q->cq);
 }
 
@@ -218,7 +261,7 @@ static inline void unary_start(grpc_call *call, grpc_byte_buffer *req, struct un
 /* Waits for the call's status. */
 static inline void unary_wait(struct unary *u)
 {
-    test_gate_wait(&u->op.done);
+    test_gate_wait_bounded(&u->op.done);
     CHECK(u->op.ok);
     size_t n = GRPC_SLICE_LENGTH(u->details_slice);
     if (n >= sizeof u->details)
@@ -343,10 +386,8 @@ static inline void server_stop(struct server *s)
     grpc_server_shutdown_and_notify(s->srv, s->notify, s);
     grpc_server_cancel_all_calls(s->srv);
     test_join(s->acceptor);
-    pthread_mutex_lock(&s->live.mu);
-    while (s->live.n > 0)
-        pthread_cond_wait(&s->live.cv, &s->live.mu);
-    pthread_mutex_unlock(&s->live.mu);
+    if (!test_counter_wait_for(&s->live, LONG_MIN, 0, TEST_WAIT_LIMIT_NS))
+        test_wait_failed("the server's handler threads to end", __FILE__, __LINE__);
     grpc_server_destroy(s->srv);
     grpc_completion_queue_shutdown(s->notify);
     for (;;) {
