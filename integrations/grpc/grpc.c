@@ -162,10 +162,13 @@ static gpr_timespec grpc_deadline_of(cancel_token tok)
     int64_t d = cancel_token_deadline(tok);
     if (d == CANCEL_INFINITE)
         return gpr_inf_future(GPR_CLOCK_MONOTONIC);
+    /* gRPC's clock first: a pause between the two reads then makes the
+     * deadline earlier, never later. */
+    gpr_timespec now = gpr_now(GPR_CLOCK_MONOTONIC);
     int64_t left = d - cancel_now();
     if (left < 0)
         left = 0;
-    return gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC), gpr_time_from_nanos(left, GPR_TIMESPAN));
+    return gpr_time_add(now, gpr_time_from_nanos(left, GPR_TIMESPAN));
 }
 
 /* ---------------------------------------------------------------- client */
@@ -319,12 +322,17 @@ cancel_source *cancel_grpc_server_source_new(grpc_call *call, gpr_timespec deadl
     int err = ENOMEM;
     if (!w || !peer || cancel_source_set_name(peer, "grpc peer") != 0)
         goto fail;
+    /* Our clock first: a pause between the two reads then makes the
+     * deadline earlier, never later. The delay is taken from a fresh read,
+     * so only the few instructions until cancel_source_cancel_after reads
+     * the clock again can make it later. */
+    int64_t before = cancel_now();
     int64_t left = grpc_time_left(deadline);
     w->timeout_from = CANCEL_INFINITE;
     if (left != CANCEL_INFINITE) {
         int64_t slack = send_rounding(left);
-        w->timeout_from = add_sat(cancel_now(), left - CANCEL_GRPC_TIMEOUT_WINDOW_NS - slack);
-        int64_t delay = left - CANCEL_GRPC_DEADLINE_MARGIN_NS - slack;
+        w->timeout_from = add_sat(before, left - CANCEL_GRPC_TIMEOUT_WINDOW_NS - slack);
+        int64_t delay = add_sat(before, left - CANCEL_GRPC_DEADLINE_MARGIN_NS - slack) - cancel_now();
         err = cancel_source_cancel_after(peer, delay > 0 ? delay : 0);
         if (err != 0)
             goto fail;
