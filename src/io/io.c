@@ -61,8 +61,8 @@
  * buffer served by FUSE or userfaultfd, a driver that ignores O_NONBLOCK)
  * holds up flips of its own inode only, and never fork.
  * pthread_atfork holds flip_mu across fork; the child empties the list (its
- * sections belong to threads the child does not have) and makes flip_cv
- * anew.
+ * sections belong to threads the child does not have), forgets the flips
+ * in progress for the same reason, and makes flip_cv anew.
  *
  * Across processes nothing serialises a flip: another process sharing the
  * description sees O_NONBLOCK for the duration of one system call, and two
@@ -173,10 +173,19 @@ static void flip_unlock(void)
 {
     pthread_mutex_unlock(&flip_mu);
 }
+static _Atomic uint64_t flips; /* see below, above flip_begin */
+#define FLIP_ACTIVE 0xffffffffu
+
 static void flip_child(void)
 {
     busy = NULL;
     waiters = 0;
+    /* Flips in progress belong to threads the child does not have: left
+     * counted, they would send every look of the child through a section
+     * for good. (The section would not guard against the parent's flip of
+     * a shared description either: nothing does across processes.) The
+     * count begun stays. relaxed: the child has one thread. */
+    atomic_fetch_and_explicit(&flips, ~(uint64_t)FLIP_ACTIVE, memory_order_relaxed);
     pthread_cond_init(&flip_cv, NULL); /* its waiters stayed in the parent */
     pthread_mutex_unlock(&flip_mu);
 }
@@ -218,14 +227,13 @@ static void section_leave(struct section *s)
     errno = e;
 }
 
-/* Our flips in progress (low 32 bits) and flips begun (high 32 bits), so
- * that a look at a descriptor's flags can tell, without a section, that no
- * flip of ours can have set the O_NONBLOCK it sees: none was in progress
+/* `flips` (declared above, for the fork handler): our flips in progress
+ * (low 32 bits) and flips begun (high 32 bits), so that a look at a
+ * descriptor's flags can tell, without a section, that no flip of ours
+ * can have set the O_NONBLOCK it sees: none was in progress
  * before the look and none began during it. That is the common case of a
  * non-blocking listener, whose accept then costs one system call more (the
  * look), not three. */
-static _Atomic uint64_t flips;
-#define FLIP_ACTIVE 0xffffffffu
 #define FLIP_BEGUN ((uint64_t)1 << 32)
 
 static void flip_begin(void)

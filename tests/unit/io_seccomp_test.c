@@ -9,10 +9,12 @@
  *  - connect failing with EAGAIN: passed through for TCP, retried only for
  *    Unix-domain sockets;
  *  - fstat refused: accept and connect on non-blocking sockets make no
- *    per-inode section (the one system call they add is F_GETFL). */
+ *    per-inode section (the one system call they add is F_GETFL), also in
+ *    a child forked while another thread was in the middle of a switch. */
 #include "io_util.h"
 #include "seccomp_util.h"
 
+#include <signal.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 
@@ -200,6 +202,83 @@ static void nonblocking_sockets(void)
     run_filtered(nonblocking_sockets_case);
 }
 
+/* A thread that writes to a blocking eventfd (a switch of O_NONBLOCK per
+ * write), and is held by a signal handler when caught in the middle of
+ * one: its switch is then in progress when the process forks. */
+static int flip_efd;
+static int hold_pipe[2];
+static _Atomic bool flipper_stop, flipper_held;
+
+static void hold_if_switched(int sig)
+{
+    (void)sig;
+    int e = errno;
+    int fl = fcntl(flip_efd, F_GETFL);
+    if (fl >= 0 && (fl & O_NONBLOCK) && !atomic_load(&flipper_held)) {
+        atomic_store(&flipper_held, true);
+        char b;
+        while (read(hold_pipe[0], &b, 1) < 0 && errno == EINTR) {
+        }
+    }
+    errno = e;
+}
+
+static void *flipper_main(void *arg)
+{
+    (void)arg;
+    uint64_t one = 1;
+    while (!atomic_load(&flipper_stop))
+        CHECK_EQ(cancel_io_write(CANCEL_TOKEN_NONE, flip_efd, &one, sizeof one), (ssize_t)sizeof one);
+    return NULL;
+}
+
+static void fork_during_switch(void)
+{
+    flip_efd = eventfd(0, EFD_CLOEXEC);
+    CHECK(flip_efd >= 0);
+    CHECK_EQ(pipe2(hold_pipe, O_CLOEXEC), 0);
+    struct sigaction sa = {0};
+    sa.sa_handler = hold_if_switched;
+    sigemptyset(&sa.sa_mask);
+    CHECK_EQ(sigaction(SIGUSR2, &sa, NULL), 0);
+    struct sockaddr_in a;
+    int l = tcp_listener(4, &a);
+    set_nonblocking(l, true);
+    int c = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    CHECK(c >= 0);
+    CHECK_EQ(connect(c, (struct sockaddr *)&a, sizeof a), 0);
+
+    pthread_t th = test_spawn(flipper_main, NULL);
+    while (!atomic_load(&flipper_held)) {
+        pthread_kill(th, SIGUSR2);
+        sched_yield();
+    }
+    fflush(stderr);
+    pid_t pid = fork();
+    CHECK(pid >= 0);
+    if (pid == 0) {
+        /* The switching thread is not here, and its switch is not ours: a
+         * non-blocking listener is still trusted after one F_GETFL. */
+        refuse_stat();
+        int s = cancel_io_accept(CANCEL_TOKEN_NONE, l, NULL, NULL, SOCK_CLOEXEC);
+        if (s < 0)
+            fprintf(stderr, "accept in the child: %s\n", strerror(errno));
+        _exit(s >= 0 ? 0 : 1);
+    }
+    int st;
+    while (waitpid(pid, &st, 0) < 0)
+        CHECK_EQ(errno, EINTR);
+    atomic_store(&flipper_stop, true);
+    CHECK_EQ(write(hold_pipe[1], "x", 1), 1);
+    test_join(th);
+    CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    close(c);
+    close(l);
+    close(hold_pipe[0]);
+    close(hold_pipe[1]);
+    close(flip_efd);
+}
+
 int main(void)
 {
     snprintf(dir, sizeof dir, "/tmp/cancel-io-XXXXXX");
@@ -208,6 +287,7 @@ int main(void)
     RUN(write_of_nothing);
     RUN(connect_eagain);
     RUN(nonblocking_sockets);
+    RUN(fork_during_switch);
     char path[96];
     snprintf(path, sizeof path, "%s/file", dir);
     unlink(path);
