@@ -44,22 +44,23 @@
  * descriptor of the description shares, so two of our calls must never flip
  * one description at once: the second would save the first one's temporary
  * O_NONBLOCK as the original, or take it for the caller's own, make the
- * plain call, and block once the first restored. A flip, and the look that
- * finds a descriptor non-blocking already, therefore run in a section
- * exclusive per inode (st_dev, st_ino), the finest identity of a
- * description that user space can read. Descriptions that share an inode
- * (every eventfd shares one anonymous inode, every pty master the ptmx
- * inode; two opens of one device) are serialised together: safe, only
- * coarser. `flip_mu` guards the list of sections in progress (`busy`: one
- * record per section, on its caller's stack) and `waiters`, and is held for
- * a few instructions, never across a system call. (While no flip of ours
- * is in progress anywhere, the look needs no section: look_without_section.)
- * A call whose inode is busy waits on `flip_cv` for a section of another thread, which is a few
- * system calls that cannot wait for I/O; it does not listen to its token
- * meanwhile, and need not. Different inodes never wait for each other, so a
- * transfer that stalls inside its section (a page fault on the caller's
- * buffer served by FUSE or userfaultfd, a driver that ignores O_NONBLOCK)
- * holds up flips of its own inode only, and never fork.
+ * plain call, and block once the first restored. A flip, and a look that
+ * finds a descriptor non-blocking while a flip of ours may be under way,
+ * therefore run in a section exclusive per inode (st_dev, st_ino), the
+ * finest identity of a description that user space can read. Descriptions
+ * that share an inode (every eventfd shares one anonymous inode, every pty
+ * master the ptmx inode; two opens of one device) are serialised together:
+ * safe, only coarser. `flip_mu` guards the list of sections in progress
+ * (`busy`: one record per section, on its caller's stack) and `waiters`,
+ * and is held for a few instructions, never across a system call. (While no
+ * flip of ours is in progress anywhere, the look needs no section:
+ * look_without_section.) A call whose inode is busy waits on `flip_cv` for
+ * a section of another thread, which is a few system calls that cannot wait
+ * for I/O; it does not listen to its token meanwhile, and need not.
+ * Different inodes never wait for each other, so a transfer that stalls
+ * inside its section (a page fault on the caller's buffer served by FUSE or
+ * userfaultfd, a driver that ignores O_NONBLOCK) holds up flips of its own
+ * inode only, and never fork.
  * pthread_atfork holds flip_mu across fork; the child empties the list (its
  * sections belong to threads the child does not have), forgets the flips
  * in progress for the same reason, and makes flip_cv anew.
