@@ -267,11 +267,12 @@ static void pass_on(struct cancel_pool *p)
         wake_one(p);
 }
 
-/* After idle_prepare popped a task: unlist, and if a producer claimed us
- * meanwhile, pass its wake-up on. */
-static void idle_got(struct cancel__worker *w)
+/* After idle_prepare popped a task: unlist, and pass the wake-up on if a
+ * producer claimed us meanwhile or one did earlier and we had not taken a
+ * task since (`owed`). */
+static void idle_got(struct cancel__worker *w, bool owed)
 {
-    if (!idle_remove(w))
+    if (!idle_remove(w) || owed)
         pass_on(w->pool);
 }
 
@@ -1032,7 +1033,7 @@ int cancel__wait(const struct cancel__waitable *wb, cancel_token wait_tok, int64
             struct cancel_task *t;
             enum idle next = idle_prepare(w, &t);
             if (next == IDLE_GOT) {
-                idle_got(w);
+                idle_got(w, owed);
                 owed = false;
                 w->last_end = CANCEL__NO_TIME;
                 if (me)
@@ -1051,8 +1052,8 @@ int cancel__wait(const struct cancel__waitable *wb, cancel_token wait_tok, int64
         cancel__blocked_enter(wb->what, -1);
         cancel__parker_sleep(word, until);
         cancel__blocked_leave();
-        if (w)
-            owed = !idle_remove(w);
+        if (w && !idle_remove(w))
+            owed = true; /* kept until a task is taken: a nap must not drop it */
     }
     cancel_unregister(&reg);
     pthread_mutex_t *m = cancel__stripe(wb->obj);
@@ -1134,7 +1135,7 @@ static void *worker_main(void *arg)
         atomic_exchange_explicit(w->parker, 0, memory_order_acquire);
         switch (idle_prepare(w, &t)) {
         case IDLE_GOT:
-            idle_got(w);
+            idle_got(w, claimed);
             claimed = false;
             run_task(w, t);
             spins = 0;
