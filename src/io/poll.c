@@ -111,37 +111,70 @@ out:
     return result;
 }
 
+/* A sleep until `deadline` on the manual clock: on a private child of tok
+ * (a source of its own for a token that cannot be cancelled) whose deadline
+ * is exactly `deadline`. It is armed with the time left and armed again
+ * while the clock moved between our reading and the arming: another thread
+ * moves this clock, and a relative timeout read before its move would land
+ * late, so that the sleep outlasted its end. A free of tok's source only
+ * unhooks the child, so the rest is slept on. Without memory for the child,
+ * nap on the real clock and look again: returning would end the sleep
+ * early. Returns 0 or ECANCELED. */
+static int manual_sleep(cancel_token tok, int64_t deadline)
+{
+    for (;;) {
+        if (cancel_token_is_requested(tok))
+            return ECANCELED;
+        int64_t now = cancel_now();
+        if (now >= deadline)
+            return 0;
+        cancel_source *t = cancel_source_new_child(tok, deadline - now, NULL);
+        if (!t) {
+            struct timespec ts = {0, 1000000};
+            nanosleep(&ts, NULL);
+            continue;
+        }
+        bool wait = true, nap = false;
+        for (int64_t seen = now;;) {
+            int64_t after = cancel_now();
+            if (after >= deadline) {
+                wait = false; /* passed: t may be armed later, do not wait for it */
+                break;
+            }
+            if (after == seen)
+                break; /* nobody moved the clock around the arming: armed at `deadline` */
+            int err = cancel_source_cancel_after(t, deadline - after);
+            if (err == ENOMEM || err == EAGAIN) {
+                wait = false; /* armed late: drop it, nap, start again */
+                nap = true;
+                break;
+            }
+            seen = after; /* or ECANCELED: t is cancelled, the wait returns */
+        }
+        if (wait)
+            (void)cancel_token_wait(cancel_source_token(t), CANCEL_INFINITE);
+        cancel_source_free(t);
+        if (nap) {
+            struct timespec ts = {0, 1000000};
+            nanosleep(&ts, NULL);
+        }
+    }
+}
+
 /* Sleeps until `deadline` on cancel_now()'s clock, with nothing to cancel
  * it: the token cannot be cancelled (any more). */
 static void sleep_until(int64_t deadline)
 {
-    if (!cancel_clock_is_manual()) {
-        if (deadline == CANCEL_INFINITE) {
-            for (;;)
-                pause();
-        }
-        struct timespec ts = {(time_t)(deadline / 1000000000), (long)(deadline % 1000000000)};
-        while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) != 0) {
-        }
+    if (deadline != CANCEL_INFINITE && cancel_clock_is_manual()) {
+        (void)manual_sleep(CANCEL_TOKEN_NONE, deadline);
         return;
     }
-    /* The manual clock: a private source's token, waited on with the time
-     * left, wakes when the clock is moved past it. Without memory for one,
-     * nap on the real clock and look again: returning would end the sleep
-     * before its time. */
-    for (;;) {
-        cancel_source *own = cancel_source_new();
-        if (own) {
-            while (deadline == CANCEL_INFINITE || cancel_now() < deadline)
-                cancel_token_wait(cancel_source_token(own),
-                                  deadline == CANCEL_INFINITE ? CANCEL_INFINITE : deadline - cancel_now());
-            cancel_source_free(own);
-            return;
-        }
-        if (deadline != CANCEL_INFINITE && cancel_now() >= deadline)
-            return;
-        struct timespec ts = {0, 1000000};
-        nanosleep(&ts, NULL);
+    if (deadline == CANCEL_INFINITE) {
+        for (;;)
+            pause();
+    }
+    struct timespec ts = {(time_t)(deadline / 1000000000), (long)(deadline % 1000000000)};
+    while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) != 0) {
     }
 }
 
@@ -157,6 +190,10 @@ int cancel_sleep(cancel_token tok, int64_t ns)
     int64_t deadline = ns == CANCEL_INFINITE ? CANCEL_INFINITE : cancel__add_sat(cancel_now(), ns);
     int err = 0;
     cancel__blocked_enter("cancel_sleep", -1);
+    if (deadline != CANCEL_INFINITE && cancel_clock_is_manual()) {
+        err = manual_sleep(tok, deadline);
+        goto out;
+    }
     for (;;) {
         if (!cancel_token_can_be_canceled(tok)) {
             /* CANCEL_TOKEN_NONE, or its source was freed uncancelled:
@@ -173,6 +210,7 @@ int cancel_sleep(cancel_token tok, int64_t ns)
             break;
         }
     }
+out:
     cancel__blocked_leave();
     errno = saved;
     return err;

@@ -108,6 +108,44 @@ static void manual_clock(void)
     cancel_clock_use_manual(false);
 }
 
+static bool call_finished(void *arg)
+{
+    return atomic_load(&((struct call *)arg)->finished);
+}
+
+/* The clock moved at once after the sleep began: while the sleeper is
+ * between reading the clock and sleeping, in many rounds. It still wakes
+ * when the clock reaches its end (it slept for ever when the move fell
+ * between its reading and its wait). With a live token, and without. */
+static void advanced_as_it_starts(void)
+{
+    cancel_clock_use_manual(true);
+    for (int i = 0; i < TEST_SCALE(2000); i++) {
+        cancel_source *s = cancel_source_new();
+        struct call c;
+        memset(&c, 0, sizeof c);
+        c.fn = do_sleep;
+        c.tok = i % 2 ? cancel_source_token(s) : CANCEL_TOKEN_NONE;
+        c.timeout = 1000;
+        call_start(&c);
+        for (;;) { /* no nap: move the clock as early as we can */
+            struct cancel__blocked *b = atomic_load(&c.where);
+            if ((b && atomic_load(&b->what)) || atomic_load(&c.finished))
+                break;
+            cancel__cpu_relax();
+        }
+        cancel_clock_advance(1000);
+        if (!test_wait_until(call_finished, &c, 20LL * 1000000000)) {
+            fprintf(stderr, "round %d: the sleep outlasted its end\n", i);
+            abort();
+        }
+        call_join(&c);
+        CHECK_EQ(c.result, 0);
+        cancel_source_free(s);
+    }
+    cancel_clock_use_manual(false);
+}
+
 int main(void)
 {
     RUN(edges);
@@ -115,5 +153,6 @@ int main(void)
     RUN(deadline_on_token);
     RUN(freed_source_sleeps_on);
     RUN(manual_clock);
+    RUN(advanced_as_it_starts);
     return 0;
 }
