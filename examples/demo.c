@@ -32,6 +32,7 @@
 #include <unistd.h>
 
 #define MS (1000 * 1000LL)
+#define GRACE_MS 100 /* a worker still running this long after the request is a straggler */
 
 /* --fail NAME: the main thread makes that worker fail half-way, through
  * whatever the worker is waiting for. */
@@ -338,6 +339,7 @@ int main(int argc, char **argv)
         perror("cancel_demo");
         return 1;
     }
+    cancel_group_set_grace(group, GRACE_MS * MS);
     int64_t start = cancel_now();
     for (int w = 0; w < nworkers; w++)
         cancel_group_spawn(group, workers[w].fn, NULL, workers[w].name);
@@ -371,8 +373,8 @@ int main(int argc, char **argv)
             if (stopped != stopped_before)
                 fprintf(view, "%7.3f s  %zu of %d workers stopped\n", seconds_since(start), stopped, nworkers);
             if (st.stragglers > stragglers_before)
-                fprintf(view, "%7.3f s  %zu straggler%s: running %s after the request\n", seconds_since(start),
-                        st.stragglers, st.stragglers == 1 ? "" : "s", "100 ms");
+                fprintf(view, "%7.3f s  %zu straggler%s: running %d ms after the request\n", seconds_since(start),
+                        st.stragglers, st.stragglers == 1 ? "" : "s", GRACE_MS);
         }
         fflush(view);
         stopped_before = stopped;
