@@ -22,29 +22,7 @@
 #include <time.h>
 #include <unistd.h>
 
-static int64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-static double median(double *v, int n)
-{
-    qsort(v, (size_t)n, sizeof *v, cmp_double);
-    return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
-}
-static double percentile(double *v, int n, double p)
-{
-    qsort(v, (size_t)n, sizeof *v, cmp_double);
-    int i = (int)(p * (n - 1) + 0.5);
-    return v[i];
-}
+#include "latency.h"
 
 static int repeats = 7;
 static volatile uint64_t sink;
@@ -58,7 +36,7 @@ static void row(const char *what, measure_fn *ours, const char *base_name, measu
         a[i] = ours();
         b[i] = base ? base() : 0;
     }
-    double ma = median(a, repeats), mb = base ? median(b, repeats) : 0;
+    double ma = lat_median(a, repeats), mb = base ? lat_median(b, repeats) : 0;
     if (base)
         printf("%-46s %9.2f   %-30s %9.2f   %5.2fx\n", what, ma, base_name, mb, ma / mb);
     else
@@ -73,10 +51,10 @@ static double m_check(void)
 {
     cancel_token t = cancel_source_token(live);
     uint64_t n = 0;
-    int64_t t0 = now_ns();
+    int64_t t0 = lat_now();
     for (int i = 0; i < CHECK_N; i++)
         n += cancel_token_is_requested(t);
-    int64_t t1 = now_ns();
+    int64_t t1 = lat_now();
     sink = n;
     return (double)(t1 - t0) / CHECK_N;
 }
@@ -84,10 +62,10 @@ static _Atomic int flag_word;
 static double m_acquire_load(void)
 {
     uint64_t n = 0;
-    int64_t t0 = now_ns();
+    int64_t t0 = lat_now();
     for (int i = 0; i < CHECK_N; i++)
         n += atomic_load_explicit(&flag_word, memory_order_acquire) & 1;
-    int64_t t1 = now_ns();
+    int64_t t1 = lat_now();
     sink = n;
     return (double)(t1 - t0) / CHECK_N;
 }
@@ -102,22 +80,22 @@ static double m_register(void)
 {
     cancel_token t = cancel_source_token(live);
     cancel_registration r;
-    int64_t t0 = now_ns();
+    int64_t t0 = lat_now();
     for (int i = 0; i < REG_N; i++) {
         cancel_register(t, &r, nop_cb, NULL);
         cancel_unregister(&r);
     }
-    return (double)(now_ns() - t0) / REG_N;
+    return (double)(lat_now() - t0) / REG_N;
 }
 static _Atomic uint64_t rmw_word;
 static double m_two_rmw(void)
 {
-    int64_t t0 = now_ns();
+    int64_t t0 = lat_now();
     for (int i = 0; i < REG_N; i++) {
         atomic_fetch_add_explicit(&rmw_word, 1, memory_order_acq_rel);
         atomic_fetch_sub_explicit(&rmw_word, 1, memory_order_acq_rel);
     }
-    return (double)(now_ns() - t0) / REG_N;
+    return (double)(lat_now() - t0) / REG_N;
 }
 
 /* ---- cancel with 1000 callbacks ---- */
@@ -137,9 +115,9 @@ static double m_cancel_callbacks(void)
         cancel_token t = cancel_source_token(s);
         for (int i = 0; i < CB_N; i++)
             cancel_register(t, &cb_regs[i], count_cb, &cb_counts[i]);
-        int64_t t0 = now_ns();
+        int64_t t0 = lat_now();
         cancel_source_cancel(s);
-        total += now_ns() - t0;
+        total += lat_now() - t0;
         cancel_source_free(s);
     }
     return (double)total / ((double)CB_ROUNDS * CB_N);
@@ -154,12 +132,12 @@ static double m_fnptr_loop(void)
     }
     int64_t total = 0;
     for (int r = 0; r < CB_ROUNDS; r++) {
-        int64_t t0 = now_ns();
+        int64_t t0 = lat_now();
         for (int i = CB_N - 1; i >= 0; i--) {
             cancel_fn *volatile fn = cb_fns[i]; /* a real indirect call */
             fn(cb_args[i]);
         }
-        total += now_ns() - t0;
+        total += lat_now() - t0;
     }
     return (double)total / ((double)CB_ROUNDS * CB_N);
 }
@@ -168,34 +146,34 @@ static double m_fnptr_loop(void)
 #define NEW_N 10000000
 static double m_create_free(void)
 {
-    int64_t t0 = now_ns();
+    int64_t t0 = lat_now();
     for (int i = 0; i < NEW_N; i++) {
         cancel_source *s = cancel_source_new();
         sink += (uintptr_t)s;
         cancel_source_free(s);
     }
-    return (double)(now_ns() - t0) / NEW_N;
+    return (double)(lat_now() - t0) / NEW_N;
 }
 static double m_malloc_free(void)
 {
-    int64_t t0 = now_ns();
+    int64_t t0 = lat_now();
     for (int i = 0; i < NEW_N; i++) {
         void *p = malloc(56);
         sink += (uintptr_t)p;
         free(p);
     }
-    return (double)(now_ns() - t0) / NEW_N;
+    return (double)(lat_now() - t0) / NEW_N;
 }
 static cancel_token parents[2];
 static double linked(size_t n)
 {
-    int64_t t0 = now_ns();
+    int64_t t0 = lat_now();
     for (int i = 0; i < NEW_N; i++) {
         cancel_source *s = cancel_source_new_linked(parents, n);
         sink += (uintptr_t)s;
         cancel_source_free(s);
     }
-    return (double)(now_ns() - t0) / NEW_N;
+    return (double)(lat_now() - t0) / NEW_N;
 }
 static double m_linked1(void)
 {
@@ -211,45 +189,45 @@ static double m_linked2(void)
 #define HOUR (3600LL * 1000000000)
 static double m_deadline(void)
 {
-    int64_t t0 = now_ns();
+    int64_t t0 = lat_now();
     for (int i = 0; i < DL_N; i++) {
         cancel_source *s = cancel_source_new();
         cancel_source_cancel_after(s, HOUR);
         cancel_source_free(s);
     }
-    return (double)(now_ns() - t0) / DL_N;
+    return (double)(lat_now() - t0) / DL_N;
 }
 /* cancel_source_new_child must cost what the calls it replaces cost. */
 static double m_new_child(void)
 {
-    int64_t t0 = now_ns();
+    int64_t t0 = lat_now();
     for (int i = 0; i < DL_N; i++) {
         cancel_source *s = cancel_source_new_child(parents[0], HOUR, NULL);
         sink += (uintptr_t)s;
         cancel_source_free(s);
     }
-    return (double)(now_ns() - t0) / DL_N;
+    return (double)(lat_now() - t0) / DL_N;
 }
 static double m_linked_after(void)
 {
-    int64_t t0 = now_ns();
+    int64_t t0 = lat_now();
     for (int i = 0; i < DL_N; i++) {
         cancel_source *s = cancel_source_new_linked(parents, 1);
         cancel_source_cancel_after(s, HOUR);
         sink += (uintptr_t)s;
         cancel_source_free(s);
     }
-    return (double)(now_ns() - t0) / DL_N;
+    return (double)(lat_now() - t0) / DL_N;
 }
 static double m_create_free_short(void)
 {
-    int64_t t0 = now_ns();
+    int64_t t0 = lat_now();
     for (int i = 0; i < DL_N; i++) {
         cancel_source *s = cancel_source_new();
         sink += (uintptr_t)s;
         cancel_source_free(s);
     }
-    return (double)(now_ns() - t0) / DL_N;
+    return (double)(lat_now() - t0) / DL_N;
 }
 
 /* ---- cancel-to-wake latency ---- */
@@ -286,7 +264,7 @@ static void *lat_waiter(void *arg)
         while (poll(&p, 1, -1) != 1) {
         }
     }
-    atomic_store(&woke_at, now_ns());
+    atomic_store(&woke_at, lat_now());
     return NULL;
 }
 static void latency(int kind, double *out)
@@ -302,7 +280,7 @@ static void latency(int kind, double *out)
         }
         struct timespec pause = {0, 200000}; /* let it block */
         nanosleep(&pause, NULL);
-        int64_t t0 = now_ns();
+        int64_t t0 = lat_now();
         if (kind == L_WAIT || kind == L_FD) {
             cancel_source_cancel(lat_src);
         } else if (kind == L_FUTEX) {
@@ -332,8 +310,8 @@ static void latency_row(const char *what, int kind, const char *base_name, int b
     memcpy(x + LAT_N, c, sizeof c);
     memcpy(y, b, sizeof b);
     memcpy(y + LAT_N, d, sizeof d);
-    double p50a = percentile(x, 2 * LAT_N, 0.5), p99a = percentile(x, 2 * LAT_N, 0.99);
-    double p50b = percentile(y, 2 * LAT_N, 0.5), p99b = percentile(y, 2 * LAT_N, 0.99);
+    double p50a = lat_percentile(x, 2 * LAT_N, 0.5), p99a = lat_percentile(x, 2 * LAT_N, 0.99);
+    double p50b = lat_percentile(y, 2 * LAT_N, 0.5), p99b = lat_percentile(y, 2 * LAT_N, 0.99);
     printf("%-46s %5.2f/%6.2f   %-30s %5.2f/%6.2f   %5.2fx\n", what, p50a, p99a, base_name, p50b, p99b,
            p50a / p50b);
 }

@@ -28,44 +28,7 @@
 #include <time.h>
 #include <unistd.h>
 
-static int64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-static double percentile(double *v, int n, double p)
-{
-    qsort(v, (size_t)n, sizeof *v, cmp_double);
-    return v[(int)(p * (n - 1) + 0.5)];
-}
-
-/* A counter one thread bumps and another waits for. */
-struct chan {
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    unsigned seq;
-};
-#define CHAN_INIT {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0}
-static void chan_post(struct chan *c)
-{
-    pthread_mutex_lock(&c->mu);
-    c->seq++;
-    pthread_cond_signal(&c->cv);
-    pthread_mutex_unlock(&c->mu);
-}
-static void chan_wait(struct chan *c, unsigned seq)
-{
-    pthread_mutex_lock(&c->mu);
-    while (c->seq < seq)
-        pthread_cond_wait(&c->cv, &c->mu);
-    pthread_mutex_unlock(&c->mu);
-}
+#include "latency.h"
 
 enum kind { READ_OURS, READ_GLIB, WAKE_OURS, WAKE_GLIB, KINDS };
 static const char *kind_name[KINDS] = {
@@ -89,7 +52,7 @@ static struct {
 static void read_done(GObject *stream, GAsyncResult *res, gpointer data)
 {
     (void)data;
-    int64_t t1 = now_ns();
+    int64_t t1 = lat_now();
     GError *e = NULL;
     gssize n = g_input_stream_read_finish(G_INPUT_STREAM(stream), res, &e);
     if (n != -1 || !g_error_matches(e, G_IO_ERROR, G_IO_ERROR_CANCELLED))
@@ -101,7 +64,7 @@ static void read_done(GObject *stream, GAsyncResult *res, gpointer data)
 static gboolean woken(gpointer data)
 {
     (void)data;
-    S.t1 = now_ns();
+    S.t1 = lat_now();
     g_main_loop_quit(S.loop);
     return G_SOURCE_REMOVE;
 }
@@ -180,9 +143,9 @@ int main(int argc, char **argv)
     pthread_t th;
     if (pthread_create(&th, NULL, loop_thread, NULL) != 0)
         return 1;
-    double *lat[KINDS];
+    double *samples_ns[KINDS];
     for (int k = 0; k < KINDS; k++)
-        lat[k] = malloc(sizeof(double) * (size_t)samples);
+        samples_ns[k] = malloc(sizeof(double) * (size_t)samples);
     double p50[KINDS][64], p99[KINDS][64];
     unsigned n = 0;
     for (int r = 0; r < rounds; r++) {
@@ -195,24 +158,24 @@ int main(int argc, char **argv)
                 chan_post(&S.go);
                 chan_wait(&S.armed, n);
                 /* Give the loop thread time to fall asleep in poll. */
-                int64_t until = now_ns() + 50000;
-                while (now_ns() < until) {
+                int64_t until = lat_now() + 50000;
+                while (lat_now() < until) {
                 }
-                int64_t t0 = now_ns();
+                int64_t t0 = lat_now();
                 if (S.src)
                     cancel_source_cancel(S.src);
                 else
                     g_cancellable_cancel(S.gc);
                 chan_wait(&S.fired, n);
-                lat[k][i] = (double)(S.t1 - t0);
+                samples_ns[k][i] = (double)(S.t1 - t0);
                 if (S.gc)
                     g_object_unref(S.gc);
                 cancel_source_free(S.src);
             }
         }
         for (int k = 0; k < KINDS; k++) {
-            p50[k][r] = percentile(lat[k], samples, 0.50);
-            p99[k][r] = percentile(lat[k], samples, 0.99);
+            p50[k][r] = lat_percentile(samples_ns[k], samples, 0.50);
+            p99[k][r] = lat_percentile(samples_ns[k], samples, 0.99);
         }
     }
     S.stop = true;
@@ -223,8 +186,8 @@ int main(int argc, char **argv)
            samples);
     double m50[KINDS], m99[KINDS];
     for (int k = 0; k < KINDS; k++) {
-        m50[k] = percentile(p50[k], rounds, 0.5) / 1000;
-        m99[k] = percentile(p99[k], rounds, 0.5) / 1000;
+        m50[k] = lat_percentile(p50[k], rounds, 0.5) / 1000;
+        m99[k] = lat_percentile(p99[k], rounds, 0.5) / 1000;
         printf("  %-46s p50 %7.2f   p99 %7.2f\n", kind_name[k], m50[k], m99[k]);
     }
     printf("  ratio, GIO read (ours / GLib):      p50 %.2fx   p99 %.2fx\n", m50[READ_OURS] / m50[READ_GLIB],
@@ -232,6 +195,6 @@ int main(int argc, char **argv)
     printf("  ratio, GMainLoop wake (ours / GLib): p50 %.2fx   p99 %.2fx\n", m50[WAKE_OURS] / m50[WAKE_GLIB],
            m99[WAKE_OURS] / m99[WAKE_GLIB]);
     for (int k = 0; k < KINDS; k++)
-        free(lat[k]);
+        free(samples_ns[k]);
     return 0;
 }

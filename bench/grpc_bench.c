@@ -40,6 +40,8 @@
 #include <string.h>
 #include <time.h>
 
+#include "latency.h"
+
 #define CHECK(c)                                                                        \
     do {                                                                                \
         if (!(c)) {                                                                     \
@@ -53,17 +55,6 @@ static int64_t clock_ns(clockid_t id)
     struct timespec ts;
     clock_gettime(id, &ts);
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-static double median(double *v, int n)
-{
-    qsort(v, (size_t)n, sizeof *v, cmp_double);
-    return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
 }
 
 /* ---------------------------------------------------------------- server */
@@ -282,9 +273,9 @@ static void compare(const char *what, int total, int per_round, cancel_token tok
     }
     printf("%s: %d calls per mode, in %d rounds of %d\n", what, rounds * per_round, rounds, per_round);
     printf("  %-24s %s\n", "", "CPU per call: all calls | median round (vs bare)      wall per call");
-    double base_all = sum_cpu[BARE] / rounds, base_med = median(cpu[BARE], rounds);
+    double base_all = sum_cpu[BARE] / rounds, base_med = lat_median(cpu[BARE], rounds);
     for (int m = 0; m < MODES; m++) {
-        double all = sum_cpu[m] / rounds, med = median(cpu[m], rounds);
+        double all = sum_cpu[m] / rounds, med = lat_median(cpu[m], rounds);
         printf("  %-24s %8.2f us (%+6.2f) | %8.2f us (%+6.2f, x%.3f)   %8.2f us\n", names[m], all / 1e3,
                (all - base_all) / 1e3, med / 1e3, (med - base_med) / 1e3, med / base_med,
                sum_wall[m] / rounds / 1e3);
@@ -314,7 +305,7 @@ static void client_only(int n, cancel_token tok, bool deadline)
         bare[r] = (double)(t1 - t0) / n;
         ours[r] = (double)(t2 - t1) / n;
     }
-    double b = median(bare, ROUNDS), o = median(ours, ROUNDS);
+    double b = lat_median(bare, ROUNDS), o = lat_median(ours, ROUNDS);
     printf("  client's part alone (create + release a call, no I/O): "
            "bare %.0f ns, adapter %.0f ns (%+.0f ns, x%.2f)\n",
            b, o, o - b, o / b);

@@ -42,23 +42,8 @@
 #include <time.h>
 #include <unistd.h>
 
-static int64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
+#include "latency.h"
 
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-static double percentile(double *v, int n, double p)
-{
-    qsort(v, (size_t)n, sizeof *v, cmp_double);
-    return v[(int)(p * (n - 1) + 0.5)];
-}
 static void check(bool ok, const char *what)
 {
     if (!ok) {
@@ -163,7 +148,7 @@ static void *lat_waiter(void *arg)
         check(cancel_io_connect(t, c, (struct sockaddr *)&full_addr, sizeof full_addr) == -1 &&
                   errno == ECANCELED,
               "cancel_io_connect");
-        atomic_store(&woke_at, now_ns()); /* the close below is not the call's */
+        atomic_store(&woke_at, lat_now()); /* the close below is not the call's */
         close(c);
         return NULL;
     }
@@ -172,7 +157,7 @@ static void *lat_waiter(void *arg)
             syscall(SYS_futex, (uint32_t *)&raw_word, FUTEX_WAIT_PRIVATE, 0, NULL, NULL, 0);
         break;
     }
-    atomic_store(&woke_at, now_ns());
+    atomic_store(&woke_at, lat_now());
     return NULL;
 }
 
@@ -213,7 +198,7 @@ static void latency(int kind, double *out, int n)
             nanosleep(&pause, NULL);
         while (!sleeping(atomic_load(&waiter_tid)));
         nanosleep(&pause, NULL);
-        int64_t t0 = now_ns();
+        int64_t t0 = lat_now();
         if (kind != L_FUTEX && kind != L_EVENTFD) {
             cancel_source_cancel(lat_src);
         } else if (kind == L_FUTEX) {
@@ -243,8 +228,8 @@ static void latency_row(const char *what, int kind, const char *base_name, int b
         latency(kind, x + i, 1);
         latency(base_kind, y + i, 1);
     }
-    double p50a = percentile(x, LAT_N, 0.5), p99a = percentile(x, LAT_N, 0.99);
-    double p50b = percentile(y, LAT_N, 0.5), p99b = percentile(y, LAT_N, 0.99);
+    double p50a = lat_percentile(x, LAT_N, 0.5), p99a = lat_percentile(x, LAT_N, 0.99);
+    double p50b = lat_percentile(y, LAT_N, 0.5), p99b = lat_percentile(y, LAT_N, 0.99);
     printf("%-40s %6.2f/%6.2f   %-28s %6.2f/%6.2f   %5.2fx\n", what, p50a, p99a, base_name, p50b, p99b,
            p50a / p50b);
     fflush(stdout);
@@ -257,20 +242,20 @@ static void overshoot_row(void)
     static double a[OVER_N], b[OVER_N];
     cancel_source *s = cancel_source_new();
     for (int i = 0; i < OVER_N; i++) {
-        int64_t t0 = now_ns();
+        int64_t t0 = lat_now();
         if (i % 2 == 0) {
             cancel_sleep(cancel_source_token(s), 1000000);
-            a[i / 2] = (double)(now_ns() - t0 - 1000000) / 1000.0;
+            a[i / 2] = (double)(lat_now() - t0 - 1000000) / 1000.0;
         } else {
             struct timespec ts = {0, 1000000};
             clock_nanosleep(CLOCK_MONOTONIC, 0, &ts, NULL);
-            b[i / 2] = (double)(now_ns() - t0 - 1000000) / 1000.0;
+            b[i / 2] = (double)(lat_now() - t0 - 1000000) / 1000.0;
         }
     }
     cancel_source_free(s);
     int n = OVER_N / 2;
-    double p50a = percentile(a, n, 0.5), p99a = percentile(a, n, 0.99);
-    double p50b = percentile(b, n, 0.5), p99b = percentile(b, n, 0.99);
+    double p50a = lat_percentile(a, n, 0.5), p99a = lat_percentile(a, n, 0.99);
+    double p50b = lat_percentile(b, n, 0.5), p99b = lat_percentile(b, n, 0.99);
     printf("%-40s %6.2f/%6.2f   %-28s %6.2f/%6.2f   %5.2fx\n", "cancel_sleep(1 ms) overshoot", p50a, p99a,
            "clock_nanosleep(1 ms)", p50b, p99b, p50a / p50b);
     fflush(stdout);
@@ -314,10 +299,10 @@ static double server(int mode) /* 0: one shared token, 1: two tokens, 2: raw rea
         pthread_create(&th[i], NULL, srv_loop, &s[i]);
     }
     pthread_barrier_wait(&go);
-    int64_t t0 = now_ns();
+    int64_t t0 = lat_now();
     for (int i = 0; i < 2; i++)
         pthread_join(th[i], NULL);
-    double mops = 2.0 * SRV_N / (double)(now_ns() - t0) * 1000.0;
+    double mops = 2.0 * SRV_N / (double)(lat_now() - t0) * 1000.0;
     for (int i = 0; i < 2; i++) {
         close(s[i].fds[0]);
         close(s[i].fds[1]);
@@ -333,8 +318,8 @@ static void server_rows(void)
     for (int r = 0; r < repeats; r++)
         for (int m = 0; m < 3; m++)
             v[m][r] = server(m);
-    double one = percentile(v[0], repeats, 0.5), two = percentile(v[1], repeats, 0.5),
-           raw = percentile(v[2], repeats, 0.5);
+    double one = lat_percentile(v[0], repeats, 0.5), two = lat_percentile(v[1], repeats, 0.5),
+           raw = lat_percentile(v[2], repeats, 0.5);
     printf("%-40s %13.3f   %-28s %13.3f   %5.2fx\n", "2 threads, one shared token (Mops/s)", one,
            "two distinct tokens", two, two / one);
     printf("%-40s %13.3f   %-28s %13.3f   %5.2fx\n", "2 threads, two tokens (Mops/s)", two,

@@ -1,10 +1,13 @@
 /*
- * Shared by the integrations' benchmarks: latency samples and the printed
- * row "ours p50/p99 beside the baseline's, measured in the same run".
+ * Shared by the benchmarks: the clock, medians and percentiles of samples,
+ * latency samples and the printed row "ours p50/p99 beside the baseline's,
+ * measured in the same run", and a counter one thread bumps and another
+ * waits for.
  */
 #ifndef CANCEL_BENCH_LATENCY_H
 #define CANCEL_BENCH_LATENCY_H
 
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -40,10 +43,46 @@ static inline void lat_add(lat *l, int64_t ns)
     l->us[l->n++] = (double)ns / 1e3;
 }
 
-static int lat_cmp(const void *a, const void *b)
+static inline int lat_cmp(const void *a, const void *b)
 {
     double x = *(const double *)a, y = *(const double *)b;
     return (x > y) - (x < y);
+}
+
+/* The median of v[0..n) (sorts v). */
+static inline double lat_median(double *v, int n)
+{
+    qsort(v, (size_t)n, sizeof *v, lat_cmp);
+    return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
+/* The p-quantile (0..1) of v[0..n), nearest rank (sorts v). */
+static inline double lat_percentile(double *v, int n, double p)
+{
+    qsort(v, (size_t)n, sizeof *v, lat_cmp);
+    return v[(int)(p * (n - 1) + 0.5)];
+}
+
+/* A counter one thread bumps and another waits for. */
+struct chan {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    unsigned seq;
+};
+#define CHAN_INIT {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0}
+static inline void chan_post(struct chan *c)
+{
+    pthread_mutex_lock(&c->mu);
+    c->seq++;
+    pthread_cond_signal(&c->cv);
+    pthread_mutex_unlock(&c->mu);
+}
+static inline void chan_wait(struct chan *c, unsigned seq)
+{
+    pthread_mutex_lock(&c->mu);
+    while (c->seq < seq)
+        pthread_cond_wait(&c->cv, &c->mu);
+    pthread_mutex_unlock(&c->mu);
 }
 
 /* The p-quantile (0..1), nearest rank. */

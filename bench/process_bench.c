@@ -36,26 +36,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "latency.h"
+
 extern char **environ;
-
-static int64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-static double percentile(double *v, int n, double p)
-{
-    qsort(v, (size_t)n, sizeof *v, cmp_double);
-    int i = (int)(p * (n - 1) + 0.5);
-    return v[i];
-}
 
 static void die(const char *what, int err)
 {
@@ -70,7 +53,7 @@ static char *true_argv[] = {"true", NULL};
 /* ---- cancel-to-return latency ---- */
 
 enum { K_OURS, K_OURS_TOKEN, K_OURS_NO_GRACE, K_RAW };
-struct lat {
+struct lat_case {
     int kind;
     cancel_process *p;
     cancel_token wait_tok;
@@ -82,7 +65,7 @@ struct lat {
 
 static void *lat_waiter(void *arg)
 {
-    struct lat *l = arg;
+    struct lat_case *l = arg;
     atomic_store(&l->ready, 1);
     if (l->kind == K_RAW) {
         struct pollfd p = {l->pidfd, POLLIN, 0};
@@ -95,14 +78,14 @@ static void *lat_waiter(void *arg)
         if (err || !WIFSIGNALED(st))
             die("cancel_process_wait", err ? err : EINVAL);
     }
-    l->woke_at = now_ns();
+    l->woke_at = lat_now();
     return NULL;
 }
 
 /* One sample: the cancel-to-return latency in microseconds. */
 static void latency_sample(int kind, cancel_source *waiter_src, double *out)
 {
-    struct lat l = {.kind = kind, .pidfd = -1};
+    struct lat_case l = {.kind = kind, .pidfd = -1};
     cancel_source *s = cancel_source_new();
     int err;
     if (kind == K_RAW) {
@@ -127,7 +110,7 @@ static void latency_sample(int kind, cancel_source *waiter_src, double *out)
         sched_yield();
     struct timespec pause = {0, 1000000}; /* let it block */
     nanosleep(&pause, NULL);
-    int64_t t0 = now_ns();
+    int64_t t0 = lat_now();
     if (kind == K_RAW)
         kill(l.pid, SIGTERM);
     else
@@ -158,8 +141,8 @@ static void latency_row(const char *what, int kind, const char *base_name, int b
         }
     }
     cancel_source_free(waiter_src);
-    double p50a = percentile(x, (int)n, 0.5), p99a = percentile(x, (int)n, 0.99);
-    double p50b = percentile(y, (int)n, 0.5), p99b = percentile(y, (int)n, 0.99);
+    double p50a = lat_percentile(x, (int)n, 0.5), p99a = lat_percentile(x, (int)n, 0.99);
+    double p50b = lat_percentile(y, (int)n, 0.5), p99b = lat_percentile(y, (int)n, 0.99);
     printf("%-44s %7.1f/%7.1f   %-28s %7.1f/%7.1f   %5.2fx\n", what, p50a, p99a, base_name, p50b, p99b,
            p50a / p50b);
     fflush(stdout);
@@ -172,7 +155,7 @@ static void latency_row(const char *what, int kind, const char *base_name, int b
 static double spawn_wait(bool ours)
 {
     cancel_source *s = cancel_source_new();
-    int64_t t0 = now_ns();
+    int64_t t0 = lat_now();
     for (int i = 0; i < samples; i++) {
         int st, err;
         if (ours) {
@@ -190,7 +173,7 @@ static double spawn_wait(bool ours)
         if (err)
             die("spawn + wait", err);
     }
-    int64_t t1 = now_ns();
+    int64_t t1 = lat_now();
     cancel_source_free(s);
     return (double)(t1 - t0) / samples / 1000.0;
 }
@@ -203,7 +186,7 @@ static void spawn_row(void)
         a[i] = spawn_wait(true);
         b[i] = spawn_wait(false);
     }
-    double ma = percentile(a, ROUNDS, 0.5), mb = percentile(b, ROUNDS, 0.5);
+    double ma = lat_percentile(a, ROUNDS, 0.5), mb = lat_percentile(b, ROUNDS, 0.5);
     printf("%-44s %15.1f   %-28s %15.1f   %5.2fx\n", "spawn + wait + free `true`, per process", ma,
            "posix_spawnp + waitpid", mb, ma / mb);
 }

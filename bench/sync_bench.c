@@ -45,13 +45,6 @@
 #include <glib.h>
 #endif
 
-
-static double median(double *v, int n)
-{
-    qsort(v, (size_t)n, sizeof *v, lat_cmp);
-    return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
-}
-
 static int repeats = 5;
 
 static void futex_wait(_Atomic uint32_t *w, uint32_t v)
@@ -436,7 +429,7 @@ static void throughput(void)
         double m[IMPLS] = {0};
         for (int i = 0; i < IMPLS; i++)
             if (i != GASYNC || have_glib)
-                m[i] = median(v[i], repeats);
+                m[i] = lat_median(v[i], repeats);
         char label[16];
         snprintf(label, sizeof label, "%dP/%dC", pairs, pairs);
         printf("%-10s", label);
@@ -524,7 +517,7 @@ static void unc_row(const char *what, double (*ours)(void), const char *base_nam
         a[r] = ours();
         b[r] = base();
     }
-    double ma = median(a, repeats), mb = median(b, repeats);
+    double ma = lat_median(a, repeats), mb = lat_median(b, repeats);
     printf("%-40s %8.2f   %-34s %8.2f   %5.2fx\n", what, ma, base_name, mb, ma / mb);
     fflush(stdout);
 }

@@ -26,32 +26,11 @@
 
 #ifdef TASK_BENCH_HAVE_GLIB
 #include <glib.h>
+
+#include "latency.h"
 #endif
 
 #define THREADS 2
-
-static int64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-static double median(double *v, int n)
-{
-    qsort(v, (size_t)n, sizeof *v, cmp_double);
-    return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
-}
-static double percentile(double *v, int n, double p)
-{
-    qsort(v, (size_t)n, sizeof *v, cmp_double);
-    return v[(int)(p * (n - 1) + 0.5)];
-}
 
 static void sleep_ns(int64_t ns)
 {
@@ -80,7 +59,7 @@ static void count_one(void)
 }
 static void note_start(void)
 {
-    atomic_store_explicit(&started_at, now_ns(), memory_order_relaxed);
+    atomic_store_explicit(&started_at, lat_now(), memory_order_relaxed);
     sem_post(&done);
 }
 
@@ -191,11 +170,11 @@ static double tp_ours(void)
 {
     cancel_pool *p = cancel_pool_new(THREADS, "bench");
     reset(n_tasks);
-    int64_t t0 = now_ns();
+    int64_t t0 = lat_now();
     for (long i = 0; i < n_tasks; i++)
         cancel_task_run(p, CANCEL_TOKEN_NONE, ours_count, NULL, NULL, NULL);
     sem_wait(&done);
-    int64_t t1 = now_ns();
+    int64_t t1 = lat_now();
     cancel_pool_free(p);
     return (double)(t1 - t0) / (double)n_tasks;
 }
@@ -206,21 +185,21 @@ static double tp_ours(void)
 static double batches_plain(void)
 {
     cancel_pool *p = cancel_pool_new(THREADS, "bench");
-    int64_t t0 = now_ns();
+    int64_t t0 = lat_now();
     for (long done_tasks = 0; done_tasks < n_tasks; done_tasks += BATCH) {
         reset(BATCH);
         for (long i = 0; i < BATCH; i++)
             cancel_task_run(p, CANCEL_TOKEN_NONE, ours_count, NULL, NULL, NULL);
         sem_wait(&done);
     }
-    int64_t t1 = now_ns();
+    int64_t t1 = lat_now();
     cancel_pool_free(p);
     return (double)(t1 - t0) / (double)(n_tasks / BATCH * BATCH);
 }
 static double batches_group(void)
 {
     cancel_pool *p = cancel_pool_new(THREADS, "bench");
-    int64_t t0 = now_ns();
+    int64_t t0 = lat_now();
     for (long done_tasks = 0; done_tasks < n_tasks; done_tasks += BATCH) {
         cancel_group *g = cancel_group_new(p, CANCEL_TOKEN_NONE, "bench");
         reset(BATCH);
@@ -230,7 +209,7 @@ static double batches_group(void)
         sem_wait(&done);
         cancel_group_free(g);
     }
-    int64_t t1 = now_ns();
+    int64_t t1 = lat_now();
     cancel_pool_free(p);
     return (double)(t1 - t0) / (double)(n_tasks / BATCH * BATCH);
 }
@@ -238,11 +217,11 @@ static double tp_mutex(void)
 {
     mp_start();
     reset(n_tasks);
-    int64_t t0 = now_ns();
+    int64_t t0 = lat_now();
     for (long i = 0; i < n_tasks; i++)
         mp_submit(count_one);
     sem_wait(&done);
-    int64_t t1 = now_ns();
+    int64_t t1 = lat_now();
     mp_stop();
     return (double)(t1 - t0) / (double)n_tasks;
 }
@@ -263,11 +242,11 @@ static double tp_glib(void)
 {
     GThreadPool *p = g_thread_pool_new(glib_count, NULL, THREADS, TRUE, NULL);
     reset(n_tasks);
-    int64_t t0 = now_ns();
+    int64_t t0 = lat_now();
     for (long i = 0; i < n_tasks; i++)
         g_thread_pool_push(p, GINT_TO_POINTER(1), NULL);
     sem_wait(&done);
-    int64_t t1 = now_ns();
+    int64_t t1 = lat_now();
     g_thread_pool_free(p, FALSE, TRUE);
     return (double)(t1 - t0) / (double)n_tasks;
 }
@@ -289,7 +268,7 @@ static void lat_ours(double *out)
     cancel_pool *p = cancel_pool_new(THREADS, "bench");
     for (int i = 0; i < n_samples; i++) {
         sleep_ns(GAP_NS);
-        int64_t t0 = now_ns();
+        int64_t t0 = lat_now();
         cancel_task_run(p, CANCEL_TOKEN_NONE, ours_note, NULL, NULL, NULL);
         sem_wait(&done);
         out[i] = (double)(atomic_load(&started_at) - t0) / 1e3;
@@ -302,7 +281,7 @@ static void lat_mutex(double *out)
     mp_start();
     for (int i = 0; i < n_samples; i++) {
         sleep_ns(GAP_NS);
-        int64_t t0 = now_ns();
+        int64_t t0 = lat_now();
         mp_submit(note_start);
         sem_wait(&done);
         out[i] = (double)(atomic_load(&started_at) - t0) / 1e3;
@@ -315,7 +294,7 @@ static void lat_glib(double *out)
     GThreadPool *p = g_thread_pool_new(glib_note, NULL, THREADS, TRUE, NULL);
     for (int i = 0; i < n_samples; i++) {
         sleep_ns(GAP_NS);
-        int64_t t0 = now_ns();
+        int64_t t0 = lat_now();
         g_thread_pool_push(p, GINT_TO_POINTER(1), NULL);
         sem_wait(&done);
         out[i] = (double)(atomic_load(&started_at) - t0) / 1e3;
@@ -346,7 +325,7 @@ static void lat_futex(double *out)
     pthread_create(&th, NULL, futex_sleeper, NULL);
     for (int i = 0; i < n_samples; i++) {
         sleep_ns(GAP_NS);
-        int64_t t0 = now_ns();
+        int64_t t0 = lat_now();
         atomic_store(&fword, 1);
         syscall(SYS_futex, &fword, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
         sem_wait(&done);
@@ -383,10 +362,10 @@ static double cancel_ours(void)
         sched_yield();
     for (int i = THREADS; i < GROUP_N; i++)
         cancel_group_spawn(g, ours_count, NULL, NULL);
-    int64_t t0 = now_ns();
+    int64_t t0 = lat_now();
     cancel_group_cancel(g);
     cancel_group_wait(g);
-    int64_t t1 = now_ns();
+    int64_t t1 = lat_now();
     cancel_group_free(g);
     cancel_pool_free(p);
     return (double)(t1 - t0) / GROUP_N;
@@ -418,14 +397,14 @@ static double cancel_mutex(void)
         sched_yield();
     for (int i = THREADS; i < GROUP_N; i++)
         mp_submit(count_one);
-    int64_t t0 = now_ns();
+    int64_t t0 = lat_now();
     pthread_mutex_lock(&mp.mu);
     mp.discard = true;
     mp_flag = true;
     pthread_cond_broadcast(&mp_flag_cv);
     pthread_mutex_unlock(&mp.mu);
     sem_wait(&done);
-    int64_t t1 = now_ns();
+    int64_t t1 = lat_now();
     pthread_mutex_lock(&mp.mu);
     mp.discard = false;
     pthread_mutex_unlock(&mp.mu);
@@ -449,9 +428,9 @@ static double cancel_callbacks(int64_t threshold)
         cancel_source *s = cancel_source_new();
         for (int i = 0; i < K; i++)
             cancel_register(cancel_source_token(s), &regs[i], nop, NULL);
-        int64_t t0 = now_ns();
+        int64_t t0 = lat_now();
         cancel_source_cancel(s);
-        total += now_ns() - t0;
+        total += lat_now() - t0;
         cancel_source_free(s);
     }
     cancel_set_slow_callback_threshold(old);
@@ -470,10 +449,10 @@ static double cb_on(void)
 static double clock_read(void)
 {
     enum { N = 2000000 };
-    int64_t sum = 0, t0 = now_ns();
+    int64_t sum = 0, t0 = lat_now();
     for (int i = 0; i < N; i++)
         sum += cancel_now();
-    int64_t t1 = now_ns();
+    int64_t t1 = lat_now();
     if (sum == 42)
         puts("");
     return (double)(t1 - t0) / N;
@@ -521,8 +500,8 @@ int main(int argc, char **argv)
         bp[r] = batches_plain();
         bg[r] = batches_group();
     }
-    double m_ours = median(ours, repeats), m_mut = median(mut, repeats), m_gl = median(gl, repeats);
-    double m_bp = median(bp, repeats), m_bg = median(bg, repeats);
+    double m_ours = lat_median(ours, repeats), m_mut = lat_median(mut, repeats), m_gl = lat_median(gl, repeats);
+    double m_bp = lat_median(bp, repeats), m_bg = lat_median(bg, repeats);
     double best_peer = m_gl > 0 && m_gl < m_mut ? m_gl : m_mut;
     printf("1. empty-task throughput, a stream of %ld tasks (Mops/s; ns per task)\n", n_tasks);
     printf("  %-44s %8.2f  %8.1f ns\n", "libcancel", 1e3 / m_ours, m_ours);
@@ -533,7 +512,7 @@ int main(int argc, char **argv)
     printf("  observability, batches of %d tasks, each waited:\n", BATCH);
     printf("  %-44s %8.2f  %8.1f ns\n", "plain tasks", 1e3 / m_bp, m_bp);
     printf("  %-44s %8.2f  %8.1f ns\n", "a report-ready group per batch", 1e3 / m_bg, m_bg);
-    double m_ck = median(ck, repeats);
+    double m_ck = lat_median(ck, repeats);
     printf("  group / plain, time per task: %.2fx (target <= 1.1x)\n", m_bg / m_bp);
     printf("  a group task reads the clock twice (queued; ended, which is also the next one's start):\n");
     printf("  one read of cancel_now() here: %.1f ns; group - plain: %.1f ns = %.1f clock reads\n\n", m_ck,
@@ -548,12 +527,12 @@ int main(int argc, char **argv)
         lat_futex(s_fx);
         lat_ours(s_ours);
         lat_mutex(s_mut);
-        p50[0][r] = percentile(s_fx, n_samples, 0.5), p99[0][r] = percentile(s_fx, n_samples, 0.99);
-        p50[1][r] = percentile(s_ours, n_samples, 0.5), p99[1][r] = percentile(s_ours, n_samples, 0.99);
-        p50[2][r] = percentile(s_mut, n_samples, 0.5), p99[2][r] = percentile(s_mut, n_samples, 0.99);
+        p50[0][r] = lat_percentile(s_fx, n_samples, 0.5), p99[0][r] = lat_percentile(s_fx, n_samples, 0.99);
+        p50[1][r] = lat_percentile(s_ours, n_samples, 0.5), p99[1][r] = lat_percentile(s_ours, n_samples, 0.99);
+        p50[2][r] = lat_percentile(s_mut, n_samples, 0.5), p99[2][r] = lat_percentile(s_mut, n_samples, 0.99);
 #ifdef TASK_BENCH_HAVE_GLIB
         lat_glib(s_gl);
-        p50[3][r] = percentile(s_gl, n_samples, 0.5), p99[3][r] = percentile(s_gl, n_samples, 0.99);
+        p50[3][r] = lat_percentile(s_gl, n_samples, 0.5), p99[3][r] = lat_percentile(s_gl, n_samples, 0.99);
 #else
         p50[3][r] = p99[3][r] = 0;
 #endif
@@ -561,8 +540,8 @@ int main(int argc, char **argv)
     const char *names[4] = {"raw futex wake (floor)", "libcancel", "mutex+condvar pool", "GLib GThreadPool"};
     double mp50[4], mp99[4];
     for (int k = 0; k < 4; k++) {
-        mp50[k] = median(p50[k], repeats);
-        mp99[k] = median(p99[k], repeats);
+        mp50[k] = lat_median(p50[k], repeats);
+        mp99[k] = lat_median(p99[k], repeats);
     }
     printf("2. submit-to-start latency, pool threads asleep (us, p50 / p99)\n");
     for (int k = 0; k < 4; k++)
@@ -577,7 +556,7 @@ int main(int argc, char **argv)
         c_ours[r] = cancel_ours();
         c_mut[r] = cancel_mutex();
     }
-    double mc = median(c_ours, repeats), mcm = median(c_mut, repeats);
+    double mc = lat_median(c_ours, repeats), mcm = lat_median(c_mut, repeats);
     printf("3. cancelling %d tasks (2 running, the rest queued), ns per task\n", GROUP_N);
     printf("  %-40s %8.1f\n", "libcancel: cancel_group_cancel to wait", mc);
     printf("  %-40s %8.1f\n", "mutex+condvar pool: flag to queue drained", mcm);
@@ -590,7 +569,7 @@ int main(int argc, char **argv)
         off[r] = cb_off();
         on[r] = cb_on();
     }
-    double moff = median(off, repeats), mon = median(on, repeats);
+    double moff = lat_median(off, repeats), mon = lat_median(on, repeats);
     printf("4. cancel with 1,000 callbacks, ns per callback\n");
     printf("  %-40s %8.2f\n", "slow-callback measurement off (default)", moff);
     printf("  %-40s %8.2f\n", "slow-callback measurement on", mon);

@@ -22,43 +22,7 @@
 #include <stdlib.h>
 #include <time.h>
 
-static int64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-static double percentile(double *v, int n, double p)
-{
-    qsort(v, (size_t)n, sizeof *v, cmp_double);
-    return v[(int)(p * (n - 1) + 0.5)];
-}
-
-struct chan {
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    unsigned seq;
-};
-#define CHAN_INIT {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0}
-static void chan_post(struct chan *c)
-{
-    pthread_mutex_lock(&c->mu);
-    c->seq++;
-    pthread_cond_signal(&c->cv);
-    pthread_mutex_unlock(&c->mu);
-}
-static void chan_wait(struct chan *c, unsigned seq)
-{
-    pthread_mutex_lock(&c->mu);
-    while (c->seq < seq)
-        pthread_cond_wait(&c->cv, &c->mu);
-    pthread_mutex_unlock(&c->mu);
-}
+#include "latency.h"
 
 enum kind { OURS, RAW, ONESHOT, KINDS };
 
@@ -77,19 +41,19 @@ static struct {
 
 static void ours_fired(cancel_uv_t *h)
 {
-    S.t1 = now_ns();
+    S.t1 = lat_now();
     cancel_uv_close(h, NULL);
     chan_post(&S.fired);
 }
 static void raw_fired(uv_async_t *a)
 {
     (void)a;
-    S.t1 = now_ns();
+    S.t1 = lat_now();
     chan_post(&S.fired);
 }
 static void oneshot_fired(uv_async_t *a)
 {
-    S.t1 = now_ns();
+    S.t1 = lat_now();
     uv_close((uv_handle_t *)a, NULL);
     chan_post(&S.fired);
 }
@@ -125,9 +89,9 @@ int main(int argc, char **argv)
     pthread_t th;
     if (pthread_create(&th, NULL, loop_thread, NULL) != 0)
         return 1;
-    double *lat[KINDS], *call[KINDS];
+    double *samples_ns[KINDS], *call[KINDS];
     for (int k = 0; k < KINDS; k++) {
-        lat[k] = malloc(sizeof(double) * (size_t)samples);
+        samples_ns[k] = malloc(sizeof(double) * (size_t)samples);
         call[k] = malloc(sizeof(double) * (size_t)samples);
     }
     double p50[KINDS][64], p99[KINDS][64], c50[KINDS][64];
@@ -141,25 +105,25 @@ int main(int argc, char **argv)
                 uv_async_send(&S.cmd);
                 chan_wait(&S.armed, n);
                 /* Give the loop thread time to fall asleep in epoll. */
-                int64_t until = now_ns() + 50000;
-                while (now_ns() < until) {
+                int64_t until = lat_now() + 50000;
+                while (lat_now() < until) {
                 }
-                int64_t t0 = now_ns();
+                int64_t t0 = lat_now();
                 if (k == OURS)
                     cancel_source_cancel(S.src);
                 else
                     uv_async_send(k == RAW ? &S.raw : &S.oneshot);
-                int64_t returned = now_ns();
+                int64_t returned = lat_now();
                 chan_wait(&S.fired, n);
-                lat[k][i] = (double)(S.t1 - t0);
+                samples_ns[k][i] = (double)(S.t1 - t0);
                 call[k][i] = (double)(returned - t0);
                 cancel_source_free(S.src);
             }
         }
         for (int k = 0; k < KINDS; k++) {
-            p50[k][r] = percentile(lat[k], samples, 0.50);
-            p99[k][r] = percentile(lat[k], samples, 0.99);
-            c50[k][r] = percentile(call[k], samples, 0.50);
+            p50[k][r] = lat_percentile(samples_ns[k], samples, 0.50);
+            p99[k][r] = lat_percentile(samples_ns[k], samples, 0.99);
+            c50[k][r] = lat_percentile(call[k], samples, 0.50);
         }
     }
     S.stop = true;
@@ -175,9 +139,9 @@ int main(int argc, char **argv)
                                "uv_async_send, long-lived uv_async_t",
                                "uv_async_send, one-shot uv_async_t"};
     for (int k = 0; k < KINDS; k++) {
-        m50[k] = percentile(p50[k], rounds, 0.5) / 1000;
-        m99[k] = percentile(p99[k], rounds, 0.5) / 1000;
-        mc[k] = percentile(c50[k], rounds, 0.5) / 1000;
+        m50[k] = lat_percentile(p50[k], rounds, 0.5) / 1000;
+        m99[k] = lat_percentile(p99[k], rounds, 0.5) / 1000;
+        mc[k] = lat_percentile(c50[k], rounds, 0.5) / 1000;
         printf("  %-46s p50 %7.2f   p99 %7.2f   (the call itself: p50 %5.2f)\n", name[k], m50[k], m99[k], mc[k]);
     }
     printf("  ratio, ours / long-lived uv_async_t:          p50 %.2fx   p99 %.2fx\n", m50[OURS] / m50[RAW],
@@ -185,7 +149,7 @@ int main(int argc, char **argv)
     printf("  ratio, ours / one-shot uv_async_t:            p50 %.2fx   p99 %.2fx\n", m50[OURS] / m50[ONESHOT],
            m99[OURS] / m99[ONESHOT]);
     for (int k = 0; k < KINDS; k++) {
-        free(lat[k]);
+        free(samples_ns[k]);
         free(call[k]);
     }
     return 0;
