@@ -7,6 +7,7 @@
 #define CANCEL_TEST_CHECK_H
 
 #include <cancel.h>
+#include <dirent.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>
@@ -176,6 +177,32 @@ static inline bool test_wait_until(bool (*pred)(void *), void *arg, int64_t ns)
         test_sleep_ns(100 * 1000);
     }
     return true;
+}
+
+/* Threads of this process, from /proc/self/task. */
+static inline int test_thread_count(void)
+{
+    int n = 0;
+    DIR *d = opendir("/proc/self/task");
+    CHECK(d);
+    struct dirent *e;
+    while ((e = readdir(d)))
+        n += e->d_name[0] != '.';
+    closedir(d);
+    return n;
+}
+
+static inline bool test_thread_count_is(void *n)
+{
+    return test_thread_count() == *(int *)n;
+}
+
+/* Waits (up to 20 s) until the process has `n` threads: a joined thread can
+ * still be listed for a moment, since the kernel wakes the joiner before it
+ * unlists the thread. */
+static inline bool test_thread_count_becomes(int n)
+{
+    return test_wait_until(test_thread_count_is, &n, 20LL * 1000000000);
 }
 
 /* The calling thread's id, and whether thread `*tidp` of this process is

@@ -3,7 +3,6 @@
 #include "../check.h"
 
 #include <cancel.h>
-#include <dirent.h>
 #include <errno.h>
 
 static bool thread_running(void)
@@ -24,23 +23,7 @@ static int open_fds(void)
     return n;
 }
 
-/* Threads of this process, from /proc. */
-static int threads(void)
-{
-    int n = 0;
-    DIR *d = opendir("/proc/self/task");
-    CHECK(d);
-    struct dirent *e;
-    while ((e = readdir(d)))
-        n += e->d_name[0] != '.';
-    closedir(d);
-    return n;
-}
 
-static bool threads_are(void *n)
-{
-    return threads() == *(int *)n;
-}
 
 static void bad_timeout_and_nothing_to_do(void)
 {
@@ -62,7 +45,7 @@ static void runs_what_is_owed_then_stops(void)
         CHECK_EQ(cancel_register(cancel_source_token(s[i]), &r[i], test_count, &ran), 0);
     }
     CHECK(thread_running());
-    int with = threads(); /* sanitizers may run threads of their own */
+    int with = test_thread_count(); /* sanitizers may run threads of their own */
     for (int i = 0; i < N; i++)
         CHECK(cancel_source_cancel_async(s[i]));
     CHECK_EQ(cancel_quiesce(CANCEL_INFINITE), 0);
@@ -71,7 +54,7 @@ static void runs_what_is_owed_then_stops(void)
     /* Joined: gone. (The kernel may list a joined thread a moment longer,
      * while it finishes exiting: wait for it to go, bounded.) */
     int want = with - 1;
-    CHECK(test_wait_until(threads_are, &want, 20LL * 1000000000));
+    CHECK(test_thread_count_becomes(want));
     for (int i = 0; i < N; i++)
         cancel_source_free(s[i]);
 }

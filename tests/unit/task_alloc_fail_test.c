@@ -13,7 +13,6 @@
 
 #include <cancel.h>
 #include <cancel/task.h>
-#include <dirent.h>
 #include <errno.h>
 
 #include "task/task_internal.h" /* to count the slabs a group gives back */
@@ -84,29 +83,7 @@ static void each_failure(const char *name, void (*scenario)(long n))
     fprintf(stderr, "   %s: %ld allocation points\n", name, n - 1);
 }
 
-static int threads_now(void)
-{
-    int n = 0;
-    DIR *d = opendir("/proc/self/task");
-    CHECK(d);
-    struct dirent *e;
-    while ((e = readdir(d)))
-        n += e->d_name[0] != '.';
-    closedir(d);
-    return n;
-}
 
-/* A joined thread can still be listed for a moment: the kernel wakes the
- * joiner before it unlists the thread. So wait for the count. */
-static bool threads_are(void *n)
-{
-    return threads_now() == *(int *)n;
-}
-
-static void threads_become(int n)
-{
-    CHECK(test_wait_until(threads_are, &n, 20LL * 1000000000));
-}
 
 static int count_run(void *arg, cancel_token tok)
 {
@@ -248,7 +225,7 @@ static void long_name_spawn(long n)
  * every thread started so far joined, nothing leaked. */
 static void thread_start_failure(void)
 {
-    int before = threads_now();
+    int before = test_thread_count();
     for (long k = 1; k <= 4; k++) {
         threads_seen = 0;
         threads_fail_at = k;
@@ -256,13 +233,13 @@ static void thread_start_failure(void)
         CHECK(cancel_pool_new(4, "refused") == NULL);
         CHECK_EQ(errno, EAGAIN);
         threads_fail_at = 0;
-        threads_become(before);
+        CHECK(test_thread_count_becomes(before));
     }
     cancel_pool *p = cancel_pool_new(4, "fine");
     CHECK(p);
-    CHECK_EQ(threads_now(), before + 4);
+    CHECK_EQ(test_thread_count(), before + 4);
     cancel_pool_free(p);
-    threads_become(before);
+    CHECK(test_thread_count_becomes(before));
 }
 
 int main(void)
