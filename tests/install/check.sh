@@ -6,9 +6,14 @@
 #   check.sh pkgconfig <cmake> <source dir> <build dir> <scratch dir>
 #       pkg-config, shared (with the run path the README gives) and static;
 #       exits 77 (SKIPPED) where pkg-config is not installed
+#   check.sh integrations <cmake> <source dir> <build dir> <scratch dir> <name>...
+#       each integration named (those the build made): its header, its .pc
+#       file and its CMake component, each used to build and run a program
+#       that links one of its functions
 # add_subdirectory is covered by the project's own build.
 set -eu
 mode=$1 cmake=$2 src=$3 build=$4 work=$5
+shift 5
 if [ "$mode" = pkgconfig ] && ! command -v pkg-config >/dev/null 2>&1; then
     echo "SKIPPED: pkg-config is not installed"
     exit 77
@@ -26,6 +31,50 @@ cmake)
     # CMake puts the run path in the program: no LD_LIBRARY_PATH needed.
     "$work/consumer/consumer_shared"
     "$work/consumer/consumer_static"
+    ;;
+integrations)
+    pc=$(find "$prefix" -name cancel.pc | head -n 1)
+    test -n "$pc" || { echo "cancel.pc was not installed"; exit 1; }
+    libdir=$(dirname "$(dirname "$pc")")
+    mkdir -p "$work/probes"
+    for name in "$@"; do
+        test -f "$prefix/include/cancel/$name.h" || { echo "cancel/$name.h was not installed"; exit 1; }
+        test -f "$libdir/cmake/cancel/cancel-${name}Targets.cmake" ||
+            { echo "the CMake component $name was not installed"; exit 1; }
+        # Any function the library exports will do: the program proves that the
+        # header compiles with the flags given and that the library links and loads.
+        sym=$(nm -D --defined-only "$libdir/libcancel-$name.so" | awk -v p="cancel_${name}_" \
+              '$2 == "T" && index($3, p) == 1 { print $3; exit }')
+        test -n "$sym" || { echo "libcancel-$name exports no cancel_${name}_ function"; exit 1; }
+        cat > "$work/probes/probe_$name.c" <<PROBE
+#include <cancel/$name.h>
+#include <stdio.h>
+int main(void)
+{
+    void (*volatile f)(void) = (void (*)(void))$sym;
+    printf("probe $name: $sym at %p\\n", (void *)f);
+    return f == NULL;
+}
+PROBE
+    done
+    "$cmake" -S "$src/tests/install/integrations" -B "$work/consumer" -DCMAKE_PREFIX_PATH="$prefix" \
+        "-DCANCEL_PROBES=$(echo "$@" | tr ' ' ';')" -DPROBE_DIR="$work/probes" >/dev/null
+    "$cmake" --build "$work/consumer" >/dev/null
+    if command -v pkg-config >/dev/null 2>&1; then
+        export PKG_CONFIG_PATH=$libdir/pkgconfig
+    fi
+    for name in "$@"; do
+        "$work/consumer/probe_$name"
+        if [ -n "${PKG_CONFIG_PATH:-}" ]; then
+            test -f "$PKG_CONFIG_PATH/cancel-$name.pc" || { echo "cancel-$name.pc was not installed"; exit 1; }
+            cc "$work/probes/probe_$name.c" -o "$work/pc_probe_$name" $(pkg-config --cflags --libs "cancel-$name") \
+                -Wl,-rpath,"$(pkg-config --variable=libdir cancel)"
+            env -u LD_LIBRARY_PATH "$work/pc_probe_$name"
+        fi
+    done
+    if [ -z "${PKG_CONFIG_PATH:-}" ]; then
+        echo "the .pc files were not tried: pkg-config is not installed"
+    fi
     ;;
 pkgconfig)
     pc=$(find "$prefix" -name cancel.pc | head -n 1)
