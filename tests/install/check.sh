@@ -41,6 +41,10 @@ integrations)
         test -f "$prefix/include/cancel/$name.h" || { echo "cancel/$name.h was not installed"; exit 1; }
         test -f "$libdir/cmake/cancel/cancel-${name}Targets.cmake" ||
             { echo "the CMake component $name was not installed"; exit 1; }
+        # The package must not name a path of the machine that built it.
+        if grep -n 'INTERFACE_.*[";]/' "$libdir/cmake/cancel/cancel-${name}"Targets*.cmake; then
+            echo "the CMake component $name names absolute paths (above)"; exit 1
+        fi
         # Any function the library exports will do: the program proves that the
         # header compiles with the flags given and that the library links and loads.
         sym=$(nm -D --defined-only "$libdir/libcancel-$name.so" | awk -v p="cancel_${name}_" \
