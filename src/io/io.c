@@ -681,7 +681,10 @@ int cancel_io_connect(cancel_token tok, int fd, const struct sockaddr *addr, soc
     return 0;
 }
 
-int cancel_io_write_all(cancel_token tok, int fd, const void *buf, size_t len, size_t *done)
+/* Moves all len bytes through read or write calls; *done counts them on
+ * every path, so a cancelled transfer loses nothing. A read of 0 is the end
+ * of the data (success, short); a write of 0 will not progress (EIO). */
+static int transfer_all(cancel_token tok, int fd, char *buf, size_t len, size_t *done, bool writing)
 {
     size_t total = 0;
     int err = 0;
@@ -691,33 +694,12 @@ int cancel_io_write_all(cancel_token tok, int fd, const void *buf, size_t len, s
     else if (len > 0 && !buf)
         err = EFAULT;
     while (!err && total < len) {
-        ssize_t n = cancel_io_write(tok, fd, (const char *)buf + total, len - total);
+        ssize_t n = writing ? cancel_io_write(tok, fd, buf + total, len - total)
+                            : cancel_io_read(tok, fd, buf + total, len - total);
         if (n < 0)
             err = errno;
-        else if (n == 0)
+        else if (n == 0 && writing)
             err = EIO; /* no progress, and nothing to wait for */
-        else
-            total += (size_t)n;
-    }
-    if (done)
-        *done = total;
-    errno = saved;
-    return err;
-}
-
-int cancel_io_read_full(cancel_token tok, int fd, void *buf, size_t len, size_t *done)
-{
-    size_t total = 0;
-    int err = 0;
-    int saved = errno;
-    if (cancel_token_is_requested(tok))
-        err = ECANCELED;
-    else if (len > 0 && !buf)
-        err = EFAULT;
-    while (!err && total < len) {
-        ssize_t n = cancel_io_read(tok, fd, (char *)buf + total, len - total);
-        if (n < 0)
-            err = errno;
         else if (n == 0)
             break;
         else
@@ -727,4 +709,15 @@ int cancel_io_read_full(cancel_token tok, int fd, void *buf, size_t len, size_t 
         *done = total;
     errno = saved;
     return err;
+}
+
+int cancel_io_write_all(cancel_token tok, int fd, const void *buf, size_t len, size_t *done)
+{
+    /* the buffer is only read on this path: the cast lends it to the one loop */
+    return transfer_all(tok, fd, (char *)(uintptr_t)buf, len, done, true);
+}
+
+int cancel_io_read_full(cancel_token tok, int fd, void *buf, size_t len, size_t *done)
+{
+    return transfer_all(tok, fd, buf, len, done, false);
 }

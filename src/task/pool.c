@@ -970,6 +970,19 @@ static bool task_subscribe(void *obj, struct cancel__waiter *w)
     return listed;
 }
 
+/* Runs t on a pool thread that waits inside task `me` (NULL: a thread of
+ * the pool waiting outside any task); the report shows me waiting in `what`
+ * meanwhile. */
+static void run_nested(struct cancel__worker *w, struct cancel_task *me, const char *what, struct cancel_task *t)
+{
+    w->last_end = CANCEL__NO_TIME;
+    if (me)
+        atomic_store_explicit(&me->nested_in, what, memory_order_relaxed);
+    run_task(w, t);
+    if (me)
+        atomic_store_explicit(&me->nested_in, NULL, memory_order_relaxed);
+}
+
 int cancel__wait(const struct cancel__waitable *wb, cancel_token wait_tok, int64_t timeout_ns)
 {
     /* A cancelled wait token comes first, before the arguments, except
@@ -1011,12 +1024,7 @@ int cancel__wait(const struct cancel__waitable *wb, cancel_token wait_tok, int64
                 if (owed)
                     pass_on(w->pool);
                 owed = false;
-                w->last_end = CANCEL__NO_TIME;
-                if (me)
-                    atomic_store_explicit(&me->nested_in, wb->what, memory_order_relaxed);
-                run_task(w, t);
-                if (me)
-                    atomic_store_explicit(&me->nested_in, NULL, memory_order_relaxed);
+                run_nested(w, me, wb->what, t);
                 continue;
             }
         }
@@ -1035,12 +1043,7 @@ int cancel__wait(const struct cancel__waitable *wb, cancel_token wait_tok, int64
             if (next == IDLE_GOT) {
                 idle_got(w, owed);
                 owed = false;
-                w->last_end = CANCEL__NO_TIME;
-                if (me)
-                    atomic_store_explicit(&me->nested_in, wb->what, memory_order_relaxed);
-                run_task(w, t);
-                if (me)
-                    atomic_store_explicit(&me->nested_in, NULL, memory_order_relaxed);
+                run_nested(w, me, wb->what, t);
                 continue;
             }
             if (next == IDLE_NAP) {
