@@ -1,7 +1,6 @@
 /*
- * Allocation-failure injection. Linked with -Wl,--wrap for malloc, calloc,
- * realloc, strdup and pthread_create, so that the library's own calls go
- * through the wrappers below. Each scenario runs with the N-th allocation
+ * Allocation-failure injection: the library's calls to the allocator and to
+ * pthread_create go through the wrappers of alloc_inject.h. Each scenario runs with the N-th allocation
  * failing, for every N until the scenario no longer allocates that many:
  * every call must report its documented error, the objects must stay usable,
  * and nothing may leak (LeakSanitizer, in the ASan build).
@@ -16,81 +15,13 @@
  * (manual clock, where firing happens in cancel_clock_advance).
  */
 #include "../check.h"
+#include "alloc_inject.h"
 
 #include <cancel.h>
 #include <errno.h>
 #include <poll.h>
 #include <cancel/io.h>
 #include <cancel/process.h>
-
-void *__real_malloc(size_t);
-void *__real_calloc(size_t, size_t);
-void *__real_realloc(void *, size_t);
-char *__real_strdup(const char *);
-int __real_pthread_create(pthread_t *, const pthread_attr_t *, void *(*)(void *), void *);
-void *__wrap_malloc(size_t);
-void *__wrap_calloc(size_t, size_t);
-void *__wrap_realloc(void *, size_t);
-char *__wrap_strdup(const char *);
-int __wrap_pthread_create(pthread_t *, const pthread_attr_t *, void *(*)(void *), void *);
-
-static _Thread_local long fail_at; /* 0: never; counts on the test's thread only */
-static _Thread_local long seen;
-static _Atomic int refuse_threads;
-static _Atomic int fail_everywhere; /* every allocation, on every thread */
-static _Atomic long failed_everywhere;
-static long points; /* allocation points exercised, over all scenarios */
-
-static bool inject(void)
-{
-    if (atomic_load_explicit(&fail_everywhere, memory_order_relaxed)) {
-        atomic_fetch_add(&failed_everywhere, 1);
-        return true;
-    }
-    if (fail_at == 0)
-        return false;
-    return ++seen == fail_at;
-}
-void *__wrap_malloc(size_t n)
-{
-    return inject() ? (errno = ENOMEM, NULL) : __real_malloc(n);
-}
-void *__wrap_calloc(size_t a, size_t b)
-{
-    return inject() ? (errno = ENOMEM, NULL) : __real_calloc(a, b);
-}
-void *__wrap_realloc(void *p, size_t n)
-{
-    return inject() ? (errno = ENOMEM, NULL) : __real_realloc(p, n);
-}
-char *__wrap_strdup(const char *s)
-{
-    return inject() ? (errno = ENOMEM, NULL) : __real_strdup(s);
-}
-int __wrap_pthread_create(pthread_t *t, const pthread_attr_t *a, void *(*fn)(void *), void *arg)
-{
-    if (atomic_load(&refuse_threads))
-        return EAGAIN;
-    return __real_pthread_create(t, a, fn, arg);
-}
-
-/* Runs scenario(n) with the n-th allocation failing, for n = 1, 2, ... until
- * a run makes fewer allocations than n. */
-static void each_failure(const char *name, void (*scenario)(long n))
-{
-    long n;
-    for (n = 1;; n++) {
-        seen = 0;
-        fail_at = n;
-        scenario(n);
-        long made = seen;
-        fail_at = 0;
-        if (made < n)
-            break;
-    }
-    points += n - 1;
-    fprintf(stderr, "   %s: %ld allocation points\n", name, n - 1);
-}
 
 static bool readable(int fd)
 {

@@ -1,8 +1,7 @@
 /*
- * Allocation and thread-start failures in the task layer. Linked with
- * -Wl,--wrap for malloc, calloc, realloc, strdup, aligned_alloc and
- * pthread_create, so the library's own calls go through the wrappers
- * below. Each scenario runs with the N-th allocation made on the test's
+ * Allocation and thread-start failures in the task layer: the library's
+ * calls to the allocator and to pthread_create go through the wrappers of
+ * alloc_inject.h. Each scenario runs with the N-th allocation made on the test's
  * thread failing, for every N until the scenario no longer makes that
  * many: every call must report its documented error, fn must not run for a
  * refused task, the objects must stay usable, and nothing may leak
@@ -10,80 +9,13 @@
  * /proc/self/task).
  */
 #include "../check.h"
+#include "alloc_inject.h"
 
 #include <cancel.h>
 #include <cancel/task.h>
 #include <errno.h>
 
 #include "task/task_internal.h" /* to count the slabs a group gives back */
-
-void *__real_malloc(size_t);
-void *__real_calloc(size_t, size_t);
-void *__real_realloc(void *, size_t);
-char *__real_strdup(const char *);
-void *__real_aligned_alloc(size_t, size_t);
-int __real_pthread_create(pthread_t *, const pthread_attr_t *, void *(*)(void *), void *);
-void *__wrap_malloc(size_t);
-void *__wrap_calloc(size_t, size_t);
-void *__wrap_realloc(void *, size_t);
-char *__wrap_strdup(const char *);
-void *__wrap_aligned_alloc(size_t, size_t);
-int __wrap_pthread_create(pthread_t *, const pthread_attr_t *, void *(*)(void *), void *);
-
-static _Thread_local long fail_at; /* 0: never; counts on the test's thread only */
-static _Thread_local long seen;
-static _Thread_local long threads_fail_at; /* the N-th pthread_create fails with EAGAIN */
-static _Thread_local long threads_seen;
-static long points;
-
-static bool inject(void)
-{
-    return fail_at != 0 && ++seen == fail_at;
-}
-void *__wrap_malloc(size_t n)
-{
-    return inject() ? (errno = ENOMEM, NULL) : __real_malloc(n);
-}
-void *__wrap_calloc(size_t a, size_t b)
-{
-    return inject() ? (errno = ENOMEM, NULL) : __real_calloc(a, b);
-}
-void *__wrap_realloc(void *p, size_t n)
-{
-    return inject() ? (errno = ENOMEM, NULL) : __real_realloc(p, n);
-}
-char *__wrap_strdup(const char *s)
-{
-    return inject() ? (errno = ENOMEM, NULL) : __real_strdup(s);
-}
-void *__wrap_aligned_alloc(size_t a, size_t n)
-{
-    return inject() ? (errno = ENOMEM, NULL) : __real_aligned_alloc(a, n);
-}
-int __wrap_pthread_create(pthread_t *t, const pthread_attr_t *a, void *(*fn)(void *), void *arg)
-{
-    if (threads_fail_at != 0 && ++threads_seen == threads_fail_at)
-        return EAGAIN;
-    return __real_pthread_create(t, a, fn, arg);
-}
-
-static void each_failure(const char *name, void (*scenario)(long n))
-{
-    long n;
-    for (n = 1;; n++) {
-        seen = 0;
-        fail_at = n;
-        scenario(n);
-        long made = seen;
-        fail_at = 0;
-        if (made < n)
-            break;
-    }
-    points += n - 1;
-    fprintf(stderr, "   %s: %ld allocation points\n", name, n - 1);
-}
-
-
 
 static int count_run(void *arg, cancel_token tok)
 {
