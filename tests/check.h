@@ -246,4 +246,66 @@ static inline void test_join(pthread_t t)
     CHECK(pthread_join(t, NULL) == 0);
 }
 
+/* Waits while *v == value: spins a little (the change is usually a few
+ * microseconds away and a race test wants to see it at once), then naps. */
+static inline void test_wait_while(_Atomic int *v, int value)
+{
+    for (int i = 0; atomic_load(v) == value; i++) {
+        if (i < 1000)
+            sched_yield();
+        else
+            test_sleep_ns(20 * 1000);
+    }
+}
+
+/* A thread that cancels one source per round at a random moment, to race a
+ * cancellation against the end of an operation. The delay is log-uniform,
+ * up to 2^log2_max iterations of test_jitter, so every scale is tried.
+ *   test_racer r; test_racer_start(&r, seed, 20);
+ *   per round: test_racer_go(&r, src); ...operation...; test_racer_wait(&r);
+ *   test_racer_stop(&r); */
+typedef struct test_racer {
+    cancel_source *_Atomic src;
+    _Atomic int go; /* 1: a round to act in; 0: acted; -1: leave */
+    uint64_t rng;
+    unsigned log2_max;
+    pthread_t thread;
+} test_racer;
+static inline void *test_racer_main(void *arg)
+{
+    test_racer *r = arg;
+    for (;;) {
+        test_wait_while(&r->go, 0);
+        if (atomic_load(&r->go) < 0)
+            return NULL;
+        test_jitter(&r->rng, 1u << (test_rand(&r->rng) % (r->log2_max + 1)));
+        cancel_source_cancel(atomic_load(&r->src));
+        atomic_store(&r->go, 0);
+    }
+}
+static inline void test_racer_start(test_racer *r, uint64_t seed, unsigned log2_max)
+{
+    atomic_init(&r->src, NULL);
+    atomic_init(&r->go, 0);
+    r->rng = seed;
+    r->log2_max = log2_max;
+    r->thread = test_spawn(test_racer_main, r);
+}
+/* Starts a round: src will be cancelled soon, from the racer's thread. */
+static inline void test_racer_go(test_racer *r, cancel_source *src)
+{
+    atomic_store(&r->src, src);
+    atomic_store(&r->go, 1);
+}
+/* Returns once the round's cancel has returned (src may then be freed). */
+static inline void test_racer_wait(test_racer *r)
+{
+    test_wait_while(&r->go, 1);
+}
+static inline void test_racer_stop(test_racer *r)
+{
+    atomic_store(&r->go, -1);
+    test_join(r->thread);
+}
+
 #endif

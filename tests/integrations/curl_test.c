@@ -438,43 +438,20 @@ static void share_keeps_connections(void)
 
 /* A cancellation racing the end of short transfers: either result, and the
  * handle always works afterwards. */
-struct racer {
-    cancel_source *_Atomic src;
-    _Atomic int go;
-    _Atomic int stop;
-    uint64_t rng;
-};
-static void *race_cancel(void *arg)
-{
-    struct racer *r = arg;
-    for (;;) {
-        int g;
-        while ((g = atomic_load(&r->go)) == 0)
-            sched_yield();
-        if (g < 0)
-            return NULL;
-        test_jitter(&r->rng, 1u << (test_rand(&r->rng) % 20)); /* log-uniform: every scale */
-        cancel_source_cancel(atomic_load(&r->src));
-        atomic_store(&r->go, 0);
-    }
-}
-
 static void race_with_end_of_transfer(void)
 {
     struct seen s;
     reset_seen(&s);
     CURL *e = new_easy(&s, "/fast");
-    struct racer r = {NULL, 0, 0, 0x9e3779b97f4a7c15u};
-    pthread_t t = test_spawn(race_cancel, &r);
+    test_racer r;
+    test_racer_start(&r, 0x9e3779b97f4a7c15u, 19);
     int n = TEST_SCALE(300), ok = 0, aborted = 0;
     for (int i = 0; i < n; i++) {
         cancel_source *src = cancel_source_new();
-        atomic_store(&r.src, src);
         reset_seen(&s);
-        atomic_store(&r.go, 1);
+        test_racer_go(&r, src);
         CURLcode rc = cancel_curl_perform(cancel_source_token(src), e);
-        while (atomic_load(&r.go) != 0)
-            sched_yield();
+        test_racer_wait(&r);
         if (rc == CURLE_OK) {
             ok++;
             CHECK_STR(s.body, "hello");
@@ -486,8 +463,7 @@ static void race_with_end_of_transfer(void)
         if (i % 10 == 0)
             check_handle_intact(e, &s);
     }
-    atomic_store(&r.go, -1);
-    test_join(t);
+    test_racer_stop(&r);
     fprintf(stderr, "   %d completed, %d aborted\n", ok, aborted);
     curl_easy_cleanup(e);
 }

@@ -798,39 +798,18 @@ static void exec_cancelled_from_callback(void)
 
 /* Cancellation racing the end of steps, many times: each result is the
  * step's or SQLITE_INTERRUPT, and no interrupt is ever left pending. */
-struct racer {
-    cancel_source *_Atomic src;
-    _Atomic int go;
-    uint64_t rng;
-};
-static void *race_cancel(void *arg)
-{
-    struct racer *r = arg;
-    for (;;) {
-        int g;
-        while ((g = atomic_load(&r->go)) == 0)
-            sched_yield();
-        if (g < 0)
-            return NULL;
-        test_jitter(&r->rng, 1u << (test_rand(&r->rng) % 17)); /* log-uniform: every scale */
-        cancel_source_cancel(atomic_load(&r->src));
-        atomic_store(&r->go, 0);
-    }
-}
-
 static void race_with_end_of_steps(int use_exec)
 {
     sqlite3 *db = open_db();
     sqlite3_stmt *st;
     CHECK_EQ(sqlite3_prepare_v2(db, "SELECT x FROM t WHERE x < 4", -1, &st, NULL), SQLITE_OK);
-    struct racer r = {NULL, 0, 0x2545f4914f6cdd1du};
-    pthread_t t = test_spawn(race_cancel, &r);
+    test_racer r;
+    test_racer_start(&r, 0x2545f4914f6cdd1du, 16);
     int n = TEST_SCALE(3000), interrupted = 0, completed = 0;
     for (int i = 0; i < n; i++) {
         prime(db);
         cancel_source *src = cancel_source_new();
-        atomic_store(&r.src, src);
-        atomic_store(&r.go, 1);
+        test_racer_go(&r, src);
         int rc;
         if (use_exec) {
             rc = cancel_sqlite_exec(cancel_source_token(src), db,
@@ -846,8 +825,7 @@ static void race_with_end_of_steps(int use_exec)
                 CHECK_EQ(rows, 3);
             sqlite3_reset(st);
         }
-        while (atomic_load(&r.go) != 0)
-            sched_yield();
+        test_racer_wait(&r);
         if (rc == SQLITE_DONE)
             completed++;
         else
@@ -856,8 +834,7 @@ static void race_with_end_of_steps(int use_exec)
         check_no_pending(db);
         cancel_source_free(src);
     }
-    atomic_store(&r.go, -1);
-    test_join(t);
+    test_racer_stop(&r);
     fprintf(stderr, "   %d completed, %d interrupted\n", completed, interrupted);
     check_usable(db);
     sqlite3_finalize(st);
