@@ -403,6 +403,42 @@ static int by_deadline(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
+/* Under lock: cancels s for its deadline; if this cancelled it, retains it
+ * and appends it to *fired_tail. Marked under the lock, so that try_reset,
+ * which disarms first, sees the mark if the deadline fired; retained before
+ * the caller changes the slot (the top of the file). */
+static void mark_fired(struct cancel_source *s, struct cancel_source ***fired_tail)
+{
+    if (cancel__mark(s, ST_REQUESTED | cancel__reason_bits(CANCEL_REASON_TIMEOUT, 0))) {
+        cancel__retain(s);
+        s->next_pending = NULL;
+        **fired_tail = s;
+        *fired_tail = &s->next_pending;
+    }
+}
+
+/* Under lock, out of memory: a bucket could not be moved down, so the wheel
+ * stops short of `now` until memory returns. What is due fires anyway,
+ * from wherever it sits (this needs no memory; its order is the wheel's,
+ * not the deadlines'), so that no due deadline waits for memory: on the
+ * manual clock, nothing would look again before the clock moves. */
+static void fire_due_anywhere(int64_t now, struct cancel_source ***fired_tail)
+{
+    for (unsigned l = 0; l < LEVELS; l++) {
+        for (uint64_t m = T.nonempty[l]; m; m &= m - 1) {
+            unsigned j = (unsigned)__builtin_ctzll(m);
+            /* downwards: keep() swaps the last entry into the hole */
+            for (uint32_t i = T.b[l][j].n; i-- > 0;) {
+                struct entry e = T.b[l][j].v[i];
+                if (e.deadline > now)
+                    continue;
+                mark_fired(e.src, fired_tail);
+                keep(l, j, i);
+            }
+        }
+    }
+}
+
 /* Under lock: takes the entries of level-0 bucket j that are due at `now`,
  * in deadline order: marks each source (TIMEOUT), retains the ones it
  * cancelled and appends them to *fired_tail, and moves the entries to the
@@ -417,15 +453,7 @@ static uint32_t take_due(unsigned j, int64_t now, struct cancel_source ***fired_
         k++;
     for (uint32_t i = 0; i < k; i++) {
         struct entry e = b->v[i];
-        /* Marked under the lock, so that try_reset, which disarms first,
-         * sees the mark if the deadline fired; retained before the slot
-         * changes (the top of the file). */
-        if (cancel__mark(e.src, ST_REQUESTED | cancel__reason_bits(CANCEL_REASON_TIMEOUT, 0))) {
-            cancel__retain(e.src);
-            e.src->next_pending = NULL;
-            **fired_tail = e.src;
-            *fired_tail = &e.src->next_pending;
-        }
+        mark_fired(e.src, fired_tail);
         unsigned kb = (unsigned)(((uintptr_t)e.src >> 6) % KEPT_BUCKETS);
         uint32_t ki;
         uint32_t slot = push(LEVELS, kb, e, &ki) == 0 ? slot_encode(LEVELS, kb, ki) : 0;
@@ -474,7 +502,8 @@ struct cancel_source *cancel__timer_fire_due(int64_t *next_deadline)
                 i++;
             if (i < moved.n) {
                 /* Out of memory: the rest stay here and are tried again in a
-                 * millisecond. Late rather than early. */
+                 * millisecond, late rather than early; whatever is due
+                 * fires now all the same (fire_due_anywhere). */
                 memmove(moved.v, moved.v + i, (moved.n - i) * sizeof *moved.v);
                 moved.n -= i;
                 *b = moved;
@@ -484,6 +513,7 @@ struct cancel_source *cancel__timer_fire_due(int64_t *next_deadline)
                     atomic_store_explicit(&moved.v[k].src->timer_slot, slot_encode(l, j, k),
                                           memory_order_relaxed);
                 retry = cancel__add_sat(now, 1000000);
+                fire_due_anywhere(now, &fired_tail);
                 break;
             }
             free(moved.v);
