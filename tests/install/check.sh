@@ -9,7 +9,9 @@
 #   check.sh integrations <cmake> <source dir> <build dir> <scratch dir> <name>...
 #       each integration named (those the build made): its header, its .pc
 #       file and its CMake component, each used to build and run a program
-#       that links one of its functions
+#       that links one of its functions; and, where pkg-config cannot be
+#       found, the first as an optional component (the core is still found)
+#       and as a required one (configuring fails, saying why)
 # add_subdirectory is covered by the project's own build.
 set -eu
 mode=$1 cmake=$2 src=$3 build=$4 work=$5
@@ -78,6 +80,21 @@ PROBE
     done
     if [ -z "${PKG_CONFIG_PATH:-}" ]; then
         echo "the .pc files were not tried: pkg-config is not installed"
+    fi
+    # Where pkg-config cannot be found, an optional component is missing but
+    # the core is found; a required one fails the configuration, saying why.
+    "$cmake" -S "$src/tests/install/without_pkgconfig" -B "$work/optional" -DCMAKE_PREFIX_PATH="$prefix" \
+        -DCMAKE_DISABLE_FIND_PACKAGE_PkgConfig=ON "-DCANCEL_COMPONENT=$1" >/dev/null
+    "$cmake" --build "$work/optional" >/dev/null
+    "$work/optional/consumer"
+    if "$cmake" -S "$src/tests/install/without_pkgconfig" -B "$work/required" -DCMAKE_PREFIX_PATH="$prefix" \
+        -DCMAKE_DISABLE_FIND_PACKAGE_PkgConfig=ON "-DCANCEL_COMPONENT=$1" -DREQUIRE_COMPONENT=ON \
+        >"$work/required.log" 2>&1; then
+        echo "the component $1 was found without pkg-config"; exit 1
+    fi
+    if ! tr -s '\n ' '  ' <"$work/required.log" | grep -q "libcancel-$1 needs pkg-config"; then
+        cat "$work/required.log"
+        echo "a missing required component was not explained (above)"; exit 1
     fi
     ;;
 pkgconfig)
