@@ -137,6 +137,28 @@ static void export_import(long n)
     cancel_source_free(r);
 }
 
+/* The same with a deadline, whose origin travels too: without memory for
+ * that name only the name is lost, never the deadline. */
+static cancel_source *timed; /* made and freed around the scenario */
+static void export_import_deadline(long n)
+{
+    (void)n;
+    errno = 0;
+    int fd = cancel_token_export_fd(cancel_source_token(timed));
+    if (fd < 0) {
+        CHECK(errno == ENOMEM || errno == EAGAIN);
+        return;
+    }
+    errno = 0;
+    cancel_source *r = cancel_source_new_from_fd(fd);
+    if (!r) {
+        CHECK_EQ(errno, ENOMEM);
+        return;
+    }
+    CHECK_EQ(cancel_token_deadline(cancel_source_token(r)), cancel_token_deadline(cancel_source_token(timed)));
+    cancel_source_free(r);
+}
+
 static void descriptor(long n)
 {
     (void)n;
@@ -348,6 +370,9 @@ int main(void)
     each_failure("linked create", linked_create);
     each_failure("new child", new_child);
     each_failure("export and receive", export_import);
+    timed = cancel_source_new_child(CANCEL_TOKEN_NONE, 3600LL * 1000000000, "timed");
+    each_failure("export and receive a deadline", export_import_deadline);
+    cancel_source_free(timed);
     each_failure("descriptor", descriptor);
     each_failure("names", names);
     each_failure("fail messages", fail_message);

@@ -1,7 +1,7 @@
 /*
  * Allocation and thread-start failure injection, for the programs linked
- * with -Wl,--wrap for malloc, calloc, realloc, strdup, aligned_alloc and
- * pthread_create (tests/CMakeLists.txt), so that the library's own calls go
+ * with -Wl,--wrap for malloc, calloc, realloc, strdup, strndup,
+ * aligned_alloc, open_memstream and pthread_create (tests/CMakeLists.txt), so that the library's own calls go
  * through the wrappers below. Included by one file of each such program.
  *
  * Three ways to refuse:
@@ -29,13 +29,17 @@ void *__real_malloc(size_t);
 void *__real_calloc(size_t, size_t);
 void *__real_realloc(void *, size_t);
 char *__real_strdup(const char *);
+char *__real_strndup(const char *, size_t);
 void *__real_aligned_alloc(size_t, size_t);
+FILE *__real_open_memstream(char **, size_t *);
 int __real_pthread_create(pthread_t *, const pthread_attr_t *, void *(*)(void *), void *);
 void *__wrap_malloc(size_t);
 void *__wrap_calloc(size_t, size_t);
 void *__wrap_realloc(void *, size_t);
 char *__wrap_strdup(const char *);
+char *__wrap_strndup(const char *, size_t);
 void *__wrap_aligned_alloc(size_t, size_t);
+FILE *__wrap_open_memstream(char **, size_t *);
 int __wrap_pthread_create(pthread_t *, const pthread_attr_t *, void *(*)(void *), void *);
 
 static _Thread_local long fail_at; /* 0: never; counts on the test's thread only */
@@ -73,9 +77,18 @@ char *__wrap_strdup(const char *s)
 {
     return inject() ? (errno = ENOMEM, NULL) : __real_strdup(s);
 }
+char *__wrap_strndup(const char *s, size_t n)
+{
+    return inject() ? (errno = ENOMEM, NULL) : __real_strndup(s, n);
+}
 void *__wrap_aligned_alloc(size_t a, size_t n)
 {
     return inject() ? (errno = ENOMEM, NULL) : __real_aligned_alloc(a, n);
+}
+/* (the stream's own growth happens inside libc, out of reach) */
+FILE *__wrap_open_memstream(char **buf, size_t *len)
+{
+    return inject() ? (errno = ENOMEM, NULL) : __real_open_memstream(buf, len);
 }
 int __wrap_pthread_create(pthread_t *t, const pthread_attr_t *a, void *(*fn)(void *), void *arg)
 {
