@@ -9,7 +9,10 @@
  *     KIND: read-ready (data already there), read-wait (the reader waits
  *     each time; a partner thread feeds it), raw-read-wait (the same with
  *     read(2)), accept-ready (a connection already queued, blocking
- *     listener), accept-ready-nb (the same, non-blocking listener).
+ *     listener), accept-ready-nb (the same, non-blocking listener),
+ *     connect-ready (a blocking socket connects to a loopback listener,
+ *     which the same thread then accepts with accept4(2)), connect-ready-nb
+ *     (the same, non-blocking socket).
  *
  * Rows:
  *  - cancel-to-return latency of a thread blocked in cancel_io_read,
@@ -382,6 +385,21 @@ static int syscalls(const char *kind, long n)
             check(connect(c, (struct sockaddr *)&a, sizeof a) == 0, "connect");
             int fd = cancel_io_accept(t, l, NULL, NULL, SOCK_CLOEXEC);
             check(fd >= 0, "cancel_io_accept");
+            close(fd);
+            close(c);
+        }
+    } else if (strncmp(kind, "connect-ready", 13) == 0) {
+        int l = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+        socklen_t al = sizeof a;
+        check(bind(l, (struct sockaddr *)&a, sizeof a) == 0 && listen(l, 64) == 0 &&
+                  getsockname(l, (struct sockaddr *)&a, &al) == 0,
+              "listen");
+        for (long i = 0; i < n; i++) {
+            int c = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | (kind[13] ? SOCK_NONBLOCK : 0), 0);
+            check(cancel_io_connect(t, c, (struct sockaddr *)&a, sizeof a) == 0, "cancel_io_connect");
+            int fd = accept4(l, NULL, NULL, SOCK_CLOEXEC);
+            check(fd >= 0, "accept4");
             close(fd);
             close(c);
         }

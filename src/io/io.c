@@ -610,11 +610,60 @@ ssize_t cancel_io_send(cancel_token tok, int fd, const void *buf, size_t len, in
     return r;
 }
 
+/* ------------------------------------------------------------------------
+ * accept and connect through the thread's io_uring ring (see the top).
+ * ------------------------------------------------------------------------ */
+
+static void ring_cancel_cb(void *op)
+{
+    cancel__ring_cancel(op);
+}
+
+/* Runs op, prepared, while the token can cancel it. Returns the result of
+ * the system call (>= 0 or -errno). */
+static long ring_call(cancel_token tok, struct cancel__ring_op *op, const char *what)
+{
+    cancel_registration reg;
+    /* Already cancelled: the callback ran inline and nothing is submitted. */
+    int reg_err = cancel_register(tok, &reg, ring_cancel_cb, op);
+    cancel__blocked_enter(what, op->fd);
+    long r = cancel__ring_run(op);
+    cancel__blocked_leave();
+    /* Waits for a callback running on another thread: op outlives it. */
+    if (reg_err == 0)
+        (void)cancel_unregister(&reg);
+    return r;
+}
+
+/* Whether the ring is used: a token that can be cancelled (else nothing
+ * would ever need to interrupt the call, and the plain path is as good). */
+static bool ring_wanted(cancel_token tok)
+{
+    return cancel_token_can_be_canceled(tok);
+}
+
 int cancel_io_accept(cancel_token tok, int fd, struct sockaddr *addr, socklen_t *addrlen, int flags)
 {
     if (cancel_token_is_requested(tok))
         return (int)fail(ECANCELED);
     int saved = errno;
+    struct cancel__ring_op op;
+    while (ring_wanted(tok) &&
+           cancel__ring_prepare(&op, CANCEL__RING_ACCEPT, fd, addr, addrlen, 0, flags) == 0) {
+        long r = ring_call(tok, &op, "cancel_io_accept");
+        if (r >= 0) {
+            /* Also when a cancel raced it: the connection is taken now. */
+            errno = saved;
+            return (int)r;
+        }
+        if ((r == -ECANCELED || r == -EINTR) && cancel_token_is_requested(tok))
+            return (int)fail(ECANCELED);
+        if (r == -EINTR)
+            continue; /* not ours: try again */
+        if (r != -EAGAIN)
+            return (int)fail((int)-r);
+        break; /* a kernel that does not wait on this socket: poll instead */
+    }
     struct xfer x = XFER(.kind = K_ACCEPT, .mode = M_FLIP, .fd = fd, .addr = addr, .addrlen = addrlen,
                          .flags = flags);
     ssize_t r = run(tok, &x, "cancel_io_accept", false);
@@ -628,6 +677,27 @@ int cancel_io_connect(cancel_token tok, int fd, const struct sockaddr *addr, soc
     if (cancel_token_is_requested(tok))
         return (int)fail(ECANCELED);
     int saved = errno;
+    /* Unix-domain sockets take the path below: their full backlog (EAGAIN)
+     * is waited for with naps there. */
+    struct cancel__ring_op op;
+    if (ring_wanted(tok) && !(addr && addrlen >= sizeof addr->sa_family && addr->sa_family == AF_UNIX) &&
+        cancel__ring_prepare(&op, CANCEL__RING_CONNECT, fd, (void *)addr, NULL, addrlen, 0) == 0) {
+        long r = ring_call(tok, &op, "cancel_io_connect");
+        if (r == 0) {
+            errno = saved;
+            return 0;
+        }
+        if ((r == -ECANCELED || r == -EINTR) && cancel_token_is_requested(tok)) {
+            /* Abort the attempt, so that no half-open connection remains. */
+            struct sockaddr unspec = {.sa_family = AF_UNSPEC};
+            (void)connect(fd, &unspec, sizeof unspec);
+            return (int)fail(ECANCELED);
+        }
+        if (r != -EAGAIN && r != -EINTR)
+            return (int)fail((int)-r);
+        /* EAGAIN: no local port free (TCP), which the path below reports;
+         * EINTR, not ours: the path below starts again (EALREADY there). */
+    }
     /* The token's descriptor first: an EMFILE must leave the socket as it
      * was, not with a connection under way. */
     struct cancel__io_wait w;

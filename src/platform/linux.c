@@ -1,6 +1,8 @@
 /*
  * Linux implementation of platform.h: futex, membarrier, eventfd, epoll,
- * the clock, thread identity and the library thread's creation.
+ * the clock, thread identity, the library thread's creation, and the
+ * per-thread io_uring rings of accept and connect (at the end; their
+ * locking and lifetime are described there).
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -9,10 +11,13 @@
 
 #include <errno.h>
 #include <linux/futex.h>
+#include <linux/io_uring.h>
 #include <linux/membarrier.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdint.h>
+#include <stdlib.h>
+#include <sys/mman.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/syscall.h>
@@ -240,4 +245,314 @@ bool cancel__fence_heavy(void)
     }
     errno = saved;
     return true;
+}
+
+/* ------------------------------------------------------------------------
+ * Per-thread io_uring rings (cancel__ring_*), through the raw system calls.
+ *
+ * Locking and lifetime. A ring belongs to one thread (`owner`): made on its
+ * first prepare, freed when it exits (cancel__thread_atexit). Its SQ has
+ * two producers, the owner (the operation) and whichever thread runs the
+ * cancellation callback (an IORING_OP_ASYNC_CANCEL entry): `mu` is held
+ * around writing an entry and advancing the tail, and around every change
+ * of an op's state, never across a system call. Each producer then calls
+ * io_uring_enter with to_submit = 1; the kernel submits the oldest entries
+ * first and never more than are there, so whichever enter runs first
+ * submits the operation, and every entry pushed is submitted by some enter
+ * before the owner's run returns (the canceller's enter is part of its
+ * callback, which the caller's cancel_unregister waits for). At most two
+ * entries are ever pending (the operation and one cancel), of RING_ENTRIES.
+ * Only the owner reaps the CQ. Every operation has a fresh user_data (a
+ * per-ring count, owner only) and cancel entries carry RING_CANCEL_TAG, so
+ * their completions, and any that arrive after their operation ended, are
+ * skipped.
+ *
+ * A fork child shares its parent's rings with the parent (the same kernel
+ * instance): it must never use one. `rings` lists every ring of the process
+ * under `rings_mu`; the fork handler holds rings_mu across fork, and the
+ * child unmaps, closes and forgets them all, the forking thread's too.
+ *
+ * `ring_broken`: once making a ring failed in a way that will not change
+ * (no io_uring, refused by seccomp or kernel.io_uring_disabled, memlock
+ * limits), the errno, so that later calls do not try again.
+ * ------------------------------------------------------------------------ */
+
+#define RING_ENTRIES 4
+#define RING_CANCEL_TAG ((uint64_t)1 << 63)
+
+enum { OP_READY, OP_PUSHED, OP_CANCELLED, OP_DONE }; /* cancel__ring_op.state */
+
+struct cancel__ring {
+    int fd;
+    pthread_mutex_t mu;
+    uint64_t last_id; /* owner only */
+    void *map;        /* SQ and CQ rings (IORING_FEAT_SINGLE_MMAP) */
+    size_t map_len;
+    struct io_uring_sqe *sqes;
+    _Atomic unsigned *sq_tail, *cq_head, *cq_tail;
+    unsigned sq_mask, cq_mask;
+    struct io_uring_cqe *cqes;
+    struct cancel__ring *next, **prevp; /* in `rings`, under rings_mu */
+};
+
+static pthread_mutex_t rings_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct cancel__ring *rings;
+static _Thread_local struct cancel__ring *my_ring;
+static _Thread_local bool my_ring_exit; /* ring_exit registered for this thread */
+static _Atomic int ring_broken;
+static pthread_once_t rings_once = PTHREAD_ONCE_INIT;
+
+static void ring_unmap(struct cancel__ring *r)
+{
+    munmap(r->sqes, RING_ENTRIES * sizeof *r->sqes);
+    munmap(r->map, r->map_len);
+    cancel__fd_close(r->fd);
+    pthread_mutex_destroy(&r->mu);
+    free(r);
+}
+
+static void rings_lock(void)
+{
+    pthread_mutex_lock(&rings_mu);
+}
+static void rings_unlock(void)
+{
+    pthread_mutex_unlock(&rings_mu);
+}
+static void rings_child(void)
+{
+    /* The parent's rings, this thread's among them: the parent may still
+     * use them, so the child only lets go of its references. */
+    while (rings) {
+        struct cancel__ring *r = rings;
+        rings = r->next;
+        ring_unmap(r);
+    }
+    my_ring = NULL;
+    pthread_mutex_unlock(&rings_mu);
+}
+static void rings_setup(void)
+{
+    pthread_atfork(rings_lock, rings_unlock, rings_child);
+}
+
+static void ring_exit(void *unused)
+{
+    (void)unused;
+    struct cancel__ring *r = my_ring;
+    if (!r)
+        return;
+    my_ring = NULL;
+    pthread_mutex_lock(&rings_mu);
+    *r->prevp = r->next;
+    if (r->next)
+        r->next->prevp = r->prevp;
+    pthread_mutex_unlock(&rings_mu);
+    ring_unmap(r);
+}
+
+/* Makes the calling thread's ring: 0 or an errno. */
+static int ring_new(void)
+{
+#ifndef __NR_io_uring_setup
+    return ENOSYS;
+#else
+    struct cancel__ring *r = calloc(1, sizeof *r);
+    if (!r)
+        return EAGAIN; /* not for good */
+    struct io_uring_params p = {0};
+    /* The descriptor is always close-on-exec. */
+    int fd = (int)syscall(__NR_io_uring_setup, RING_ENTRIES, &p);
+    if (fd < 0) {
+        int err = errno;
+        free(r);
+        return err;
+    }
+    int err = 0;
+    /* Single mmap (5.4) and fast poll (5.7): accept and connect wait on the
+     * socket's wait queue rather than in a kernel worker, and exist. */
+    if (!(p.features & IORING_FEAT_SINGLE_MMAP) || !(p.features & IORING_FEAT_FAST_POLL)) {
+        err = ENOSYS;
+        goto fail;
+    }
+    size_t sq_len = p.sq_off.array + p.sq_entries * sizeof(unsigned);
+    size_t cq_len = p.cq_off.cqes + p.cq_entries * sizeof(struct io_uring_cqe);
+    r->map_len = sq_len > cq_len ? sq_len : cq_len;
+    r->map = mmap(NULL, r->map_len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, IORING_OFF_SQ_RING);
+    if (r->map == MAP_FAILED) {
+        err = ENOMEM;
+        goto fail;
+    }
+    r->sqes = mmap(NULL, RING_ENTRIES * sizeof *r->sqes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd,
+                   IORING_OFF_SQES);
+    if (r->sqes == MAP_FAILED) {
+        munmap(r->map, r->map_len);
+        err = ENOMEM;
+        goto fail;
+    }
+    char *m = r->map;
+    r->sq_tail = (_Atomic unsigned *)(m + p.sq_off.tail);
+    r->sq_mask = *(unsigned *)(m + p.sq_off.ring_mask);
+    unsigned *array = (unsigned *)(m + p.sq_off.array);
+    for (unsigned i = 0; i < p.sq_entries; i++)
+        array[i] = i; /* entry i is always slot i */
+    r->cq_head = (_Atomic unsigned *)(m + p.cq_off.head);
+    r->cq_tail = (_Atomic unsigned *)(m + p.cq_off.tail);
+    r->cq_mask = *(unsigned *)(m + p.cq_off.ring_mask);
+    r->cqes = (struct io_uring_cqe *)(m + p.cq_off.cqes);
+    r->fd = fd;
+    pthread_mutex_init(&r->mu, NULL);
+    pthread_mutex_lock(&rings_mu);
+    r->next = rings;
+    r->prevp = &rings;
+    if (rings)
+        rings->prevp = &r->next;
+    rings = r;
+    pthread_mutex_unlock(&rings_mu);
+    my_ring = r;
+    if (!my_ring_exit) {
+        my_ring_exit = true;
+        cancel__thread_atexit(ring_exit, NULL);
+    }
+    return 0;
+fail:
+    cancel__fd_close(fd);
+    free(r);
+    return err;
+#endif
+}
+
+int cancel__ring_prepare(struct cancel__ring_op *op, enum cancel__ring_kind kind, int fd, void *addr,
+                         void *addrlen, unsigned len, int flags)
+{
+    /* relaxed: a hint about the kernel; it publishes nothing else. */
+    int err = atomic_load_explicit(&ring_broken, memory_order_relaxed);
+    if (err)
+        return err;
+    if (!my_ring) {
+        int saved = errno;
+        pthread_once(&rings_once, rings_setup);
+        err = ring_new();
+        errno = saved;
+        if (err == EMFILE || err == ENFILE || err == EAGAIN)
+            return err == EAGAIN ? ENOMEM : err;
+        if (err) {
+            atomic_store_explicit(&ring_broken, err, memory_order_relaxed); /* see the load */
+            return err;
+        }
+    }
+    struct cancel__ring *r = my_ring;
+    *op = (struct cancel__ring_op){.ring = r, .id = ++r->last_id, .state = OP_READY, .kind = kind,
+                                   .fd = fd, .addr = addr, .addrlen = addrlen, .len = len, .flags = flags};
+    return 0;
+}
+
+/* Writes one entry and publishes it; under r->mu. */
+static void ring_push(struct cancel__ring *r, const struct io_uring_sqe *e)
+{
+    /* relaxed: only producers write the tail, under mu, which orders them. */
+    unsigned tail = atomic_load_explicit(r->sq_tail, memory_order_relaxed);
+    r->sqes[tail & r->sq_mask] = *e;
+    /* release: pairs with the kernel's acquire load of the tail: the entry
+     * is written before the kernel can see it. */
+    atomic_store_explicit(r->sq_tail, tail + 1, memory_order_release);
+}
+
+static long ring_enter(int fd, unsigned submit, unsigned wait)
+{
+    long n = syscall(__NR_io_uring_enter, fd, submit, wait, wait ? IORING_ENTER_GETEVENTS : 0, NULL, 0);
+    return n < 0 ? -errno : n;
+}
+
+void cancel__ring_cancel(struct cancel__ring_op *op)
+{
+    struct cancel__ring *r = op->ring;
+    bool pushed = false;
+    pthread_mutex_lock(&r->mu);
+    if (op->state == OP_READY) {
+        op->state = OP_CANCELLED; /* run will not submit */
+    } else if (op->state == OP_PUSHED) {
+        struct io_uring_sqe e = {.opcode = IORING_OP_ASYNC_CANCEL, .fd = -1, .addr = op->id,
+                                 .user_data = op->id | RING_CANCEL_TAG};
+        ring_push(r, &e);
+        op->state = OP_CANCELLED;
+        pushed = true;
+    }
+    pthread_mutex_unlock(&r->mu);
+    if (pushed) {
+        int saved = errno;
+        while (ring_enter(r->fd, 1, 0) == -EINTR) {
+        }
+        errno = saved;
+    }
+}
+
+/* Takes every completion there is; true with *res once op's is among them. */
+static bool ring_reap(struct cancel__ring *r, uint64_t id, long *res)
+{
+    bool found = false;
+    /* relaxed: the owner is the head's only writer. */
+    unsigned head = atomic_load_explicit(r->cq_head, memory_order_relaxed);
+    /* acquire: pairs with the kernel's release store of the tail: the
+     * entries below it are written. */
+    unsigned tail = atomic_load_explicit(r->cq_tail, memory_order_acquire);
+    if (head == tail)
+        return false;
+    for (; head != tail; head++) {
+        const struct io_uring_cqe *c = &r->cqes[head & r->cq_mask];
+        if (c->user_data == id) {
+            *res = c->res;
+            found = true;
+        }
+    }
+    /* release: pairs with the kernel's acquire load of the head: our reads
+     * of the entries are done before it may write them again. */
+    atomic_store_explicit(r->cq_head, head, memory_order_release);
+    return found;
+}
+
+long cancel__ring_run(struct cancel__ring_op *op)
+{
+    struct cancel__ring *r = op->ring;
+    struct io_uring_sqe e = {.fd = op->fd, .user_data = op->id};
+    if (op->kind == CANCEL__RING_ACCEPT) {
+        e.opcode = IORING_OP_ACCEPT;
+        e.addr = (uintptr_t)op->addr;
+        e.addr2 = (uintptr_t)op->addrlen;
+        e.accept_flags = (uint32_t)op->flags;
+    } else {
+        e.opcode = IORING_OP_CONNECT;
+        e.addr = (uintptr_t)op->addr;
+        e.off = op->len;
+    }
+    pthread_mutex_lock(&r->mu);
+    bool cancelled = op->state == OP_CANCELLED;
+    if (!cancelled) {
+        ring_push(r, &e);
+        op->state = OP_PUSHED;
+    }
+    pthread_mutex_unlock(&r->mu);
+    if (cancelled)
+        return -ECANCELED;
+    int saved = errno;
+    long res = 0;
+    for (;;) {
+        /* to_submit 1: the kernel submits what is there, oldest first, at
+         * most one: ours, unless a canceller's enter took it, then the
+         * cancel behind it (which its own enter would submit otherwise). */
+        long n = ring_enter(r->fd, 1, 1);
+        if (ring_reap(r, op->id, &res))
+            break;
+        if (n < 0 && n != -EINTR && n != -EAGAIN && n != -EBUSY) {
+            /* Cannot happen on a ring made here; the operation may hold the
+             * caller's memory, so wait for it rather than return. */
+            struct timespec ms = {0, 1000000};
+            nanosleep(&ms, NULL);
+        }
+    }
+    pthread_mutex_lock(&r->mu);
+    op->state = OP_DONE; /* a later callback has nothing to cancel */
+    pthread_mutex_unlock(&r->mu);
+    errno = saved;
+    return res;
 }

@@ -127,4 +127,53 @@ static inline int64_t cancel__add_sat(int64_t a, int64_t b)
     return r;
 }
 
+/*
+ * One accept or connect run through a per-thread io_uring ring (Linux), so
+ * that a blocking socket waits without its O_NONBLOCK ever being switched,
+ * and another thread can cancel the wait. A thread's ring is made on its
+ * first prepare and kept until the thread exits; a fork child never uses a
+ * ring it inherited (it makes its own). Use:
+ *
+ *     struct cancel__ring_op op;
+ *     if (cancel__ring_prepare(&op, CANCEL__RING_ACCEPT, fd, addr, len, flags) == 0) {
+ *         register cancel__ring_cancel(&op) as a callback on the token;
+ *         long r = cancel__ring_run(&op);   // the only system call: io_uring_enter
+ *         unregister (waits for a running callback);
+ *     } else: no ring here; do without.
+ *
+ * The op lives on the caller's stack from prepare until run returned and
+ * the callback can no longer run.
+ */
+enum cancel__ring_kind { CANCEL__RING_ACCEPT, CANCEL__RING_CONNECT };
+struct cancel__ring;
+struct cancel__ring_op {
+    struct cancel__ring *ring;
+    uint64_t id;   /* user_data of the operation's entry */
+    int state;     /* under the ring's mutex; see linux.c */
+    enum cancel__ring_kind kind;
+    int fd;
+    void *addr;    /* accept: struct sockaddr * out; connect: in */
+    void *addrlen; /* accept: socklen_t *; connect: unused */
+    unsigned len;  /* connect: the address's length */
+    int flags;     /* accept4 flags */
+};
+/* Prepares op on the calling thread's ring, making the ring first if need
+ * be. Returns 0; or ENOSYS, EPERM, ENOMEM (no ring in this process: this is
+ * remembered, and later calls fail at once), EMFILE, ENFILE (no ring now).
+ * Leaves errno alone. Not AS-safe. */
+CANCEL_HIDDEN int cancel__ring_prepare(struct cancel__ring_op *op, enum cancel__ring_kind kind, int fd,
+                                       void *addr, void *addrlen, unsigned len, int flags);
+/* Submits op and waits for its completion (EINTR retried): returns what the
+ * system call would, as the result (>= 0) or -errno; -ECANCELED without
+ * submitting anything if cancel__ring_cancel came first. One system call
+ * (io_uring_enter) when nothing else happens. Owner thread only, once per
+ * prepare. Leaves errno alone. */
+CANCEL_HIDDEN long cancel__ring_run(struct cancel__ring_op *op);
+/* Asks for op's cancellation, from any thread, at any time between prepare
+ * and run's return (a cancellation callback): before the submission, run
+ * submits nothing; during the wait, the kernel cancels the operation, which
+ * then completes with -ECANCELED unless it had completed already. At most
+ * one system call. Leaves errno alone. */
+CANCEL_HIDDEN void cancel__ring_cancel(struct cancel__ring_op *op);
+
 #endif /* CANCEL_PLATFORM_H */
