@@ -1,7 +1,12 @@
 /* cancel_io_accept and cancel_io_connect: success, cancelled before and
  * while blocked, timeouts through the token, bad input, O_NONBLOCK kept,
- * several acceptors on one listener, no half-open connection left. */
+ * several acceptors on one listener, no half-open connection left. Every
+ * case runs twice: as the process finds it (through the thread's io_uring
+ * ring when there is one, io_ring_test tests that path further), then in a
+ * child where io_uring_setup is refused, so that the O_NONBLOCK switch
+ * that serves where no ring can be had is tested too. */
 #include "io_util.h"
+#include "seccomp_util.h"
 
 #include <netinet/tcp.h>
 #include <sys/un.h>
@@ -332,7 +337,7 @@ static void accept_emfile(void)
     close(l);
 }
 
-int main(void)
+static void all_cases(void)
 {
     RUN(accept_success_and_cancel);
     RUN(two_acceptors_never_hang);
@@ -341,5 +346,18 @@ int main(void)
     RUN(connect_cancelled_while_blocked);
     RUN(connect_unix_full_backlog);
     RUN(accept_emfile);
+}
+
+static void without_ring_case(void)
+{
+    seccomp_refuse(SYS_io_uring_setup, SECCOMP_ANY_ARG, 0, ENOSYS);
+    all_cases();
+}
+
+int main(void)
+{
+    all_cases();
+    fprintf(stderr, "-- again, io_uring_setup refused\n");
+    run_filtered(without_ring_case);
     return 0;
 }

@@ -10,7 +10,9 @@
  *    Unix-domain sockets;
  *  - fstat refused: accept and connect on non-blocking sockets make no
  *    per-inode section (the one system call they add is F_GETFL), also in
- *    a child forked while another thread was in the middle of a switch. */
+ *    a child forked while another thread was in the middle of a switch.
+ * The accept and connect cases refuse io_uring_setup too (ENOSYS), so that
+ * they test the path without a ring, whatever token they are given. */
 #include "io_util.h"
 #include "seccomp_util.h"
 
@@ -50,6 +52,12 @@ static void blocked_read(int rd, int wr)
     CHECK_EQ(b, 'z');
     test_join(th);
     cancel_source_free(s);
+}
+
+/* No ring can be made: accept and connect take the O_NONBLOCK path. */
+static void refuse_ring(void)
+{
+    seccomp_refuse(SYS_io_uring_setup, SECCOMP_ANY_ARG, 0, ENOSYS);
 }
 
 static void never_switched_case(void)
@@ -141,6 +149,7 @@ static void connect_eagain_case(void)
     int tcp_nb = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     int unx = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     CHECK(tcp >= 0 && tcp_nb >= 0 && unx >= 0);
+    refuse_ring();
     seccomp_refuse(SYS_connect, SECCOMP_ANY_ARG, 0, EAGAIN);
     struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(9), .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
     errno = 0;
@@ -187,6 +196,7 @@ static void nonblocking_sockets_case(void)
     set_nonblocking(l, true);
     int c = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     CHECK(c >= 0);
+    refuse_ring();
     refuse_stat();
     CHECK_EQ(cancel_io_connect(CANCEL_TOKEN_NONE, c, (struct sockaddr *)&a, sizeof a), 0);
     int s = cancel_io_accept(CANCEL_TOKEN_NONE, l, NULL, NULL, SOCK_CLOEXEC);
@@ -259,6 +269,7 @@ static void fork_during_switch(void)
     if (pid == 0) {
         /* The switching thread is not here, and its switch is not ours: a
          * non-blocking listener is still trusted after one F_GETFL. */
+        refuse_ring();
         refuse_stat();
         int s = cancel_io_accept(CANCEL_TOKEN_NONE, l, NULL, NULL, SOCK_CLOEXEC);
         if (s < 0)
