@@ -78,8 +78,22 @@
  *    The flags of yours, which other processes share (a terminal's with the
  *    shell and the other jobs), are never touched: a background job stopped
  *    by SIGTTIN while it reads the terminal leaves it as it was.
- *  - the rest, and cancel_io_accept and cancel_io_connect, which have no
- *    per-call flag at all (sockets, pty masters, eventfd writes, other
+ *  - cancel_io_accept and cancel_io_connect on Linux, with a token that
+ *    can be cancelled: no try at all. The one accept or connect is handed
+ *    to the kernel as an io_uring operation on a ring the calling thread
+ *    makes on its first such call and keeps until it exits (one descriptor
+ *    per thread, close-on-exec; a child of fork makes its own); it waits
+ *    there, and cancellation cancels it. One system call when nothing
+ *    cancels it, and the descriptor's flags are never touched, blocking or
+ *    not, so a blocking listener shared by pre-forked workers is safe. An
+ *    accept that completed although the cancel raced it returns the new
+ *    descriptor (no connection is lost). Where no ring can be had (no
+ *    io_uring, refused by seccomp or kernel.io_uring_disabled: this is
+ *    remembered for the process), with CANCEL_TOKEN_NONE or a token that
+ *    can never be cancelled, and for Unix-domain connects, these calls
+ *    fall into the next group.
+ *  - the rest, and cancel_io_accept and cancel_io_connect without a ring
+ *    (above), which have no per-call flag at all (sockets, pty masters, eventfd writes, other
  *    character devices, and a tty or FIFO the system refused to open again:
  *    no permission on the device, no /proc, no descriptor left): a
  *    descriptor already non-blocking (SOCK_NONBLOCK, O_NONBLOCK) is used as
@@ -98,8 +112,8 @@
  *    Nothing serialises these switches across processes. A blocking
  *    descriptor of this last group shared with another process that also
  *    uses these calls on it, typically a listening socket inherited by
- *    pre-forked workers that all call cancel_io_accept, is therefore not
- *    safe: one worker can see the flag another set, make its accept
+ *    pre-forked workers that all call cancel_io_accept where no ring
+ *    serves them, is therefore not safe: one worker can see the flag another set, make its accept
  *    believing it non-blocking, and block in it, deaf to its token, once
  *    the other restored the flag. Make such a descriptor non-blocking
  *    (SOCK_NONBLOCK, or fcntl(fd, F_SETFL, O_NONBLOCK) before forking):
@@ -196,16 +210,20 @@ CANCEL_API ssize_t cancel_io_send(cancel_token tok, int fd, const void *buf, siz
  * waits for a connection on the listening socket `fd`. Returns the new
  * descriptor, or -1 with errno: ECANCELED (no connection was taken), any
  * error of accept4(2) (EBADF, EINVAL: not listening...), EMFILE/ENFILE (also
- * for the token's descriptor and the duplicate). On a blocking listener the
- * accept itself is made non-blocking as described at the top; several
- * threads may accept on one listener, but several processes only on a
- * non-blocking one (see the top: pre-forked workers). addr and addrlen as
- * accept4 (both may be NULL). */
+ * for the token's descriptor, the duplicate or the thread's ring). Through
+ * the thread's io_uring ring (see the top) the listener is never switched;
+ * without one, on a blocking listener, the accept itself is made
+ * non-blocking as described at the top. Several threads may accept on one
+ * listener; several processes on a blocking one only where the ring serves
+ * (see the top: pre-forked workers). A cancel that races an arriving
+ * connection may still return it. addr and addrlen as accept4 (both may be
+ * NULL). */
 CANCEL_API int cancel_io_accept(cancel_token tok, int fd, struct sockaddr *addr, socklen_t *addrlen, int flags);
 
-/* Like connect(2), on a blocking or non-blocking socket: starts the
- * connection (the one connect system call with O_NONBLOCK set, as described
- * at the top) and waits until it is established or failed. Returns 0, or -1
+/* Like connect(2), on a blocking or non-blocking socket: connects through
+ * the thread's io_uring ring, or else starts the connection (the one
+ * connect system call with O_NONBLOCK set, as described at the top), and
+ * waits until it is established or failed. Returns 0, or -1
  * with errno: ECANCELED, any error of connect(2) (ECONNREFUSED, ETIMEDOUT
  * from the kernel...), EMFILE/ENFILE. After ECANCELED the attempt is
  * aborted (the socket is disconnected, which for TCP sends a reset if the

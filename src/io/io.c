@@ -30,7 +30,8 @@
  *    again (that makes a new pty; ioctl(TIOCGPTN) succeeds on masters
  *    alone), nor can sockets and anonymous files such as eventfds.
  *  - M_FLIP: the rest, all of them types that honour O_NONBLOCK: accept and
- *    connect (sockets have no per-call flag for them), pty masters, eventfd
+ *    connect where no ring serves (below; sockets have no per-call flag for
+ *    them), pty masters, eventfd
  *    writes, character devices without RWF_NOWAIT, and a tty or FIFO whose
  *    reopening was refused (permissions, no /proc, EMFILE). A descriptor
  *    already non-blocking gets the plain call. A blocking one is first
@@ -39,6 +40,24 @@
  *    one transfer system call made and the flags restored through it, so
  *    that if the caller's number is closed and reused meanwhile, the
  *    restore cannot land on the newcomer.
+ *
+ * accept and connect with a token that can be cancelled do not try, wait
+ * and try again: each is one IORING_OP_ACCEPT or IORING_OP_CONNECT on the
+ * calling thread's io_uring ring (platform.h, cancel__ring_*), which waits
+ * in the kernel, on a blocking socket as on a non-blocking one, and never
+ * touches the description's flags; a callback registered on the token
+ * (cancel_register) cancels it from the cancelling thread, and
+ * cancel_unregister waits for that callback, so the operation on our stack
+ * outlives it. Uncancelled, the call is one io_uring_enter. An accept that
+ * completed although a cancel raced it returns its descriptor (the
+ * connection is taken); a connect cancelled mid-way is aborted (connect with
+ * AF_UNSPEC), so no half-open connection remains. The old path serves
+ * where no ring can be had (no io_uring, refused by seccomp or
+ * kernel.io_uring_disabled, out of descriptors), for CANCEL_TOKEN_NONE and
+ * tokens that can never be cancelled (nothing would interrupt the call),
+ * for Unix-domain connects (a full backlog answers EAGAIN at once and is
+ * waited for with naps), and after an EAGAIN from the ring (a kernel whose
+ * accept does not wait on a non-blocking socket).
  *
  * Locking and lifetime. A flip is a read-modify-restore of state that every
  * descriptor of the description shares, so two of our calls must never flip
@@ -69,7 +88,9 @@
  * description sees O_NONBLOCK for the duration of one system call, and two
  * processes flipping one blocking description can leave one of them in a
  * blocking call, deaf to its token. <cancel/io.h> therefore asks for
- * non-blocking descriptors there. The per-thread hints are thread-local: no
+ * non-blocking descriptors there where no ring serves accept and connect
+ * (with a ring, pre-forked workers sharing one blocking listener are safe:
+ * nothing is switched). The per-thread hints are thread-local: no
  * sharing.
  *
  * The uncancelled path, data already there: one inline load of the token's
