@@ -3,6 +3,7 @@
  * measured in the same run.
  *
  *   io_bench [repeats]          the figures (default 5 repeats; medians)
+ *   io_bench sockets [repeats]  the read, accept and connect rows only
  *   io_bench syscalls KIND N    N uncancelled calls, to count system calls:
  *       strace -c -f io_bench syscalls read-ready 100000
  *       strace -c -f io_bench syscalls read-wait 20000
@@ -345,6 +346,18 @@ static void *sc_partner(void *arg)
     }
     return NULL;
 }
+/* A loopback listener (`type`: 0 or SOCK_NONBLOCK); *a gets its address. */
+static int sc_listener(int type, struct sockaddr_in *a)
+{
+    int l = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | type, 0);
+    *a = (struct sockaddr_in){.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t al = sizeof *a;
+    check(bind(l, (struct sockaddr *)a, sizeof *a) == 0 && listen(l, 64) == 0 &&
+              getsockname(l, (struct sockaddr *)a, &al) == 0,
+          "listen");
+    return l;
+}
+
 static int syscalls(const char *kind, long n)
 {
     cancel_source *s = cancel_source_new();
@@ -374,12 +387,8 @@ static int syscalls(const char *kind, long n)
         }
         pthread_join(th, NULL);
     } else if (strncmp(kind, "accept-ready", 12) == 0) {
-        int l = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | (kind[12] ? SOCK_NONBLOCK : 0), 0);
-        struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-        socklen_t al = sizeof a;
-        check(bind(l, (struct sockaddr *)&a, sizeof a) == 0 && listen(l, 64) == 0 &&
-                  getsockname(l, (struct sockaddr *)&a, &al) == 0,
-              "listen");
+        struct sockaddr_in a;
+        int l = sc_listener(kind[12] ? SOCK_NONBLOCK : 0, &a);
         for (long i = 0; i < n; i++) {
             int c = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
             check(connect(c, (struct sockaddr *)&a, sizeof a) == 0, "connect");
@@ -389,12 +398,8 @@ static int syscalls(const char *kind, long n)
             close(c);
         }
     } else if (strncmp(kind, "connect-ready", 13) == 0) {
-        int l = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-        socklen_t al = sizeof a;
-        check(bind(l, (struct sockaddr *)&a, sizeof a) == 0 && listen(l, 64) == 0 &&
-                  getsockname(l, (struct sockaddr *)&a, &al) == 0,
-              "listen");
+        struct sockaddr_in a;
+        int l = sc_listener(0, &a);
         for (long i = 0; i < n; i++) {
             int c = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | (kind[13] ? SOCK_NONBLOCK : 0), 0);
             check(cancel_io_connect(t, c, (struct sockaddr *)&a, sizeof a) == 0, "cancel_io_connect");
@@ -415,6 +420,11 @@ int main(int argc, char **argv)
 {
     if (argc > 1 && strcmp(argv[1], "syscalls") == 0)
         return argc == 4 ? syscalls(argv[2], atol(argv[3])) : 2;
+    bool sockets = argc > 1 && strcmp(argv[1], "sockets") == 0;
+    if (sockets) {
+        argc--;
+        argv++;
+    }
     if (argc > 1)
         repeats = atoi(argv[1]);
     if (repeats < 1 || repeats > 64)
@@ -424,6 +434,11 @@ int main(int argc, char **argv)
     printf("%-40s %13s   %-28s %13s   %6s\n", "cancel-to-return latency", "p50/p99 us", "baseline (same run)",
            "p50/p99 us", "ratio");
     latency_row("blocked in cancel_io_read (pipe)", L_READ, "eventfd write -> poll", L_EVENTFD);
+    if (sockets) {
+        latency_row("blocked in cancel_io_accept (TCP)", L_ACCEPT, "eventfd write -> poll", L_EVENTFD);
+        latency_row("blocked in cancel_io_connect (TCP)", L_CONNECT, "eventfd write -> poll", L_EVENTFD);
+        return 0;
+    }
     latency_row("blocked in cancel_io_poll (pipe)", L_POLL, "eventfd write -> poll", L_EVENTFD);
     latency_row("blocked in cancel_io_recv (socketpair)", L_RECV, "eventfd write -> poll", L_EVENTFD);
     latency_row("blocked in cancel_io_write (full pipe)", L_WRITE, "eventfd write -> poll", L_EVENTFD);

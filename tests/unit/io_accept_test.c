@@ -146,19 +146,6 @@ static void accept_bad_input_and_timeout(void)
     close(l);
 }
 
-static ssize_t do_connect(struct call *c)
-{
-    return cancel_io_connect(c->tok, c->fd, (const struct sockaddr *)c->buf, (socklen_t)c->len);
-}
-
-static int tcp_state(int fd)
-{
-    struct tcp_info ti;
-    socklen_t l = sizeof ti;
-    CHECK_EQ(getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &l), 0);
-    return ti.tcpi_state;
-}
-
 static void connect_success_refused_bad(void)
 {
     for (int nb = 0; nb < 2; nb++) {
@@ -202,23 +189,8 @@ static void connect_success_refused_bad(void)
 static void connect_cancelled_while_blocked(void)
 {
     struct sockaddr_in a;
-    int l = tcp_listener(0, &a);
-    int filler[4], nfill = 0;
-    /* fill the accept queue: connects complete until it is full */
-    for (;;) {
-        int f = tcp_client();
-        set_nonblocking(f, true);
-        int r = connect(f, (struct sockaddr *)&a, sizeof a);
-        CHECK(r == 0 || errno == EINPROGRESS);
-        struct pollfd p = {f, POLLOUT, 0};
-        if (poll(&p, 1, 200) == 1) {
-            CHECK(nfill < 4);
-            filler[nfill++] = f;
-            continue;
-        }
-        close(f);
-        break;
-    }
+    int filler[4], nfill;
+    int l = full_tcp_listener(&a, filler, &nfill);
     for (int nb = 0; nb < 2; nb++) {
         int cl = tcp_client();
         set_nonblocking(cl, nb);

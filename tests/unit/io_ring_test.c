@@ -9,8 +9,6 @@
 #include "seccomp_util.h"
 
 #include <linux/io_uring.h>
-#include <netinet/tcp.h>
-#include <poll.h>
 
 #define REFUSED ENOTRECOVERABLE /* an errno no real call gives here */
 
@@ -21,17 +19,15 @@ static int tcp_client(bool nb)
     return fd;
 }
 
-static int tcp_state(int fd)
+/* Starts cancel_io_accept(tok, l, NULL, NULL, SOCK_CLOEXEC) on a thread. */
+static void start_accept(struct call *c, cancel_token tok, int l)
 {
-    struct tcp_info ti;
-    socklen_t l = sizeof ti;
-    CHECK_EQ(getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &l), 0);
-    return ti.tcpi_state;
-}
-
-static ssize_t do_connect(struct call *c)
-{
-    return cancel_io_connect(c->tok, c->fd, (const struct sockaddr *)c->buf, (socklen_t)c->len);
+    memset(c, 0, sizeof *c);
+    c->fn = do_accept;
+    c->tok = tok;
+    c->fd = l;
+    c->flags = SOCK_CLOEXEC;
+    call_start(c);
 }
 
 /* Takes a connection known to be queued (its client's connect returned):
@@ -57,12 +53,7 @@ static void accept_cases_up_to(int nb_max)
         for (int round = 0; round < 2; round++) {
             cancel_source *s = cancel_source_new();
             struct call c;
-            memset(&c, 0, sizeof c);
-            c.fn = do_accept;
-            c.tok = cancel_source_token(s);
-            c.fd = l;
-            c.flags = SOCK_CLOEXEC;
-            call_start(&c);
+            start_accept(&c, cancel_source_token(s), l);
             call_wait_blocked(&c, "cancel_io_accept");
             cancel_source_cancel(s);
             call_join(&c);
@@ -137,12 +128,7 @@ static void accept_race(void)
     for (int i = 0; i < TEST_SCALE(300) + 10; i++) {
         cancel_source *s = cancel_source_new();
         struct call c;
-        memset(&c, 0, sizeof c);
-        c.fn = do_accept;
-        c.tok = cancel_source_token(s);
-        c.fd = l;
-        c.flags = SOCK_CLOEXEC;
-        call_start(&c);
+        start_accept(&c, cancel_source_token(s), l);
         if (i % 2)
             call_wait_blocked(&c, "cancel_io_accept");
         int cl = tcp_client(false);
@@ -164,26 +150,6 @@ static void accept_race(void)
     CHECK_EQ(made, by_call + queued);
     CHECK(!is_nonblocking(l));
     close(l);
-}
-
-/* A listener whose accept queue is full: a connect to it waits. */
-static int full_listener(struct sockaddr_in *a, int *filler, int *nfill)
-{
-    int l = tcp_listener(0, a);
-    *nfill = 0;
-    for (;;) {
-        int f = tcp_client(true);
-        int r = connect(f, (struct sockaddr *)a, sizeof *a);
-        CHECK(r == 0 || errno == EINPROGRESS);
-        struct pollfd p = {f, POLLOUT, 0};
-        if (poll(&p, 1, 200) == 1) {
-            CHECK(*nfill < 4);
-            filler[(*nfill)++] = f;
-            continue;
-        }
-        close(f);
-        return l;
-    }
 }
 
 static void connect_cases(void)
@@ -215,7 +181,7 @@ static void connect_cases(void)
 
         /* cancelled while blocked: nothing half-open */
         int filler[4], nfill;
-        l = full_listener(&a, filler, &nfill);
+        l = full_tcp_listener(&a, filler, &nfill);
         for (int round = 0; round < 2; round++) {
             cl = tcp_client(nb);
             s = cancel_source_new();
@@ -386,12 +352,7 @@ static void fork_case(bool cancel_parent)
     close(cl);
     /* another thread's call in flight */
     struct call c;
-    memset(&c, 0, sizeof c);
-    c.fn = do_accept;
-    c.tok = cancel_source_token(s);
-    c.fd = l;
-    c.flags = SOCK_CLOEXEC;
-    call_start(&c);
+    start_accept(&c, cancel_source_token(s), l);
     call_wait_blocked(&c, "cancel_io_accept");
 
     fflush(stderr);
@@ -404,12 +365,7 @@ static void fork_case(bool cancel_parent)
             _exit(7);
         cancel_source *cs = cancel_source_new();
         struct call cc;
-        memset(&cc, 0, sizeof cc);
-        cc.fn = do_accept;
-        cc.tok = cancel_source_token(cs);
-        cc.fd = child_listener;
-        cc.flags = SOCK_CLOEXEC;
-        call_start(&cc);
+        start_accept(&cc, cancel_source_token(cs), child_listener);
         call_wait_blocked(&cc, "cancel_io_accept");
         cancel_source_cancel(cs);
         call_join(&cc);

@@ -16,6 +16,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
 #include <pty.h>
 #include <sys/eventfd.h>
 #include <sys/resource.h>
@@ -177,6 +179,43 @@ static inline int tcp_listener(int backlog, struct sockaddr_in *addr)
     socklen_t l = sizeof *addr;
     CHECK_EQ(getsockname(fd, (struct sockaddr *)addr, &l), 0);
     return fd;
+}
+
+static inline ssize_t do_connect(struct call *c)
+{
+    return cancel_io_connect(c->tok, c->fd, (const struct sockaddr *)c->buf, (socklen_t)c->len);
+}
+
+/* The TCP state of a socket (TCP_ESTABLISHED, TCP_CLOSE...). */
+static inline int tcp_state(int fd)
+{
+    struct tcp_info ti;
+    socklen_t l = sizeof ti;
+    CHECK_EQ(getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &l), 0);
+    return ti.tcpi_state;
+}
+
+/* A TCP listener on 127.0.0.1 whose accept queue is full: the kernel drops
+ * further SYNs, so a connect to it waits. The connections that fill it are
+ * left in filler[0..*nfill) (at most 4), for the caller to close. */
+static inline int full_tcp_listener(struct sockaddr_in *a, int *filler, int *nfill)
+{
+    int l = tcp_listener(0, a);
+    *nfill = 0;
+    for (;;) {
+        int f = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        CHECK(f >= 0);
+        int r = connect(f, (struct sockaddr *)a, sizeof *a);
+        CHECK(r == 0 || errno == EINPROGRESS);
+        struct pollfd p = {f, POLLOUT, 0};
+        if (poll(&p, 1, 200) == 1) {
+            CHECK(*nfill < 4);
+            filler[(*nfill)++] = f;
+            continue;
+        }
+        close(f);
+        return l;
+    }
 }
 
 static inline int open_fds(void)
