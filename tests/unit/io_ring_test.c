@@ -10,6 +10,12 @@
 
 #include <linux/io_uring.h>
 
+#ifdef __SANITIZE_THREAD__
+#define UNDER_TSAN 1
+#else
+#define UNDER_TSAN 0
+#endif
+
 #define REFUSED ENOTRECOVERABLE /* an errno no real call gives here */
 
 static int tcp_client(bool nb)
@@ -506,13 +512,20 @@ int main(void)
         return 77;
     }
     close(fd);
+    /* Children of fork first, while this process has one thread: TSan
+     * cannot follow a child of a threaded process that starts threads. */
+    RUN(no_switch);
+    RUN(cancelled_submits_nothing);
     RUN(accept_cases);
     RUN(accept_race);
     RUN(connect_cases);
-    RUN(no_switch);
-    RUN(cancelled_submits_nothing);
     RUN(ring_op_states);
-    RUN(fork_child_own_ring);
-    RUN(fork_same_thread_ring);
+    /* These fork while threads wait, on purpose: not under TSan (above). */
+    if (!UNDER_TSAN) {
+        RUN(fork_child_own_ring);
+        RUN(fork_same_thread_ring);
+    } else {
+        fprintf(stderr, "-- fork cases left out under TSan\n");
+    }
     return 0;
 }
