@@ -375,6 +375,12 @@ static int ring_new(void)
         err = ENOSYS;
         goto fail;
     }
+    /* A filter may allow the ring but refuse entering it: find out now,
+     * not with an operation of the caller's in the queue. */
+    if (syscall(__NR_io_uring_enter, fd, 0, 0, 0, NULL, 0) < 0) {
+        err = errno == EINTR ? EAGAIN : errno;
+        goto fail;
+    }
     size_t sq_len = p.sq_off.array + p.sq_entries * sizeof(unsigned);
     size_t cq_len = p.cq_off.cqes + p.cq_entries * sizeof(struct io_uring_cqe);
     r->map_len = sq_len > cq_len ? sq_len : cq_len;

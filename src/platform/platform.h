@@ -158,8 +158,10 @@ struct cancel__ring_op {
     int flags;     /* accept4 flags */
 };
 /* Prepares op on the calling thread's ring, making the ring first if need
- * be. Returns 0; or ENOSYS, EPERM, ENOMEM (no ring in this process: this is
- * remembered, and later calls fail at once), EMFILE, ENFILE (no ring now).
+ * be (io_uring_setup, two mmap and one empty io_uring_enter, once per
+ * thread). Returns 0; or ENOSYS, EPERM, ENOMEM from the kernel (no ring in
+ * this process: this is remembered, and later calls fail at once); EMFILE,
+ * ENFILE, or ENOMEM for want of memory here (no ring now).
  * Leaves errno alone. Not AS-safe. */
 CANCEL_HIDDEN int cancel__ring_prepare(struct cancel__ring_op *op, enum cancel__ring_kind kind, int fd,
                                        void *addr, void *addrlen, unsigned len, int flags);

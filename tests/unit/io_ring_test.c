@@ -2,9 +2,10 @@
  * (blocking and non-blocking sockets, cancellable tokens): cancelled while
  * blocked and before, success, a cancel racing an arriving connection (no
  * connection lost), no O_NONBLOCK switch (F_SETFL and F_DUPFD_CLOEXEC
- * refused by a seccomp filter), an already-cancelled token that submits
- * nothing, the ring operation's own states, and fork (the child makes its
- * own ring; the parent's operation in flight is unaffected). */
+ * refused by a seccomp filter), io_uring_enter refused (the switch
+ * serves), an already-cancelled token that submits nothing, the ring
+ * operation's own states, and fork (the child makes its own ring; the
+ * parent's operation in flight is unaffected). */
 #include "io_util.h"
 #include "seccomp_util.h"
 
@@ -172,13 +173,13 @@ static void connect_cases(void)
         CHECK_EQ(errno, 77);
         CHECK_EQ(tcp_state(cl), TCP_ESTABLISHED);
         CHECK_EQ(is_nonblocking(cl), nb);
-        CHECK_EQ(cancel_io_connect(t, cl, (struct sockaddr *)&a, sizeof a), -1);
-        CHECK_EQ(errno, EISCONN);
         close(cl);
         close(l);
         cl = tcp_client(nb);
         CHECK_EQ(cancel_io_connect(t, cl, (struct sockaddr *)&a, sizeof a), -1);
         CHECK_EQ(errno, ECONNREFUSED);
+        close(cl);
+        cl = tcp_client(nb);
         struct sockaddr_in bad = {.sin_family = AF_INET};
         CHECK_EQ(cancel_io_connect(t, cl, (struct sockaddr *)&bad, 3), -1);
         CHECK_EQ(errno, EINVAL);
@@ -238,6 +239,20 @@ static void no_switch_case(void)
 static void no_switch(void)
 {
     run_filtered(no_switch_case);
+}
+
+/* A filter that lets a ring be made but refuses entering it: the calls
+ * find out when making the ring, and switch O_NONBLOCK instead. */
+static void enter_refused_case(void)
+{
+    seccomp_refuse(SYS_io_uring_enter, SECCOMP_ANY_ARG, 0, EPERM);
+    accept_cases_up_to(1);
+    connect_cases();
+}
+
+static void enter_refused(void)
+{
+    run_filtered(enter_refused_case);
 }
 
 /* An already-cancelled token: no ring is made, nothing is entered. */
@@ -515,6 +530,7 @@ int main(void)
     /* Children of fork first, while this process has one thread: TSan
      * cannot follow a child of a threaded process that starts threads. */
     RUN(no_switch);
+    RUN(enter_refused);
     RUN(cancelled_submits_nothing);
     RUN(accept_cases);
     RUN(accept_race);
