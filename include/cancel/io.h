@@ -93,8 +93,9 @@
  *    can never be cancelled, and for Unix-domain connects, these calls
  *    fall into the next group.
  *  - the rest, and cancel_io_accept and cancel_io_connect without a ring
- *    (above), which have no per-call flag at all (sockets, pty masters, eventfd writes, other
- *    character devices, and a tty or FIFO the system refused to open again:
+ *    (above), which have no per-call flag at all (sockets, pty masters,
+ *    eventfd writes, other character devices, and a tty or FIFO the system
+ *    refused to open again:
  *    no permission on the device, no /proc, no descriptor left): a
  *    descriptor already non-blocking (SOCK_NONBLOCK, O_NONBLOCK) is used as
  *    it is and never switched. A blocking one is waited for untouched; then
@@ -113,8 +114,9 @@
  *    descriptor of this last group shared with another process that also
  *    uses these calls on it, typically a listening socket inherited by
  *    pre-forked workers that all call cancel_io_accept where no ring
- *    serves them, is therefore not safe: one worker can see the flag another set, make its accept
- *    believing it non-blocking, and block in it, deaf to its token, once
+ *    serves them, is therefore not safe: one worker can see the flag
+ *    another set, make its accept believing it non-blocking, and block in
+ *    it, deaf to its token, once
  *    the other restored the flag. Make such a descriptor non-blocking
  *    (SOCK_NONBLOCK, or fcntl(fd, F_SETFL, O_NONBLOCK) before forking):
  *    the calls then never switch it and all workers stay cancellable.

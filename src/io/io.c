@@ -31,8 +31,8 @@
  *    alone), nor can sockets and anonymous files such as eventfds.
  *  - M_FLIP: the rest, all of them types that honour O_NONBLOCK: accept and
  *    connect where no ring serves (below; sockets have no per-call flag for
- *    them), pty masters, eventfd
- *    writes, character devices without RWF_NOWAIT, and a tty or FIFO whose
+ *    them), pty masters, eventfd writes, character devices without
+ *    RWF_NOWAIT, and a tty or FIFO whose
  *    reopening was refused (permissions, no /proc, EMFILE). A descriptor
  *    already non-blocking gets the plain call. A blocking one is first
  *    duplicated (F_DUPFD_CLOEXEC, kept for the call): the duplicate pins
@@ -90,8 +90,7 @@
  * blocking call, deaf to its token. <cancel/io.h> therefore asks for
  * non-blocking descriptors there where no ring serves accept and connect
  * (with a ring, pre-forked workers sharing one blocking listener are safe:
- * nothing is switched). The per-thread hints are thread-local: no
- * sharing.
+ * nothing is switched). The per-thread hints are thread-local: no sharing.
  *
  * The uncancelled path, data already there: one inline load of the token's
  * word, then the transfer: one system call, no write to any shared memory.
