@@ -89,6 +89,19 @@ static inline void test_jitter(uint64_t *state, uint32_t max)
     }
 }
 
+/* 1 under ThreadSanitizer (gcc says so with a macro, clang with a feature
+ * test): a child of a threaded parent's fork may not start threads there. */
+#if defined(__SANITIZE_THREAD__)
+#define TEST_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define TEST_TSAN 1
+#endif
+#endif
+#ifndef TEST_TSAN
+#define TEST_TSAN 0
+#endif
+
 /* Iteration counts scale down under sanitizers, which run 5-20x slower. */
 #if defined(__SANITIZE_THREAD__) || defined(__SANITIZE_ADDRESS__)
 #define TEST_SANITIZED 1

@@ -11,11 +11,6 @@
 
 #include <linux/io_uring.h>
 
-#ifdef __SANITIZE_THREAD__
-#define UNDER_TSAN 1
-#else
-#define UNDER_TSAN 0
-#endif
 
 #define REFUSED ENOTRECOVERABLE /* an errno no real call gives here */
 
@@ -537,7 +532,7 @@ int main(void)
     RUN(connect_cases);
     RUN(ring_op_states);
     /* These fork while threads wait, on purpose: not under TSan (above). */
-    if (!UNDER_TSAN) {
+    if (!TEST_TSAN) {
         RUN(fork_child_own_ring);
         RUN(fork_same_thread_ring);
     } else {

@@ -422,17 +422,7 @@ static void spawn_from_threads(void)
     CHECK_EQ(count_children(NULL), 0);
 }
 
-/* Under TSan a child of fork may not start threads (the reaper). */
-#if defined(__SANITIZE_THREAD__)
-#define TEST_TSAN 1
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-#define TEST_TSAN 1
-#endif
-#endif
-#ifndef TEST_TSAN
-#define TEST_TSAN 0
-#endif
+/* Under TSan a child of fork may not start threads (the reaper): TEST_TSAN. */
 
 /* What the child of fork does in fork_after_spawn; returns its exit code. */
 static int in_forked_child(cancel_source *s, cancel_process *p)
