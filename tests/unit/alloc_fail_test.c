@@ -119,11 +119,12 @@ static void new_child(long n)
 }
 
 /* Exporting and receiving a token: -1/NULL with ENOMEM, or working. */
-static void export_import(long n)
+/* A token exported and received; with a deadline, its origin travels too:
+ * without memory for that name only the name is lost, never the deadline. */
+static void export_import_of(cancel_source *src)
 {
-    (void)n;
     errno = 0;
-    int fd = cancel_token_export_fd(cancel_source_token(parent2));
+    int fd = cancel_token_export_fd(cancel_source_token(src));
     if (fd < 0) {
         CHECK(errno == ENOMEM || errno == EAGAIN);
         return;
@@ -134,29 +135,19 @@ static void export_import(long n)
         CHECK_EQ(errno, ENOMEM);
         return;
     }
+    CHECK_EQ(cancel_token_deadline(cancel_source_token(r)), cancel_token_deadline(cancel_source_token(src)));
     cancel_source_free(r);
 }
-
-/* The same with a deadline, whose origin travels too: without memory for
- * that name only the name is lost, never the deadline. */
+static void export_import(long n)
+{
+    (void)n;
+    export_import_of(parent2);
+}
 static cancel_source *timed; /* made and freed around the scenario */
 static void export_import_deadline(long n)
 {
     (void)n;
-    errno = 0;
-    int fd = cancel_token_export_fd(cancel_source_token(timed));
-    if (fd < 0) {
-        CHECK(errno == ENOMEM || errno == EAGAIN);
-        return;
-    }
-    errno = 0;
-    cancel_source *r = cancel_source_new_from_fd(fd);
-    if (!r) {
-        CHECK_EQ(errno, ENOMEM);
-        return;
-    }
-    CHECK_EQ(cancel_token_deadline(cancel_source_token(r)), cancel_token_deadline(cancel_source_token(timed)));
-    cancel_source_free(r);
+    export_import_of(timed);
 }
 
 static void descriptor(long n)
