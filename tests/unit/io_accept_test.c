@@ -195,19 +195,7 @@ static void connect_cancelled_while_blocked(void)
         int cl = tcp_client();
         set_nonblocking(cl, nb);
         cancel_source *s = cancel_source_new();
-        struct call c;
-        memset(&c, 0, sizeof c);
-        c.fn = do_connect;
-        c.tok = cancel_source_token(s);
-        c.fd = cl;
-        memcpy(c.buf, &a, sizeof a);
-        c.len = sizeof a;
-        call_start(&c);
-        call_wait_blocked(&c, "cancel_io_connect");
-        cancel_source_cancel(s);
-        call_join(&c);
-        CHECK_EQ(c.result, -1);
-        CHECK_EQ(c.err, ECANCELED);
+        connect_cancel_blocked(s, cl, &a, sizeof a);
         CHECK_EQ(is_nonblocking(cl), nb);
         CHECK_EQ(tcp_state(cl), TCP_CLOSE); /* nothing half-open */
         close(cl);

@@ -187,23 +187,11 @@ static void connect_cases(void)
         for (int round = 0; round < 2; round++) {
             cl = tcp_client(nb);
             s = cancel_source_new();
-            struct call c;
-            memset(&c, 0, sizeof c);
-            c.fn = do_connect;
-            c.tok = cancel_source_token(s);
-            c.fd = cl;
-            memcpy(c.buf, &a, sizeof a);
-            c.len = sizeof a;
-            call_start(&c);
-            call_wait_blocked(&c, "cancel_io_connect");
-            cancel_source_cancel(s);
-            call_join(&c);
-            CHECK_EQ(c.result, -1);
-            CHECK_EQ(c.err, ECANCELED);
+            connect_cancel_blocked(s, cl, &a, sizeof a);
             CHECK_EQ(is_nonblocking(cl), nb);
             CHECK_EQ(tcp_state(cl), TCP_CLOSE);
             /* cancelled before */
-            CHECK_EQ(cancel_io_connect(c.tok, cl, (struct sockaddr *)&a, sizeof a), -1);
+            CHECK_EQ(cancel_io_connect(cancel_source_token(s), cl, (struct sockaddr *)&a, sizeof a), -1);
             CHECK_EQ(errno, ECANCELED);
             CHECK_EQ(tcp_state(cl), TCP_CLOSE);
             close(cl);

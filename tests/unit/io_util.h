@@ -186,6 +186,25 @@ static inline ssize_t do_connect(struct call *c)
     return cancel_io_connect(c->tok, c->fd, (const struct sockaddr *)c->buf, (socklen_t)c->len);
 }
 
+/* cancel_io_connect(tok, cl, a) on another thread, cancelled once it is
+ * blocked there: it must return ECANCELED. */
+static inline void connect_cancel_blocked(cancel_source *s, int cl, const void *a, size_t alen)
+{
+    struct call c;
+    memset(&c, 0, sizeof c);
+    c.fn = do_connect;
+    c.tok = cancel_source_token(s);
+    c.fd = cl;
+    memcpy(c.buf, a, alen);
+    c.len = alen;
+    call_start(&c);
+    call_wait_blocked(&c, "cancel_io_connect");
+    cancel_source_cancel(s);
+    call_join(&c);
+    CHECK_EQ(c.result, -1);
+    CHECK_EQ(c.err, ECANCELED);
+}
+
 /* The TCP state of a socket (TCP_ESTABLISHED, TCP_CLOSE...). */
 static inline int tcp_state(int fd)
 {
