@@ -708,9 +708,14 @@ int cancel_io_connect(cancel_token tok, int fd, const struct sockaddr *addr, soc
             return 0;
         }
         if ((r == -ECANCELED || r == -EINTR) && cancel_token_is_requested(tok)) {
-            /* Abort the attempt, so that no half-open connection remains. */
-            struct sockaddr unspec = {.sa_family = AF_UNSPEC};
-            (void)connect(fd, &unspec, sizeof unspec);
+            /* Abort the attempt, so that no half-open connection remains;
+             * but only one the kernel was given: cancelled before, the
+             * socket may be connected already (by an earlier call), and
+             * a disconnect would reset that connection. */
+            if (op.submitted) {
+                struct sockaddr unspec = {.sa_family = AF_UNSPEC};
+                (void)connect(fd, &unspec, sizeof unspec);
+            }
             return (int)fail(ECANCELED);
         }
         if (r != -EAGAIN && r != -EINTR)

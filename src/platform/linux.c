@@ -536,6 +536,7 @@ long cancel__ring_run(struct cancel__ring_op *op)
     if (!cancelled) {
         ring_push(r, &e);
         op->state = OP_PUSHED;
+        op->submitted = true; /* owner only: no other thread reads it */
     }
     pthread_mutex_unlock(&r->mu);
     if (cancelled)

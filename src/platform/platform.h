@@ -156,6 +156,7 @@ struct cancel__ring_op {
     void *addrlen; /* accept: socklen_t *; connect: unused */
     unsigned len;  /* connect: the address's length */
     int flags;     /* accept4 flags */
+    bool submitted; /* set by run: the operation reached the ring */
 };
 /* Prepares op on the calling thread's ring, making the ring first if need
  * be (io_uring_setup, two mmap and one empty io_uring_enter, once per
@@ -167,7 +168,8 @@ CANCEL_HIDDEN int cancel__ring_prepare(struct cancel__ring_op *op, enum cancel__
                                        void *addr, void *addrlen, unsigned len, int flags);
 /* Submits op and waits for its completion (EINTR retried): returns what the
  * system call would, as the result (>= 0) or -errno; -ECANCELED without
- * submitting anything if cancel__ring_cancel came first. One system call
+ * submitting anything (op->submitted stays false) if cancel__ring_cancel
+ * came first. One system call
  * (io_uring_enter) when nothing else happens. Owner thread only, once per
  * prepare. Leaves errno alone. */
 CANCEL_HIDDEN long cancel__ring_run(struct cancel__ring_op *op);

@@ -203,6 +203,54 @@ static void connect_cases(void)
     }
 }
 
+/* connect on a socket already connected, raced by a cancel: whether the
+ * cancel comes before the operation reaches the kernel or after (EISCONN
+ * then), the established connection is left alone. Each call runs on a
+ * fresh thread, whose ring is made within the call: a wide window before
+ * the submission. (A race: a slow machine only makes it rarer to land
+ * there, never a failure.) */
+struct connected_call {
+    cancel_source *s;
+    int fd;
+    struct sockaddr_in a;
+    _Atomic int go;
+    int result, err;
+};
+
+static void *connected_call_main(void *arg)
+{
+    struct connected_call *k = arg;
+    atomic_store(&k->go, 1);
+    errno = 0;
+    k->result = cancel_io_connect(cancel_source_token(k->s), k->fd, (struct sockaddr *)&k->a, sizeof k->a);
+    k->err = errno;
+    return NULL;
+}
+
+static void connect_connected_race(void)
+{
+    struct sockaddr_in a;
+    int l = tcp_listener(8, &a);
+    int cl = tcp_client(false);
+    CHECK_EQ(connect(cl, (struct sockaddr *)&a, sizeof a), 0);
+    for (int i = 0; i < TEST_SCALE(200) + 10; i++) {
+        struct connected_call k = {.s = cancel_source_new(), .fd = cl, .a = a};
+        pthread_t th = test_spawn(connected_call_main, &k);
+        test_wait_while(&k.go, 0);
+        for (volatile int spin = 0; spin < i % 8 * 200; spin++) {
+        }
+        cancel_source_cancel(k.s);
+        test_join(th);
+        CHECK_EQ(k.result, -1);
+        CHECK(k.err == EISCONN || k.err == ECANCELED);
+        CHECK_EQ(tcp_state(cl), TCP_ESTABLISHED);
+        cancel_source_free(k.s);
+    }
+    close(take_queued(l));
+    close(cl);
+    close(l);
+}
+
 /* No switch is possible: the calls above still work and stay cancellable. */
 static void no_switch_case(void)
 {
@@ -518,6 +566,7 @@ int main(void)
     RUN(accept_cases);
     RUN(accept_race);
     RUN(connect_cases);
+    RUN(connect_connected_race);
     RUN(ring_op_states);
     /* These fork while threads wait, on purpose: not under TSan (above). */
     if (!TEST_TSAN) {
