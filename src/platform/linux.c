@@ -464,6 +464,18 @@ static void ring_push(struct cancel__ring *r, const struct io_uring_sqe *e)
     atomic_store_explicit(r->sq_tail, tail + 1, memory_order_release);
 }
 
+/* 100 us without being a pthread cancellation point (nanosleep is one): the
+ * canceller naps inside a cancellation callback, the owner with its
+ * operation pushed and its callback registered, where unwinding must not
+ * start. */
+static void ring_nap(void)
+{
+    _Atomic uint32_t never = 0;
+    int64_t until = cancel__clock_ns() + 100 * 1000;
+    while (cancel__futex_wait(&never, 0, until) != ETIMEDOUT) {
+    }
+}
+
 static long ring_enter(int fd, unsigned submit, unsigned wait)
 {
     long n = syscall(__NR_io_uring_enter, fd, submit, wait, wait ? IORING_ENTER_GETEVENTS : 0, NULL, 0);
@@ -487,7 +499,12 @@ void cancel__ring_cancel(struct cancel__ring_op *op)
     pthread_mutex_unlock(&r->mu);
     if (pushed) {
         int saved = errno;
-        while (ring_enter(r->fd, 1, 0) == -EINTR) {
+        long n;
+        /* Without memory for the request (EAGAIN, ENOMEM) the cancel would
+         * be lost and the owner sleep on: nap and try again. */
+        while ((n = ring_enter(r->fd, 1, 0)) == -EINTR || n == -EAGAIN || n == -ENOMEM || n == -EBUSY) {
+            if (n != -EINTR)
+                ring_nap();
         }
         errno = saved;
     }
@@ -550,11 +567,12 @@ long cancel__ring_run(struct cancel__ring_op *op)
         long n = ring_enter(r->fd, 1, 1);
         if (ring_reap(r, op->id, &res))
             break;
-        if (n < 0 && n != -EINTR && n != -EAGAIN && n != -EBUSY) {
-            /* Cannot happen on a ring made here; the operation may hold the
-             * caller's memory, so wait for it rather than return. */
-            struct timespec ms = {0, 1000000};
-            nanosleep(&ms, NULL);
+        if (n < 0 && n != -EINTR) {
+            /* Without memory for the request (EAGAIN), or an error that
+             * cannot happen on a ring made here: the operation may hold the
+             * caller's memory, so wait for it rather than return; never
+             * spin. */
+            ring_nap();
         }
     }
     pthread_mutex_lock(&r->mu);
