@@ -140,13 +140,17 @@
  * While a call waits, the thread's "blocked in" record names it (for the
  * task layer's reports).
  *
- * pthread cancellation: the library never uses pthread_cancel. A call that
- * waits in ppoll (everything but accept and connect through a ring) is a
- * cancellation point, as the raw call is; accept and connect through the
- * thread's ring wait in io_uring_enter, which is not one. The ring is the
- * library's descriptor, like the token's: do not close it (close_range over
- * every descriptor of a threaded program would leave that thread's next
- * accept or connect waiting for ever).
+ * pthread cancellation: the library never uses pthread_cancel, and these
+ * calls are not meant to meet it: cancel the token instead. A call that
+ * waits in ppoll (all but accept and connect through a ring) reaches a
+ * cancellation point there, and a thread cancelled in it unwinds without
+ * giving back what the call holds (a reference on the token, so the
+ * source's memory is never released; a tty's private descriptor). Accept
+ * and connect through the thread's ring wait in io_uring_enter, which is
+ * not a cancellation point. The ring is the library's descriptor, like the
+ * token's: do not close it (close_range over every descriptor of a threaded
+ * program would leave that thread's next accept or connect waiting for
+ * ever).
  */
 #ifndef CANCEL_IO_H
 #define CANCEL_IO_H
