@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -319,6 +320,28 @@ static inline void test_racer_stop(test_racer *r)
 {
     atomic_store(&r->go, -1);
     test_join(r->thread);
+}
+
+/* Runs `fn` in a child of fork and checks that it returned (exit status 0):
+ * whatever the child changes of its process (seccomp filters, fork state)
+ * dies with it. */
+static inline void test_in_child(void (*fn)(void))
+{
+    fflush(stderr);
+    pid_t pid = fork();
+    CHECK(pid >= 0);
+    if (pid == 0) {
+        fn();
+        _exit(0);
+    }
+    int st;
+    while (waitpid(pid, &st, 0) < 0)
+        CHECK_EQ(errno, EINTR);
+    if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+        fprintf(stderr, "the child %s %d\n", WIFEXITED(st) ? "exited with" : "died of signal",
+                WIFEXITED(st) ? WEXITSTATUS(st) : WTERMSIG(st));
+        abort();
+    }
 }
 
 #endif

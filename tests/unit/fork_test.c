@@ -6,19 +6,6 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-static void child_runs(void (*fn)(void))
-{
-    fflush(stderr);
-    pid_t pid = fork();
-    CHECK(pid >= 0);
-    if (pid == 0) {
-        fn();
-        _exit(0);
-    }
-    int status;
-    CHECK(waitpid(pid, &status, 0) == pid);
-    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
-}
 
 static cancel_source *pre;     /* created, with a callback, before fork */
 static cancel_source *armed;   /* deadline armed before fork */
@@ -70,7 +57,7 @@ static void sources_and_timer_work_in_child(void)
      * allocators safe across a fork that happens while another thread
      * allocates. */
     test_drain_library_thread();
-    child_runs(in_child);
+    test_in_child(in_child);
     /* The parent's copies are untouched by the child. */
     CHECK(!cancel_token_is_requested(cancel_source_token(pre)));
     CHECK_EQ(atomic_load(&pre_ran), 0);

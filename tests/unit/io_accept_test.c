@@ -44,25 +44,10 @@ static void accept_success_and_cancel(void)
         CHECK_EQ(is_nonblocking(l), nb);
 
         /* SOCK_NONBLOCK and the peer's address pass through */
-        cl = tcp_client();
-        CHECK_EQ(connect(cl, (struct sockaddr *)&a, sizeof a), 0);
-        struct sockaddr_in peer;
-        socklen_t pl = sizeof peer;
-        int fd = cancel_io_accept(c.tok, l, (struct sockaddr *)&peer, &pl, SOCK_NONBLOCK);
-        CHECK(fd >= 0);
-        CHECK(is_nonblocking(fd));
-        CHECK_EQ(pl, sizeof peer);
-        CHECK_EQ(peer.sin_addr.s_addr, htonl(INADDR_LOOPBACK));
-        close(fd);
-        close(cl);
+        accept_passes_peer(c.tok, l, tcp_client(), &a);
 
         /* cancelled while blocked */
-        call_start(&c);
-        call_wait_blocked(&c, "cancel_io_accept");
-        cancel_source_cancel(s);
-        call_join(&c);
-        CHECK_EQ(c.result, -1);
-        CHECK_EQ(c.err, ECANCELED);
+        call_cancel_blocked(&c, s, "cancel_io_accept");
         CHECK_EQ(is_nonblocking(l), nb);
 
         /* cancelled before: a pending connection stays queued */
@@ -72,7 +57,7 @@ static void accept_success_and_cancel(void)
         CHECK_EQ(cancel_io_accept(c.tok, l, NULL, NULL, 0), -1);
         CHECK_EQ(errno, ECANCELED);
         cancel_source_free(s);
-        fd = cancel_io_accept(CANCEL_TOKEN_NONE, l, NULL, NULL, SOCK_CLOEXEC);
+        int fd = cancel_io_accept(CANCEL_TOKEN_NONE, l, NULL, NULL, SOCK_CLOEXEC);
         CHECK(fd >= 0);
         close(fd);
         close(cl);
@@ -237,12 +222,7 @@ static void connect_unix_full_backlog(void)
     c.fd = cl;
     memcpy(c.buf, &a, sizeof a);
     c.len = sizeof a;
-    call_start(&c);
-    call_wait_blocked(&c, "cancel_io_connect");
-    cancel_source_cancel(s);
-    call_join(&c);
-    CHECK_EQ(c.result, -1);
-    CHECK_EQ(c.err, ECANCELED);
+    call_cancel_blocked(&c, s, "cancel_io_connect");
     CHECK(!is_nonblocking(cl));
     cancel_source_free(s);
 

@@ -50,12 +50,7 @@ static void cancelled_while_blocked(void)
         c.timeout = n == 2 ? 60LL * 1000 * 1000 * 1000 : CANCEL_INFINITE;
         c.nfds = n == 0 ? 0 : 1;
         c.pfd[0] = (struct pollfd){p[0], POLLIN, 0};
-        call_start(&c);
-        call_wait_blocked(&c, "cancel_io_poll");
-        cancel_source_cancel(s);
-        call_join(&c);
-        CHECK_EQ(c.result, -1);
-        CHECK_EQ(c.err, ECANCELED);
+        call_cancel_blocked(&c, s, "cancel_io_poll");
         cancel_source_free(s);
         close(p[0]);
         close(p[1]);
@@ -159,12 +154,7 @@ static void manual_clock_timeout(void)
     CHECK_EQ(c.result, 0);
     CHECK(!cancel_token_is_requested(c.tok));
     /* and cancellation still wins */
-    call_start(&c);
-    call_wait_blocked(&c, "cancel_io_poll");
-    cancel_source_cancel(s);
-    call_join(&c);
-    CHECK_EQ(c.result, -1);
-    CHECK_EQ(c.err, ECANCELED);
+    call_cancel_blocked(&c, s, "cancel_io_poll");
     cancel_source_free(s);
     close(p[0]);
     close(p[1]);

@@ -185,12 +185,7 @@ static void read_every_kind(void)
 
             /* cancelled while blocked */
             init_call(&c, do_read, cancel_source_token(s), p.rd, u);
-            call_start(&c);
-            call_wait_blocked(&c, "cancel_io_read");
-            cancel_source_cancel(s);
-            call_join(&c);
-            CHECK_EQ(c.result, -1);
-            CHECK_EQ(c.err, ECANCELED);
+            call_cancel_blocked(&c, s, "cancel_io_read");
             CHECK_EQ(is_nonblocking(p.rd), nb);
 
             /* cancelled before: the data stays */
@@ -618,12 +613,7 @@ static void recv_and_send_flags(void)
     s = cancel_source_new();
     init_call(&c, do_send, cancel_source_token(s), p.wr, 1);
     c.flags = MSG_NOSIGNAL;
-    call_start(&c);
-    call_wait_blocked(&c, "cancel_io_send");
-    cancel_source_cancel(s);
-    call_join(&c);
-    CHECK_EQ(c.result, -1);
-    CHECK_EQ(c.err, ECANCELED);
+    call_cancel_blocked(&c, s, "cancel_io_send");
     cancel_source_free(s);
     close_pair(p);
 }

@@ -79,17 +79,7 @@ static void accept_cases_up_to(int nb_max)
             close(cl);
 
             /* the peer's address and SOCK_NONBLOCK pass through */
-            cl = tcp_client(false);
-            CHECK_EQ(connect(cl, (struct sockaddr *)&a, sizeof a), 0);
-            struct sockaddr_in peer;
-            socklen_t pl = sizeof peer;
-            int fd = cancel_io_accept(c.tok, l, (struct sockaddr *)&peer, &pl, SOCK_NONBLOCK);
-            CHECK(fd >= 0);
-            CHECK(is_nonblocking(fd));
-            CHECK_EQ(pl, sizeof peer);
-            CHECK_EQ(peer.sin_addr.s_addr, htonl(INADDR_LOOPBACK));
-            close(fd);
-            close(cl);
+            accept_passes_peer(c.tok, l, tcp_client(false), &a);
 
             /* accept4's errors */
             errno = 0;

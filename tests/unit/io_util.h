@@ -186,6 +186,18 @@ static inline ssize_t do_connect(struct call *c)
     return cancel_io_connect(c->tok, c->fd, (const struct sockaddr *)c->buf, (socklen_t)c->len);
 }
 
+/* Starts c on another thread, cancels s once c is blocked in `what`, and
+ * checks that the call returned ECANCELED. */
+static inline void call_cancel_blocked(struct call *c, cancel_source *s, const char *what)
+{
+    call_start(c);
+    call_wait_blocked(c, what);
+    cancel_source_cancel(s);
+    call_join(c);
+    CHECK_EQ(c->result, -1);
+    CHECK_EQ(c->err, ECANCELED);
+}
+
 /* cancel_io_connect(tok, cl, a) on another thread, cancelled once it is
  * blocked there: it must return ECANCELED. */
 static inline void connect_cancel_blocked(cancel_source *s, int cl, const void *a, size_t alen)
@@ -197,12 +209,24 @@ static inline void connect_cancel_blocked(cancel_source *s, int cl, const void *
     c.fd = cl;
     memcpy(c.buf, a, alen);
     c.len = alen;
-    call_start(&c);
-    call_wait_blocked(&c, "cancel_io_connect");
-    cancel_source_cancel(s);
-    call_join(&c);
-    CHECK_EQ(c.result, -1);
-    CHECK_EQ(c.err, ECANCELED);
+    call_cancel_blocked(&c, s, "cancel_io_connect");
+}
+
+/* Connects cl to the listener l at a, then accepts through
+ * cancel_io_accept(tok) with SOCK_NONBLOCK: the flag and the peer's address
+ * pass through. Closes both ends. */
+static inline void accept_passes_peer(cancel_token tok, int l, int cl, const struct sockaddr_in *a)
+{
+    CHECK_EQ(connect(cl, (const struct sockaddr *)a, sizeof *a), 0);
+    struct sockaddr_in peer;
+    socklen_t pl = sizeof peer;
+    int fd = cancel_io_accept(tok, l, (struct sockaddr *)&peer, &pl, SOCK_NONBLOCK);
+    CHECK(fd >= 0);
+    CHECK(is_nonblocking(fd));
+    CHECK_EQ(pl, sizeof peer);
+    CHECK_EQ(peer.sin_addr.s_addr, htonl(INADDR_LOOPBACK));
+    close(fd);
+    close(cl);
 }
 
 /* The TCP state of a socket (TCP_ESTABLISHED, TCP_CLOSE...). */

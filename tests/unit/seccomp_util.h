@@ -66,25 +66,11 @@ static inline void seccomp_refuse(long nr, int arg, uint32_t val, int err)
 #endif
 }
 
-/* Runs `fn` in a child of fork and checks that it returned (exit status 0).
- * The child's filters die with it. */
+/* Runs `fn` in a child of fork (test_in_child): the child's filters die
+ * with it. */
 static inline void run_filtered(void (*fn)(void))
 {
-    fflush(stderr);
-    pid_t pid = fork();
-    CHECK(pid >= 0);
-    if (pid == 0) {
-        fn();
-        _exit(0);
-    }
-    int st;
-    while (waitpid(pid, &st, 0) < 0)
-        CHECK_EQ(errno, EINTR);
-    if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
-        fprintf(stderr, "the filtered case %s %d\n", WIFEXITED(st) ? "exited with" : "died of signal",
-                WIFEXITED(st) ? WEXITSTATUS(st) : WTERMSIG(st));
-        abort();
-    }
+    test_in_child(fn);
 }
 
 #endif
